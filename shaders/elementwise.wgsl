@@ -1,0 +1,60 @@
+// Elementwise ops. OP: 0 add, 1 mul (binary), 2 silu, 3 gelu (erf),
+// 4 quick_gelu, 5 scale (unary).
+// The second operand of a binary op broadcasts by index arithmetic:
+// b index = (i / b_div) % b_mod. Same shape: div 1, mod n. A per-channel
+// vector on NCHW: div H*W, mod C. A (B, C) time embedding added to a
+// (B, C, H, W) map: div H*W, mod B*C. A last-dim vector: div 1, mod D.
+
+struct Params {
+    n: u32,
+    b_div: u32,
+    b_mod: u32,
+    alpha: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> y: array<T>; // y: like a
+@group(0) @binding(2) var<storage, read> a: array<T>;       // a: any shape, n elements
+#if BINARY
+@group(0) @binding(3) var<storage, read> b: array<T>;       // b: broadcast to a
+#endif
+
+// erf with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit); WGSL has no erf.
+fn erf(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+        t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+        t * (-0.82215223 + t * 0.17087277)))))))));
+    return select(r - 1.0, 1.0 - r, x >= 0.0);
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let i = (wg.y * nwg.x + wg.x) * 256u + tid;
+    if (i >= p.n) {
+        return;
+    }
+    let x = f32(a[i]);
+    var r = x;
+#if BINARY
+    let bv = f32(b[(i / p.b_div) % p.b_mod]);
+    if (OP == 0u) {
+        r = x + bv;
+    } else {
+        r = x * bv;
+    }
+#else
+    if (OP == 2u) {
+        r = x / (1.0 + exp(-x));
+    } else if (OP == 3u) {
+        r = 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
+    } else if (OP == 4u) {
+        r = x / (1.0 + exp(-1.702 * x));
+    } else if (OP == 5u) {
+        r = x * p.alpha;
+    }
+#endif
+    y[i] = T(r);
+}

@@ -1,0 +1,99 @@
+// Batched GEMM with fused epilogue:
+//   C[bt, m, n] = act(sum_k A[bt, m, k] * B[bt, k, n] + bias[n]) + R[bt, m, n]
+// A and B are addressed through strides, so A.B and A.B^T (a PyTorch Linear
+// weight stored [N, K]) are the same kernel; B's batch stride is 0 for a
+// weight shared by the batch.
+//
+// Variants: ACT (0 none, 1 gelu (erf), 2 quick_gelu, 3 silu, 4 geglu),
+// HAS_BIAS, HAS_RES, B_N_FAST (B contiguous along n).
+// GEGLU expects the projection's rows interleaved in groups of 16 (hidden
+// rows h, then gate rows g, per group; see ops::gemm::geglu_interleave): the
+// thread holding columns tx + 16j then owns the pair (h, g) for j = (0, 1)
+// and (2, 3) and writes h * gelu(g) at half the column index.
+
+struct Params {
+    m: u32, n: u32, k: u32, n_out: u32,
+    a_bs: u32, a_rs: u32, a_cs: u32, b_bs: u32,
+    b_ks: u32, b_ns: u32, c_bs: u32, c_rs: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> c: array<T>; // c: (batch, M, N_out), row stride c_rs
+@group(0) @binding(2) var<storage, read> a: array<T>;       // a: (batch, M, K), strided
+@group(0) @binding(3) var<storage, read> b: array<T>;       // b: (batch|1, K, N), strided
+#if HAS_BIAS
+@group(0) @binding(4) var<storage, read> bias: array<T>;    // bias: (N)
+#endif
+#if HAS_RES
+@group(0) @binding(5) var<storage, read> res: array<T>;     // res: like c
+#endif
+
+fn load_a(bt: u32, m: u32, k: u32) -> f32 {
+    return f32(a[bt * p.a_bs + m * p.a_rs + k * p.a_cs]);
+}
+
+fn load_b(bt: u32, k: u32, n: u32) -> f32 {
+    return f32(b[bt * p.b_bs + k * p.b_ks + n * p.b_ns]);
+}
+
+fn gelu_erf(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
+}
+
+// erf with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit); WGSL has no erf.
+fn erf(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+        t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+        t * (-0.82215223 + t * 0.17087277)))))))));
+    return select(r - 1.0, 1.0 - r, x >= 0.0);
+}
+
+fn activate(x: f32) -> f32 {
+    if (ACT == 1u) {
+        return gelu_erf(x);
+    } else if (ACT == 2u) {
+        return x / (1.0 + exp(-1.702 * x));
+    } else if (ACT == 3u) {
+        return x / (1.0 + exp(-x));
+    }
+    return x;
+}
+
+fn finish(bt: u32, m: u32, n: u32, x: f32) {
+    var v = x;
+#if HAS_RES
+    v += f32(res[bt * p.c_bs + m * p.c_rs + n]);
+#endif
+    c[bt * p.c_bs + m * p.c_rs + n] = T(v);
+}
+
+fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
+    var v = acc;
+    for (var j = 0u; j < 4u; j++) {
+        let n = n0 + 16u * j;
+#if HAS_BIAS
+        if (n < p.n) {
+            v[j] += f32(bias[n]);
+        }
+#endif
+    }
+    if (ACT == 4u) {
+        // Pairs (h, g) in columns (n0, n0 + 16) and (n0 + 32, n0 + 48).
+        for (var q = 0u; q < 2u; q++) {
+            let n = n0 + 32u * q;
+            let out_col = (n / 32u) * 16u + (n % 16u);
+            if (n < p.n && out_col < p.n_out) {
+                finish(bt, m, out_col, v[2u * q] * gelu_erf(v[2u * q + 1u]));
+            }
+        }
+    } else {
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + 16u * j;
+            if (n < p.n) {
+                finish(bt, m, n, activate(v[j]));
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+// Group norm and layer norm, one workgroup per normalised run of elements.
+// In NCHW the channels of a group are contiguous, so group gid of a group norm
+// is the run x[gid * n .. (gid + 1) * n] with n = (C / G) * H * W. A layer
+// norm over rows of width D is the same computation with hw = 1, cpg = D and
+// one group per row.
+// Mean and variance are computed in two passes (mean first, then the mean of
+// squared deviations) so large offsets do not cancel. Optional fused SiLU.
+
+struct Params {
+    n: u32,      // elements per group
+    hw: u32,     // elements per channel
+    cpg: u32,    // channels per group
+    groups: u32, // groups per batch row (G); 1 for a layer norm
+    eps: f32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> y: array<T>; // y: like x
+@group(0) @binding(2) var<storage, read> x: array<T>;       // x: (B, C, H, W) or (rows, D)
+@group(0) @binding(3) var<storage, read> gamma: array<T>;   // gamma: (C)
+@group(0) @binding(4) var<storage, read> beta: array<T>;    // beta: (C)
+
+var<workgroup> partial: array<f32, WG>;
+
+fn workgroup_sum(v: f32, tid: u32) -> f32 {
+    partial[tid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (tid < s) {
+            partial[tid] += partial[tid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let gid = wg.y * nwg.x + wg.x;
+    let base = gid * p.n;
+
+    var s = 0.0;
+    for (var i = tid; i < p.n; i += WG) {
+        s += f32(x[base + i]);
+    }
+    let mean = workgroup_sum(s, tid) / f32(p.n);
+
+    var q = 0.0;
+    for (var i = tid; i < p.n; i += WG) {
+        let d = f32(x[base + i]) - mean;
+        q += d * d;
+    }
+    let inv_std = inverseSqrt(workgroup_sum(q, tid) / f32(p.n) + p.eps);
+
+    let c0 = (gid % p.groups) * p.cpg;
+    for (var i = tid; i < p.n; i += WG) {
+        let c = c0 + i / p.hw;
+        var v = (f32(x[base + i]) - mean) * inv_std * f32(gamma[c]) + f32(beta[c]);
+        if (SILU == 1u) {
+            v = v / (1.0 + exp(-v));
+        }
+        y[base + i] = T(v);
+    }
+}

@@ -1,0 +1,283 @@
+//! The one place that knows wgpu: adapter choice, device limits, tensors,
+//! the pipeline cache and readback. wgpu is pinned in Cargo.toml because its
+//! API changes between releases; nothing outside `gpu/` and `graph/` touches it.
+
+mod pipeline;
+pub(crate) mod tensor;
+
+pub use pipeline::{Access, KernelKey, PipelineCache, shader_source};
+pub use tensor::{DType, Tensor};
+
+use std::sync::Arc;
+
+/// What went wrong on the device, phrased for the person running the program.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error(
+        "no usable GPU adapter was found{hint}. Install a Vulkan, Metal or DX12 driver; on a Linux \
+         machine without a GPU, Mesa's lavapipe (Debian package mesa-vulkan-drivers) works"
+    )]
+    NoAdapter { hint: String },
+    #[error(
+        "no adapter name contains {wanted:?}; available: {available}. Set --adapter/PNP_ADAPTER to a part of one of these names"
+    )]
+    AdapterNotFound { wanted: String, available: String },
+    #[error("the adapter {adapter:?} refused to open a device: {source}")]
+    RequestDevice {
+        adapter: String,
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+    #[error(
+        "the GPU ran out of memory while {what}: {detail}. Use a smaller image size, fewer prompts, or f16 weights"
+    )]
+    OutOfMemory { what: String, detail: String },
+    #[error("GPU validation error while {what}: {detail}")]
+    Validation { what: String, detail: String },
+    #[error("reading back from the GPU failed: {0}")]
+    Readback(String),
+    #[error(
+        "{what} needs a {bytes}-byte storage binding but this adapter allows at most {limit} bytes per binding"
+    )]
+    BindingTooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+    },
+}
+
+/// How to choose the adapter. `name` matches a substring of the adapter name,
+/// case-insensitively (`--adapter` / `PNP_ADAPTER`).
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    pub adapter_name: Option<String>,
+    /// Do not enable SHADER_F16 even where the adapter has it.
+    pub disable_f16: bool,
+}
+
+/// Features this crate uses where the adapter offers them.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+}
+
+/// An opened device with its queue, limits and pipeline cache.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub caps: Capabilities,
+    /// Loop iterations one shader invocation may run, where the driver bounds
+    /// them: llvmpipe (lavapipe) silently leaves every loop of an invocation
+    /// after 65535 iterations in total. Kernels with long per-invocation loops
+    /// (attention over many keys) split their work into several dispatches to
+    /// stay under it. `None`: no bound.
+    pub loop_budget: Option<usize>,
+    pub(crate) pipelines: PipelineCache,
+}
+
+impl Gpu {
+    /// Opens the adapter picked by `opts` with the adapter's own limits (the
+    /// defaults allow only 128 MiB bindings and 16 KiB workgroup memory).
+    pub async fn new(opts: &GpuOptions) -> Result<Arc<Gpu>, GpuError> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pick_adapter(&instance, opts).await?;
+        let info = adapter.get_info();
+        let available = adapter.features();
+        let mut wanted = wgpu::Features::empty();
+        let caps = Capabilities {
+            shader_f16: available.contains(wgpu::Features::SHADER_F16) && !opts.disable_f16,
+            subgroups: available.contains(wgpu::Features::SUBGROUP),
+            timestamps: available.contains(wgpu::Features::TIMESTAMP_QUERY),
+        };
+        if caps.shader_f16 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        if caps.subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        if caps.timestamps {
+            wanted |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("pnp"),
+                required_features: wanted,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|source| GpuError::RequestDevice {
+                adapter: info.name.clone(),
+                source,
+            })?;
+        // Measured: results go wrong past ~65k iterations; keep a margin.
+        let loop_budget = info
+            .name
+            .to_lowercase()
+            .contains("llvmpipe")
+            .then_some(48_000);
+        Ok(Arc::new(Gpu {
+            pipelines: PipelineCache::default(),
+            loop_budget,
+            device,
+            queue,
+            info,
+            limits,
+            caps,
+        }))
+    }
+
+    /// One line naming the adapter, its backend and the features in use.
+    pub fn describe(&self) -> String {
+        let mut feats = Vec::new();
+        if self.caps.shader_f16 {
+            feats.push("shader-f16");
+        }
+        if self.caps.subgroups {
+            feats.push("subgroups");
+        }
+        if self.caps.timestamps {
+            feats.push("timestamps");
+        }
+        format!(
+            "{} ({:?}, {:?}; {}; max binding {} MiB)",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            if feats.is_empty() {
+                "no optional features".to_string()
+            } else {
+                feats.join(", ")
+            },
+            self.limits.max_storage_buffer_binding_size >> 20
+        )
+    }
+
+    /// Largest storage binding this device accepts, in bytes.
+    pub fn max_binding(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size
+    }
+
+    /// Runs `f` inside out-of-memory and validation error scopes, turning what
+    /// they catch into a [`GpuError`] that says what we were doing.
+    pub async fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T, GpuError> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let val_err = val.pop().await;
+        let oom_err = oom.pop().await;
+        if let Some(e) = oom_err {
+            return Err(GpuError::OutOfMemory {
+                what: what.to_string(),
+                detail: e.to_string(),
+            });
+        }
+        if let Some(e) = val_err {
+            return Err(GpuError::Validation {
+                what: what.to_string(),
+                detail: e.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Copies `bytes` bytes of `buffer` from `offset` back to the host.
+    pub async fn read_bytes(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let size = bytes.div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: size.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        // Native backends need a poll to fire the callback; the browser fires it itself.
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        rx.await
+            .map_err(|_| GpuError::Readback("the map callback was dropped".into()))?
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let out = data[..bytes as usize].to_vec();
+        drop(data);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Waits until the queue is idle (native only; a no-op in the browser).
+    pub fn wait_idle(&self) -> Result<(), GpuError> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        Ok(())
+    }
+}
+
+async fn pick_adapter(
+    instance: &wgpu::Instance,
+    opts: &GpuOptions,
+) -> Result<wgpu::Adapter, GpuError> {
+    let wanted = opts
+        .adapter_name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_lowercase());
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(wanted) = wanted {
+        let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!("{} ({:?})", i.name, i.backend)
+            })
+            .collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+            .ok_or(GpuError::AdapterNotFound {
+                wanted,
+                available: if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                },
+            });
+    }
+    #[cfg(target_arch = "wasm32")]
+    let _ = wanted;
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| GpuError::NoAdapter {
+            hint: format!(" ({e})"),
+        })
+}

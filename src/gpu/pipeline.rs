@@ -1,0 +1,180 @@
+//! Shader composition and the get-or-create pipeline cache.
+//!
+//! A kernel variant is a typed [`KernelKey`]: the family (one `shaders/*.wgsl`
+//! file), the entry point, the storage dtype and a few compile-time constants
+//! (tile shape, fused epilogue, head dimension). Shapes never go into the
+//! shader text: they travel in each node's uniform block, so a new resolution
+//! needs no new compile.
+
+use super::DType;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How a kernel binds one slot. Binding 0 is always the uniform parameter block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KernelKey {
+    /// File stem under `shaders/`.
+    pub family: &'static str,
+    pub entry: &'static str,
+    pub dtype: DType,
+    /// Compile-time constants, emitted as `const NAME: u32 = V;`.
+    pub consts: Vec<(&'static str, u32)>,
+    /// Storage bindings: (binding number, access). Binding 0 is the uniform block.
+    pub bindings: Vec<(u32, Access)>,
+}
+
+/// Shader files, embedded at build time. `tile_core` is not a module of its
+/// own: it is the tiled-matmul main loop that `gemm` and `conv` share.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("tile_core", include_str!("../../shaders/tile_core.wgsl")),
+    ("gemm", include_str!("../../shaders/gemm.wgsl")),
+    ("conv", include_str!("../../shaders/conv.wgsl")),
+    ("norm", include_str!("../../shaders/norm.wgsl")),
+    ("softmax", include_str!("../../shaders/softmax.wgsl")),
+    ("attention", include_str!("../../shaders/attention.wgsl")),
+    (
+        "elementwise",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
+    ("copy", include_str!("../../shaders/copy.wgsl")),
+    ("upsample", include_str!("../../shaders/upsample.wgsl")),
+    ("timestep", include_str!("../../shaders/timestep.wgsl")),
+];
+
+/// Families whose module is `family.wgsl` followed by the shared tile core.
+const USES_TILE_CORE: &[&str] = &["gemm", "conv"];
+
+fn file(name: &str) -> &'static str {
+    SHADERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .unwrap_or_else(|| panic!("no shader file shaders/{name}.wgsl is embedded"))
+}
+
+/// The complete WGSL module for a key: a generated header (f16 enable, the
+/// storage type alias `T`, the constants), then the family file.
+pub fn shader_source(key: &KernelKey) -> String {
+    let mut src = String::new();
+    if key.dtype == DType::F16 {
+        src.push_str("enable f16;\n");
+    }
+    src.push_str(&format!("alias T = {};\n", key.dtype.wgsl()));
+    for (name, value) in &key.consts {
+        src.push_str(&format!("const {name}: u32 = {value}u;\n"));
+    }
+    preprocess(file(key.family), &key.consts, &mut src);
+    if USES_TILE_CORE.contains(&key.family) {
+        preprocess(file("tile_core"), &key.consts, &mut src);
+    }
+    src
+}
+
+/// Keeps or drops the lines between `#if NAME` / `#else` / `#endif` (nestable)
+/// by the value of the constant NAME (absent counts as 0). This is how an
+/// optional binding (a bias, a residual) exists only in the variants that bind
+/// it: WGSL itself cannot leave a declared binding out of an entry point.
+fn preprocess(text: &str, consts: &[(&'static str, u32)], out: &mut String) {
+    let value = |name: &str| {
+        consts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    };
+    // Each level: (this branch is live, an enclosing branch is live).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let live = |stack: &Vec<(bool, bool)>| stack.last().is_none_or(|&(on, outer)| on && outer);
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(name) = t.strip_prefix("#if ") {
+            let outer = live(&stack);
+            stack.push((value(name.trim()) != 0, outer));
+        } else if t.starts_with("#else") {
+            if let Some(top) = stack.last_mut() {
+                top.0 = !top.0;
+            }
+        } else if t.starts_with("#endif") {
+            stack.pop();
+        } else if live(&stack) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+}
+
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub struct PipelineCache {
+    map: Mutex<HashMap<KernelKey, Arc<Pipeline>>>,
+}
+
+impl PipelineCache {
+    pub fn get(&self, device: &wgpu::Device, key: &KernelKey) -> Arc<Pipeline> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = map.get(key) {
+            return p.clone();
+        }
+        let label = format!(
+            "{}::{} {:?} {:?}",
+            key.family, key.entry, key.dtype, key.consts
+        );
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(shader_source(key).into()),
+        });
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for &(binding, access) in &key.bindings {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: access == Access::Read,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(&label),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(key.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let p = Arc::new(Pipeline { pipeline, layout });
+        map.insert(key.clone(), p.clone());
+        p
+    }
+}

@@ -1,0 +1,229 @@
+//! Ops are recorded, not run. An op checks shapes when it is called and
+//! appends a [`Node`]: the kernel variant, the values it binds, a uniform block
+//! with the shapes and the workgroup count. [`Graph::plan`] then assigns
+//! buffers and builds bind groups once; the [`Plan`] replays for every step.
+
+mod plan;
+
+pub use plan::Plan;
+
+use crate::gpu::{Access, DType, Gpu, KernelKey, Tensor};
+use std::fmt;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub(crate) u32);
+
+/// A handle to a tensor in the graph: shape and dtype, no storage yet.
+#[derive(Clone, Debug)]
+pub struct Value {
+    pub id: ValueId,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+impl Value {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn dim(&self, i: isize) -> usize {
+        let r = self.shape.len() as isize;
+        self.shape[(if i < 0 { r + i } else { i }) as usize]
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+}
+
+/// Where a value's storage comes from.
+#[derive(Clone, Debug)]
+pub(crate) enum Storage {
+    /// Planned by the graph; shares buffers with values whose lifetimes do not overlap.
+    Intermediate,
+    /// Planned, pinned, and written by the caller before a run (latents, timesteps).
+    Input,
+    /// Planned, pinned, read by the caller after a run.
+    Output,
+    /// Storage owned outside the graph: weights, and feature-store buffers that a
+    /// capture writes and an injection reads.
+    External(Tensor),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ValueInfo {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub storage: Storage,
+    pub name: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Node {
+    pub key: KernelKey,
+    /// 32-bit words of the uniform block (shapes, strides, f32 bit patterns).
+    pub params: Vec<u32>,
+    /// The value bound at each of `key.bindings`, in the same order.
+    pub binds: Vec<ValueId>,
+    pub workgroups: [u32; 3],
+    pub label: String,
+}
+
+/// A shape error, found while the graph is built rather than mid-run.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {msg}")]
+pub struct ShapeError {
+    pub op: String,
+    pub msg: String,
+}
+
+pub fn shape_err(op: &str, msg: impl Into<String>) -> ShapeError {
+    ShapeError {
+        op: op.to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// Formats a shape like PyTorch does: `[2, 320, 64, 64]`.
+pub struct ShapeFmt<'a>(pub &'a [usize]);
+impl fmt::Display for ShapeFmt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+pub struct Graph {
+    pub gpu: Arc<Gpu>,
+    /// Storage type of activations the ops create.
+    pub dtype: DType,
+    pub(crate) values: Vec<ValueInfo>,
+    pub(crate) nodes: Vec<Node>,
+}
+
+impl Graph {
+    pub fn new(gpu: Arc<Gpu>, dtype: DType) -> Self {
+        Graph {
+            gpu,
+            dtype,
+            values: Vec::new(),
+            nodes: Vec::new(),
+        }
+    }
+
+    fn add_value(&mut self, shape: &[usize], dtype: DType, storage: Storage, name: &str) -> Value {
+        let id = ValueId(self.values.len() as u32);
+        self.values.push(ValueInfo {
+            shape: shape.to_vec(),
+            dtype,
+            storage,
+            name: name.to_string(),
+        });
+        Value {
+            id,
+            shape: shape.to_vec(),
+            dtype,
+        }
+    }
+
+    /// A pinned input that the caller writes before each run.
+    pub fn input(&mut self, name: &str, shape: &[usize], dtype: DType) -> Value {
+        self.add_value(shape, dtype, Storage::Input, name)
+    }
+
+    /// A tensor that lives outside the graph (a weight, a feature-store slot).
+    pub fn external(&mut self, name: &str, t: &Tensor) -> Value {
+        let shape = t.shape.clone();
+        self.add_value(&shape, t.dtype, Storage::External(t.clone()), name)
+    }
+
+    /// Marks a value as a graph output: pinned, readable after the run.
+    pub fn output(&mut self, v: &Value) {
+        let info = &mut self.values[v.id.0 as usize];
+        if matches!(info.storage, Storage::Intermediate) {
+            info.storage = Storage::Output;
+        }
+    }
+
+    /// A fresh intermediate value; ops call this for their results.
+    pub fn temp(&mut self, shape: &[usize], dtype: DType) -> Value {
+        self.add_value(shape, dtype, Storage::Intermediate, "")
+    }
+
+    /// The same storage seen with another shape of equal element count (a free reshape).
+    pub fn reshape(&mut self, v: &Value, shape: &[usize]) -> Result<Value, ShapeError> {
+        if shape.iter().product::<usize>() != v.numel() {
+            return Err(shape_err(
+                "reshape",
+                format!("cannot view {} as {}", ShapeFmt(&v.shape), ShapeFmt(shape)),
+            ));
+        }
+        Ok(Value {
+            id: v.id,
+            shape: shape.to_vec(),
+            dtype: v.dtype,
+        })
+    }
+
+    /// Appends a dispatch. `outputs` are bound read-write at bindings 1.., then
+    /// `inputs` read-only at the numbers given (optional bindings leave gaps).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push(
+        &mut self,
+        family: &'static str,
+        entry: &'static str,
+        dtype: DType,
+        consts: Vec<(&'static str, u32)>,
+        outputs: &[&Value],
+        inputs: &[(u32, &Value)],
+        params: Vec<u32>,
+        workgroups: [u32; 3],
+    ) {
+        let mut bindings = Vec::new();
+        let mut binds = Vec::new();
+        for (i, v) in outputs.iter().enumerate() {
+            bindings.push((i as u32 + 1, Access::ReadWrite));
+            binds.push(v.id);
+        }
+        for (b, v) in inputs {
+            bindings.push((*b, Access::Read));
+            binds.push(v.id);
+        }
+        self.nodes.push(Node {
+            key: KernelKey {
+                family,
+                entry,
+                dtype,
+                consts,
+                bindings,
+            },
+            params,
+            binds,
+            workgroups,
+            label: format!("{family}::{entry}"),
+        });
+    }
+
+    /// Number of recorded dispatches.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+/// Workgroup counts for `n` independent items in groups of `per_group`,
+/// spread over x and y because one dimension stops at 65535.
+pub(crate) fn grid_1d(n: usize, per_group: usize) -> [u32; 3] {
+    let groups = n.div_ceil(per_group).max(1) as u32;
+    if groups <= 65535 {
+        [groups, 1, 1]
+    } else {
+        let y = groups.div_ceil(65535);
+        [groups.div_ceil(y), y, 1]
+    }
+}
+
+pub(crate) fn f32_bits(x: f32) -> u32 {
+    x.to_bits()
+}

@@ -1,0 +1,274 @@
+//! Buffer planning and replay (the approach of ggml's gallocr): each
+//! intermediate lives from the node that writes it to the last node that
+//! reads it; buffers are shared greedily by best fit. Inputs, outputs and
+//! external tensors are pinned. Bind groups are made once, here.
+
+use super::{Graph, Storage, Value, ValueId};
+use crate::gpu::tensor::{STORAGE_USAGE, padded_bytes};
+use crate::gpu::{Gpu, GpuError, Tensor};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+struct Step {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    workgroups: [u32; 3],
+}
+
+pub struct Plan {
+    gpu: Arc<Gpu>,
+    steps: Vec<Step>,
+    /// Storage of every input, output and external value, by id.
+    pinned: HashMap<ValueId, Tensor>,
+    /// Bytes of planned intermediate buffers.
+    pub intermediate_bytes: u64,
+    /// Bytes of planned input and output buffers.
+    pub io_bytes: u64,
+    /// What the intermediates would need without sharing.
+    pub unshared_bytes: u64,
+    _uniforms: wgpu::Buffer,
+}
+
+impl Graph {
+    /// Assigns storage, creates pipelines, uniform blocks and bind groups.
+    pub fn plan(&self) -> Result<Plan, GpuError> {
+        let gpu = self.gpu.clone();
+        let n_values = self.values.len();
+
+        // Lifetimes: first node that binds a value, last node that binds it.
+        let mut first = vec![usize::MAX; n_values];
+        let mut last = vec![0usize; n_values];
+        for (i, node) in self.nodes.iter().enumerate() {
+            for v in &node.binds {
+                let v = v.0 as usize;
+                first[v] = first[v].min(i);
+                last[v] = last[v].max(i);
+            }
+        }
+
+        // Best-fit sharing of intermediates, in node order.
+        let size_of =
+            |v: usize| padded_bytes(self.values[v].shape.iter().product(), self.values[v].dtype);
+        let mut slot_size: Vec<u64> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        let mut slot_of: Vec<Option<usize>> = vec![None; n_values];
+        let mut unshared = 0u64;
+        let mut starts: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
+        let mut ends: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
+        for v in 0..n_values {
+            if first[v] != usize::MAX && matches!(self.values[v].storage, Storage::Intermediate) {
+                starts[first[v]].push(v);
+                ends[last[v]].push(v);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            for &v in &starts[i] {
+                let need = size_of(v);
+                unshared += need;
+                let pick = free
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| slot_size[**s] >= need)
+                    .min_by_key(|(_, s)| slot_size[**s])
+                    .or_else(|| free.iter().enumerate().max_by_key(|(_, s)| slot_size[**s]))
+                    .map(|(pos, _)| pos);
+                let slot = match pick {
+                    Some(pos) => free.swap_remove(pos),
+                    None => {
+                        slot_size.push(0);
+                        slot_size.len() - 1
+                    }
+                };
+                slot_size[slot] = slot_size[slot].max(need);
+                slot_of[v] = Some(slot);
+            }
+            // Released only after the node's outputs are placed, so a node never
+            // reads and writes the same buffer.
+            for &v in &ends[i] {
+                if let Some(s) = slot_of[v] {
+                    free.push(s);
+                }
+            }
+        }
+
+        let max_binding = gpu.max_binding();
+        for (v, info) in self.values.iter().enumerate() {
+            let bytes = (info.shape.iter().product::<usize>() * info.dtype.size()) as u64;
+            if first[v] != usize::MAX && bytes > max_binding {
+                return Err(GpuError::BindingTooLarge {
+                    what: format!(
+                        "tensor {:?} of shape {:?}",
+                        if info.name.is_empty() {
+                            "(intermediate)"
+                        } else {
+                            &info.name
+                        },
+                        info.shape
+                    ),
+                    bytes,
+                    limit: max_binding,
+                });
+            }
+        }
+
+        let alloc = |label: &str, size: u64| {
+            Arc::new(gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: size.max(16),
+                usage: STORAGE_USAGE,
+                mapped_at_creation: false,
+            }))
+        };
+        let slots: Vec<Arc<wgpu::Buffer>> = slot_size
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| alloc(&format!("slot {i}"), s))
+            .collect();
+        let mut pinned = HashMap::new();
+        let mut io_bytes = 0;
+        for (v, info) in self.values.iter().enumerate() {
+            let tensor = match &info.storage {
+                Storage::External(t) => t.clone(),
+                Storage::Input | Storage::Output => {
+                    let size = size_of(v);
+                    io_bytes += size;
+                    Tensor {
+                        buffer: alloc(&info.name, size),
+                        offset: 0,
+                        shape: info.shape.clone(),
+                        dtype: info.dtype,
+                    }
+                }
+                Storage::Intermediate => continue,
+            };
+            pinned.insert(ValueId(v as u32), tensor);
+        }
+
+        // One uniform buffer; each node's block at an aligned offset.
+        let align = gpu.limits.min_uniform_buffer_offset_alignment as usize;
+        let mut blocks = Vec::<u8>::new();
+        let mut offsets = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            offsets.push(blocks.len() as u64);
+            let mut words = node.params.clone();
+            words.resize(words.len().div_ceil(4).max(1) * 4, 0);
+            blocks.extend_from_slice(bytemuck::cast_slice(&words));
+            blocks.resize(blocks.len().div_ceil(align) * align, 0);
+        }
+        blocks.resize(blocks.len().max(16), 0);
+        let uniforms = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("node params"),
+            size: blocks.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        gpu.queue.write_buffer(&uniforms, 0, &blocks);
+
+        let mut steps = Vec::with_capacity(self.nodes.len());
+        for (node, &uoff) in self.nodes.iter().zip(&offsets) {
+            let pipeline = gpu.pipelines.get(&gpu.device, &node.key);
+            let ubytes = (node.params.len().div_ceil(4).max(1) * 16) as u64;
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &uniforms,
+                    offset: uoff,
+                    size: std::num::NonZeroU64::new(ubytes),
+                }),
+            }];
+            let resolved: Vec<(Arc<wgpu::Buffer>, u64, u64)> = node
+                .binds
+                .iter()
+                .map(|id| {
+                    let v = id.0 as usize;
+                    match (pinned.get(id), slot_of[v]) {
+                        (Some(t), _) => (t.buffer.clone(), t.offset, t.bytes().div_ceil(4) * 4),
+                        (None, Some(s)) => (slots[s].clone(), 0, size_of(v)),
+                        (None, None) => unreachable!("value {v} bound but never planned"),
+                    }
+                })
+                .collect();
+            for ((binding, _), (buf, off, size)) in node.key.bindings.iter().zip(&resolved) {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: *binding,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: buf,
+                        offset: *off,
+                        size: std::num::NonZeroU64::new((*size).max(4)),
+                    }),
+                });
+            }
+            let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&node.label),
+                layout: &pipeline.layout,
+                entries: &entries,
+            });
+            steps.push(Step {
+                pipeline: pipeline.pipeline.clone(),
+                bind_group,
+                workgroups: node.workgroups,
+            });
+        }
+
+        Ok(Plan {
+            gpu: gpu.clone(),
+            steps,
+            pinned,
+            intermediate_bytes: slot_size.iter().sum(),
+            io_bytes,
+            unshared_bytes: unshared,
+            _uniforms: uniforms,
+        })
+    }
+}
+
+impl Plan {
+    /// Records every dispatch into one compute pass.
+    pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("plan"),
+            timestamp_writes: None,
+        });
+        for s in &self.steps {
+            pass.set_pipeline(&s.pipeline);
+            pass.set_bind_group(0, &s.bind_group, &[]);
+            let [x, y, z] = s.workgroups;
+            pass.dispatch_workgroups(x, y, z);
+        }
+    }
+
+    /// Encodes and submits one replay.
+    pub fn run(&self) {
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.encode(&mut enc);
+        self.gpu.queue.submit([enc.finish()]);
+    }
+
+    /// Storage of a pinned value (input, output or external).
+    pub fn tensor(&self, v: &Value) -> &Tensor {
+        self.pinned
+            .get(&v.id)
+            .expect("Plan::tensor takes inputs, outputs and externals only")
+    }
+
+    pub fn write(&self, v: &Value, data: &[f32]) {
+        self.tensor(v).write_f32(&self.gpu, data);
+    }
+
+    pub async fn read(&self, v: &Value) -> Result<Vec<f32>, GpuError> {
+        let t = self.tensor(v);
+        let view = Tensor {
+            shape: v.shape.clone(),
+            ..t.clone()
+        };
+        view.to_f32(&self.gpu).await
+    }
+
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}

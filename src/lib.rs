@@ -1,0 +1,10 @@
+//! Plug-and-Play Diffusion Features (Tumanyan et al., CVPR 2023) on
+//! hand-written WGSL compute shaders through wgpu.
+//!
+//! Layers: [`gpu`] (the only module that knows wgpu's device API), [`graph`]
+//! (ops are recorded into a graph, planned once and replayed), [`ops`] (one
+//! file per kernel family, beside `shaders/<family>.wgsl`).
+
+pub mod gpu;
+pub mod graph;
+pub mod ops;

@@ -1,0 +1,281 @@
+//! Batched GEMM with fused bias, activation and residual (`shaders/gemm.wgsl`).
+
+use super::{expect_shape, same_dtype, u};
+use crate::graph::{Graph, ShapeError, ShapeFmt, Value, shape_err};
+
+/// Activation fused into the GEMM epilogue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    None,
+    /// GELU with erf, PyTorch's default.
+    Gelu,
+    /// x * sigmoid(1.702 x), CLIP ViT-L's activation.
+    QuickGelu,
+    Silu,
+    /// diffusers' GEGLU: h * gelu(g) for the projection (h, g) = chunk(2).
+    /// The weight must be laid out by [`geglu_interleave`]; the value is the
+    /// output width (half the projection's).
+    Geglu(usize),
+}
+
+impl Act {
+    fn code(self) -> u32 {
+        match self {
+            Act::None => 0,
+            Act::Gelu => 1,
+            Act::QuickGelu => 2,
+            Act::Silu => 3,
+            Act::Geglu(_) => 4,
+        }
+    }
+}
+
+/// Row group of the GEGLU interleave; tied to the 16-column stride of a
+/// thread's register block in `tile_core.wgsl`.
+pub const GEGLU_GROUP: usize = 16;
+
+/// Reorders a GEGLU projection (weight rows [h; g], each `n_out` rows of width
+/// `k`, and its bias) so that each group of 32 rows holds 16 h-rows then the
+/// matching 16 g-rows; the last group is zero-padded.
+pub fn geglu_interleave(
+    weight: &[f32],
+    bias: &[f32],
+    n_out: usize,
+    k: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let groups = n_out.div_ceil(GEGLU_GROUP);
+    let rows = groups * 2 * GEGLU_GROUP;
+    let mut w = vec![0.0; rows * k];
+    let mut b = vec![0.0; rows];
+    for r in 0..n_out {
+        let (gi, lane) = (r / GEGLU_GROUP, r % GEGLU_GROUP);
+        for (half, src) in [(0, r), (1, r + n_out)] {
+            let dst = gi * 2 * GEGLU_GROUP + half * GEGLU_GROUP + lane;
+            w[dst * k..(dst + 1) * k].copy_from_slice(&weight[src * k..(src + 1) * k]);
+            b[dst] = bias[src];
+        }
+    }
+    (w, b)
+}
+
+/// Strided description of one GEMM; see gemm.wgsl.
+struct Spec<'a> {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &'a Value,
+    a_strides: [usize; 3], // batch, row (m), col (k)
+    b: &'a Value,
+    b_strides: [usize; 3], // batch, k, n
+    bias: Option<&'a Value>,
+    act: Act,
+    residual: Option<&'a Value>,
+    out_shape: Vec<usize>,
+}
+
+fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
+    let n_out = match s.act {
+        Act::Geglu(n_out) => n_out,
+        _ => s.n,
+    };
+    let out = g.temp(&s.out_shape, s.a.dtype);
+    let c_rs = n_out;
+    let c_bs = s.m * n_out;
+    let mut inputs = vec![(2, s.a), (3, s.b)];
+    if let Some(b) = s.bias {
+        inputs.push((4, b));
+    }
+    if let Some(r) = s.residual {
+        inputs.push((5, r));
+    }
+    let b_n_fast = (s.b_strides[2] == 1) as u32;
+    let params = vec![
+        u(s.m),
+        u(s.n),
+        u(s.k),
+        u(n_out),
+        u(s.a_strides[0]),
+        u(s.a_strides[1]),
+        u(s.a_strides[2]),
+        u(s.b_strides[0]),
+        u(s.b_strides[1]),
+        u(s.b_strides[2]),
+        u(c_bs),
+        u(c_rs),
+    ];
+    let wg = [u(s.n.div_ceil(64)), u(s.m.div_ceil(64)), u(s.batch)];
+    if wg.iter().any(|&x| x > 65535) {
+        return Err(shape_err(
+            "gemm",
+            format!("grid {wg:?} exceeds 65535 workgroups per dimension"),
+        ));
+    }
+    g.push(
+        "gemm",
+        "main",
+        s.a.dtype,
+        vec![
+            ("ACT", s.act.code()),
+            ("HAS_BIAS", s.bias.is_some() as u32),
+            ("HAS_RES", s.residual.is_some() as u32),
+            ("B_N_FAST", b_n_fast),
+        ],
+        &[&out],
+        &inputs,
+        params,
+        wg,
+    );
+    Ok(out)
+}
+
+/// Optional parts of a [`gemm`].
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a Value>,
+    pub act: Act,
+    pub residual: Option<&'a Value>,
+}
+
+impl Epilogue<'_> {
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        act: Act::None,
+        residual: None,
+    };
+}
+
+/// Batched matrix product with fused epilogue: a (B, M, K) times b (B, K, N),
+/// or b (B, N, K) when `b_transposed` (A @ B^T); a rank-2 b is shared by the
+/// batch. Then + bias (N), activation, + residual (B, M, N_out).
+pub fn gemm(
+    g: &mut Graph,
+    a: &Value,
+    b: &Value,
+    b_transposed: bool,
+    epi: Epilogue,
+) -> Result<Value, ShapeError> {
+    let op = "gemm";
+    if a.rank() != 3 || !(b.rank() == 2 || b.rank() == 3) {
+        return Err(shape_err(
+            op,
+            format!(
+                "expected a (B, M, K) and b of rank 2 or 3, got {} and {}",
+                ShapeFmt(&a.shape),
+                ShapeFmt(&b.shape)
+            ),
+        ));
+    }
+    let (batch, m, k) = (a.dim(0), a.dim(1), a.dim(2));
+    let shared = b.rank() == 2;
+    let (bk, n) = if b_transposed {
+        (b.dim(-1), b.dim(-2))
+    } else {
+        (b.dim(-2), b.dim(-1))
+    };
+    if bk != k || (!shared && b.dim(0) != batch) {
+        return Err(shape_err(
+            op,
+            format!(
+                "{} cannot multiply {}{}",
+                ShapeFmt(&a.shape),
+                ShapeFmt(&b.shape),
+                if b_transposed { " transposed" } else { "" }
+            ),
+        ));
+    }
+    let n_out = match epi.act {
+        Act::Geglu(n_out) => {
+            if n != n_out.div_ceil(GEGLU_GROUP) * 2 * GEGLU_GROUP {
+                return Err(shape_err(
+                    op,
+                    format!(
+                        "GEGLU weight {} is not interleaved for {n_out} outputs",
+                        ShapeFmt(&b.shape)
+                    ),
+                ));
+            }
+            n_out
+        }
+        _ => n,
+    };
+    let out_shape = vec![batch, m, n_out];
+    if let Some(bias) = epi.bias {
+        expect_shape(op, "bias", bias, &[n])?;
+    }
+    if let Some(r) = epi.residual {
+        expect_shape(op, "residual", r, &out_shape)?;
+    }
+    let mut all = vec![a, b];
+    all.extend(epi.bias);
+    all.extend(epi.residual);
+    same_dtype(op, &all)?;
+    let b_bs = if shared { 0 } else { k * n };
+    let b_strides = if b_transposed {
+        [b_bs, 1, k]
+    } else {
+        [b_bs, n, 1]
+    };
+    record(
+        g,
+        Spec {
+            batch,
+            m,
+            n,
+            k,
+            a,
+            a_strides: [m * k, k, 1],
+            b,
+            b_strides,
+            bias: epi.bias,
+            act: epi.act,
+            residual: epi.residual,
+            out_shape,
+        },
+    )
+}
+
+/// `x @ w^T + bias`, a PyTorch Linear: x (..., K), w (N, K) -> (..., N), with
+/// the epilogue of [`gemm`]; the residual has the output's shape.
+pub fn linear(g: &mut Graph, x: &Value, w: &Value, epi: Epilogue) -> Result<Value, ShapeError> {
+    if w.rank() != 2 || x.rank() == 0 || x.dim(-1) != w.dim(1) {
+        return Err(shape_err(
+            "linear",
+            format!(
+                "input {} does not match weight {} (N, K)",
+                ShapeFmt(&x.shape),
+                ShapeFmt(&w.shape)
+            ),
+        ));
+    }
+    let k = w.dim(1);
+    let m = x.numel() / k;
+    let x3 = g.reshape(x, &[1, m, k])?;
+    let res3 = match epi.residual {
+        Some(r) => {
+            if r.numel() % m != 0 {
+                return Err(shape_err(
+                    "linear",
+                    format!("residual {} does not match {} rows", ShapeFmt(&r.shape), m),
+                ));
+            }
+            Some(g.reshape(r, &[1, m, r.numel() / m])?)
+        }
+        None => None,
+    };
+    let y = gemm(
+        g,
+        &x3,
+        w,
+        true,
+        Epilogue {
+            residual: res3.as_ref(),
+            ..epi
+        },
+    )?;
+    let mut shape = x.shape.clone();
+    if let Some(last) = shape.last_mut() {
+        *last = y.dim(2);
+    }
+    g.reshape(&y, &shape)
+}

@@ -1,0 +1,135 @@
+//! Layout transforms: strided copies (`shaders/copy.wgsl`) and nearest 2x
+//! upsampling (`shaders/upsample.wgsl`).
+
+use super::{same_dtype, u};
+use crate::graph::{Graph, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
+
+/// Copies the 4-d index space `n` from `src` (strides `s`, offset `so`) into
+/// `dst` (strides `d`, offset `dof`).
+#[allow(clippy::too_many_arguments)]
+fn copy4(
+    g: &mut Graph,
+    dst: &Value,
+    src: &Value,
+    n: [usize; 4],
+    s: [usize; 4],
+    so: usize,
+    d: [usize; 4],
+    dof: usize,
+) {
+    let total: usize = n.iter().product();
+    let mut params: Vec<u32> = n.iter().chain(&s).chain(&d).map(|&x| u(x)).collect();
+    params.extend([u(so), u(dof), u(total), 0]);
+    g.push(
+        "copy",
+        "main",
+        src.dtype,
+        vec![],
+        &[dst],
+        &[(2, src)],
+        params,
+        grid_1d(total, 256),
+    );
+}
+
+/// (B, R, C) -> (B, C, R); (R, C) is taken as B = 1.
+pub fn transpose_last2(g: &mut Graph, x: &Value) -> Result<Value, ShapeError> {
+    if x.rank() < 2 {
+        return Err(shape_err(
+            "transpose",
+            format!("{} has fewer than 2 dimensions", ShapeFmt(&x.shape)),
+        ));
+    }
+    let (r, c) = (x.dim(-2), x.dim(-1));
+    let b = x.numel() / (r * c).max(1);
+    let mut shape = x.shape.clone();
+    let rank = shape.len();
+    shape.swap(rank - 1, rank - 2);
+    let y = g.temp(&shape, x.dtype);
+    copy4(
+        g,
+        &y,
+        x,
+        [1, b, c, r],
+        [0, r * c, 1, c],
+        0,
+        [0, r * c, r, 1],
+        0,
+    );
+    Ok(y)
+}
+
+/// torch.cat(parts, dim).
+pub fn concat(g: &mut Graph, parts: &[&Value], dim: usize) -> Result<Value, ShapeError> {
+    let first = parts
+        .first()
+        .ok_or_else(|| shape_err("concat", "nothing to concatenate"))?;
+    same_dtype("concat", parts)?;
+    let mut shape = first.shape.clone();
+    if dim >= shape.len() {
+        return Err(shape_err(
+            "concat",
+            format!("dimension {dim} out of range for {}", ShapeFmt(&shape)),
+        ));
+    }
+    shape[dim] = 0;
+    for p in parts {
+        let same_rest = p.rank() == first.rank()
+            && (0..p.rank()).all(|i| i == dim || p.shape[i] == first.shape[i]);
+        if !same_rest {
+            return Err(shape_err(
+                "concat",
+                format!(
+                    "{} and {} differ outside dimension {dim}",
+                    ShapeFmt(&first.shape),
+                    ShapeFmt(&p.shape)
+                ),
+            ));
+        }
+        shape[dim] += p.shape[dim];
+    }
+    let outer: usize = shape[..dim].iter().product();
+    let inner: usize = shape[dim + 1..].iter().product();
+    let total_d = shape[dim];
+    let y = g.temp(&shape, first.dtype);
+    let mut at = 0;
+    for p in parts {
+        let pd = p.shape[dim];
+        copy4(
+            g,
+            &y,
+            p,
+            [1, outer, pd, inner],
+            [0, pd * inner, inner, 1],
+            0,
+            [0, total_d * inner, inner, 1],
+            at * inner,
+        );
+        at += pd;
+    }
+    Ok(y)
+}
+
+/// F.interpolate(x, scale_factor=2.0, mode="nearest") on (B, C, H, W).
+pub fn upsample_nearest2x(g: &mut Graph, x: &Value) -> Result<Value, ShapeError> {
+    if x.rank() != 4 {
+        return Err(shape_err(
+            "upsample",
+            format!("expected (B, C, H, W), got {}", ShapeFmt(&x.shape)),
+        ));
+    }
+    let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let y = g.temp(&[b, c, 2 * h, 2 * w], x.dtype);
+    let total = y.numel();
+    g.push(
+        "upsample",
+        "main",
+        x.dtype,
+        vec![],
+        &[&y],
+        &[(2, x)],
+        vec![u(total), u(h), u(w)],
+        grid_1d(total, 256),
+    );
+    Ok(y)
+}

@@ -1,0 +1,104 @@
+//! Group norm and layer norm (`shaders/norm.wgsl`).
+
+use super::{expect_shape, same_dtype, u};
+use crate::graph::{Graph, ShapeError, ShapeFmt, Value, f32_bits, grid_1d, shape_err};
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    g: &mut Graph,
+    x: &Value,
+    gamma: &Value,
+    beta: &Value,
+    runs: usize,
+    n: usize,
+    hw: usize,
+    cpg: usize,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+) -> Value {
+    let y = g.temp(&x.shape, x.dtype);
+    g.push(
+        "norm",
+        "main",
+        x.dtype,
+        vec![("SILU", silu as u32)],
+        &[&y],
+        &[(2, x), (3, gamma), (4, beta)],
+        vec![u(n), u(hw), u(cpg), u(groups), f32_bits(eps)],
+        grid_1d(runs, 1),
+    );
+    y
+}
+
+/// torch.nn.GroupNorm over x (B, C, ...) with `groups` groups, then SiLU if `silu`.
+pub fn group_norm(
+    g: &mut Graph,
+    x: &Value,
+    gamma: &Value,
+    beta: &Value,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+) -> Result<Value, ShapeError> {
+    let op = "group_norm";
+    if x.rank() < 2 || groups == 0 || !x.dim(1).is_multiple_of(groups) {
+        return Err(shape_err(
+            op,
+            format!(
+                "cannot split {} into {groups} groups of channels",
+                ShapeFmt(&x.shape)
+            ),
+        ));
+    }
+    let c = x.dim(1);
+    expect_shape(op, "weight", gamma, &[c])?;
+    expect_shape(op, "bias", beta, &[c])?;
+    same_dtype(op, &[x, gamma, beta])?;
+    let hw: usize = x.shape[2..].iter().product();
+    let cpg = c / groups;
+    Ok(record(
+        g,
+        x,
+        gamma,
+        beta,
+        x.dim(0) * groups,
+        cpg * hw,
+        hw,
+        cpg,
+        groups,
+        eps,
+        silu,
+    ))
+}
+
+/// torch.nn.LayerNorm over the last dimension.
+pub fn layer_norm(
+    g: &mut Graph,
+    x: &Value,
+    gamma: &Value,
+    beta: &Value,
+    eps: f32,
+) -> Result<Value, ShapeError> {
+    let op = "layer_norm";
+    if x.rank() == 0 {
+        return Err(shape_err(op, "a scalar has no last dimension"));
+    }
+    let d = x.dim(-1);
+    expect_shape(op, "weight", gamma, &[d])?;
+    expect_shape(op, "bias", beta, &[d])?;
+    same_dtype(op, &[x, gamma, beta])?;
+    Ok(record(
+        g,
+        x,
+        gamma,
+        beta,
+        x.numel() / d,
+        d,
+        1,
+        d,
+        1,
+        eps,
+        false,
+    ))
+}
