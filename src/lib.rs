@@ -7,4 +7,5 @@
 
 pub mod gpu;
 pub mod graph;
+pub mod models;
 pub mod ops;

@@ -1,0 +1,150 @@
+//! The tiny SD1.5- and SD2-structured models (kernels-tests/fixtures/models,
+//! from tools/make_model_fixtures.py) against diffusers/transformers run in
+//! float64 on the same weights. sd2-tiny's weights are stored in f16; the
+//! references use those f16 values exactly, and so do we (widened to f32).
+//!
+//! Tolerances (f32 graph), |got - want| <= atol + rtol |want|:
+//! text encoder 1e-5 + 1e-5 rel; UNet eps 2e-5 + 1e-4 rel; VAE moments
+//! 2e-5 + 1e-4 rel; VAE decode 1e-4 + 1e-4 rel (measured maxima on lavapipe:
+//! 1.9e-6, 1.6e-6, 2.6e-6, 1.2e-5). The measured maxima are printed (`cargo test --release --test models -- --nocapture`).
+
+mod common;
+
+use common::*;
+use pnp::gpu::{DType, Tensor};
+use pnp::graph::Graph;
+use pnp::models::clip::ClipText;
+use pnp::models::config::{ClipConfig, UnetConfig, VaeConfig, read_config};
+use pnp::models::loader::component_weights;
+use pnp::models::nn::Ctx;
+use pnp::models::unet::Unet;
+use pnp::models::vae::Vae;
+use std::path::PathBuf;
+
+fn folder(name: &str) -> PathBuf {
+    fixture_path("models").join(name)
+}
+
+fn run_text(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
+    let gpu = gpu();
+    let cx = Ctx { gpu: &gpu, dtype };
+    let dir = folder(name).join("text_encoder");
+    let cfg: ClipConfig = read_config(&dir.join("config.json")).expect("config");
+    let w = component_weights(&dir).expect("weights");
+    let clip = ClipText::load(cx, &w, cfg).expect("load");
+    assert!(w.unused().is_empty(), "unused text-encoder tensors: {:?}", w.unused());
+    let r = Fixture::load(&format!("models/{name}-ref.safetensors"));
+    for i in 0..4 {
+        let ids: Vec<u32> = r.ints[&format!("ids/{i}")].iter().map(|&x| x as u32).collect();
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let emb = clip.embeddings_tensor(cx, &[ids]);
+        let x = g.external("emb", &emb);
+        let y = clip.forward(&mut g, &x).expect("graph");
+        g.output(&y);
+        let plan = g.plan().expect("plan");
+        plan.run();
+        let got = pollster::block_on(plan.read(&y)).expect("read");
+        if let Some(rep) = fails.check(compare(&format!("{name} text/{i} {dtype:?}"), &got, &r.get(&format!("text/{i}")).1, tol)) {
+            eprintln!("{name} text/{i} {dtype:?}: max abs {:.2e}", rep.max_abs);
+        }
+    }
+}
+
+#[test]
+fn text_encoders_match_transformers() {
+    let mut fails = Failures::default();
+    for name in ["sd15-tiny", "sd2-tiny"] {
+        run_text(name, DType::F32, Tol { atol: 1e-5, rtol: 1e-5 }, &mut fails);
+    }
+    fails.finish("text encoders");
+}
+
+fn run_unet(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
+    let gpu = gpu();
+    let cx = Ctx { gpu: &gpu, dtype };
+    let dir = folder(name).join("unet");
+    let cfg: UnetConfig = read_config(&dir.join("config.json")).expect("config");
+    let w = component_weights(&dir).expect("weights");
+    let unet = Unet::load(cx, &w, cfg).expect("load");
+    assert!(w.unused().is_empty(), "unused UNet tensors: {:?}", w.unused());
+    let r = Fixture::load(&format!("models/{name}-ref.safetensors"));
+    let (cs, cd) = r.get("unet/context");
+    for size in ["8x8", "16x16", "8x16"] {
+        let (ls, ld) = r.get(&format!("unet/{size}/latent"));
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let x = g.external("latent", &Tensor::from_f32(&gpu, "latent", ld, ls, dtype));
+        let c = g.external("context", &Tensor::from_f32(&gpu, "context", cd, cs, dtype));
+        let t = Unet::timestep_input(&mut g, ls[0]);
+        let eps = unet.forward(&mut g, &x, &t, &c).expect("graph");
+        g.output(&eps);
+        let plan = g.plan().expect("plan");
+        for step in [1.0f32, 981.0] {
+            plan.write(&t, &vec![step; ls[0]]);
+            plan.run();
+            let got = pollster::block_on(plan.read(&eps)).expect("read");
+            let want = &r.get(&format!("unet/{size}/eps_t{}", step as u32)).1;
+            if let Some(rep) = fails.check(compare(&format!("{name} unet {size} t={step} {dtype:?}"), &got, want, tol)) {
+                eprintln!("{name} unet {size} t={step} {dtype:?}: max abs {:.2e}", rep.max_abs);
+            }
+        }
+    }
+}
+
+#[test]
+fn unets_match_diffusers() {
+    let mut fails = Failures::default();
+    for name in ["sd15-tiny", "sd2-tiny"] {
+        run_unet(name, DType::F32, Tol { atol: 2e-5, rtol: 1e-4 }, &mut fails);
+    }
+    fails.finish("unets");
+}
+
+fn run_vae(name: &str, dtype: DType, enc_tol: Tol, dec_tol: Tol, fails: &mut Failures) {
+    let gpu = gpu();
+    let cx = Ctx { gpu: &gpu, dtype };
+    let dir = folder(name).join("vae");
+    let cfg: VaeConfig = read_config(&dir.join("config.json")).expect("config");
+    let w = component_weights(&dir).expect("weights");
+    let vae = Vae::load(cx, &w, cfg).expect("load");
+    assert!(w.unused().is_empty(), "unused VAE tensors: {:?}", w.unused());
+    let r = Fixture::load(&format!("models/{name}-ref.safetensors"));
+    for size in ["8x8", "16x16", "8x16"] {
+        let (is, id) = r.get(&format!("vae/{size}/image"));
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let x = g.external("image", &Tensor::from_f32(&gpu, "image", id, is, dtype));
+        let m = vae.encode_moments(&mut g, &x).expect("graph");
+        g.output(&m);
+        let plan = g.plan().expect("plan");
+        plan.run();
+        let got = pollster::block_on(plan.read(&m)).expect("read");
+        let half = got.len() / 2;
+        for (part, vals) in [("mean", &got[..half]), ("logvar", &got[half..])] {
+            let want = &r.get(&format!("vae/{size}/{part}")).1;
+            if let Some(rep) = fails.check(compare(&format!("{name} vae {size} {part} {dtype:?}"), vals, want, enc_tol)) {
+                eprintln!("{name} vae {size} {part} {dtype:?}: max abs {:.2e}", rep.max_abs);
+            }
+        }
+
+        let (zs, zd) = r.get(&format!("vae/{size}/latent"));
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let z = g.external("z", &Tensor::from_f32(&gpu, "z", zd, zs, dtype));
+        let y = vae.decode(&mut g, &z).expect("graph");
+        g.output(&y);
+        let plan = g.plan().expect("plan");
+        plan.run();
+        let got = pollster::block_on(plan.read(&y)).expect("read");
+        let want = &r.get(&format!("vae/{size}/decoded")).1;
+        if let Some(rep) = fails.check(compare(&format!("{name} vae {size} decode {dtype:?}"), &got, want, dec_tol)) {
+            eprintln!("{name} vae {size} decode {dtype:?}: max abs {:.2e}", rep.max_abs);
+        }
+    }
+}
+
+#[test]
+fn vaes_match_diffusers() {
+    let mut fails = Failures::default();
+    for name in ["sd15-tiny", "sd2-tiny"] {
+        run_vae(name, DType::F32, Tol { atol: 2e-5, rtol: 1e-4 }, Tol { atol: 1e-4, rtol: 1e-4 }, &mut fails);
+    }
+    fails.finish("vaes");
+}

@@ -1,0 +1,13 @@
+//! The models of Stable Diffusion 1.x and 2.x on our kernels, one file per
+//! diffusers module, fields named after the checkpoint keys.
+
+pub mod clip;
+pub mod config;
+pub mod ldm;
+pub mod loader;
+pub mod nn;
+pub mod tokenizer;
+pub mod unet;
+pub mod unet_blocks;
+pub mod vae;
+pub mod weights;

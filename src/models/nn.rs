@@ -1,0 +1,175 @@
+//! Layers with their weights on the device: the building blocks the model
+//! files share. Each `load` reads from a [`VarBuilder`] with the expected
+//! shapes; each `forward` records ops into a graph.
+
+use super::weights::{VarBuilder, WeightError};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::graph::{Graph, ShapeError, Value};
+use crate::ops::{self, Act, Conv2d as Geo, Epilogue};
+
+/// Uploads `name` under `vb`, checking its shape, converted to `dtype`.
+pub fn upload(gpu: &Gpu, vb: &VarBuilder, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, WeightError> {
+    let t = vb.get(name, shape)?;
+    Ok(Tensor::from_f32(gpu, name, &t.to_f32(), shape, dtype))
+}
+
+/// Where weights go and in what element type.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub gpu: &'a Gpu,
+    pub dtype: DType,
+}
+
+impl Ctx<'_> {
+    pub fn get(&self, vb: &VarBuilder, name: &str, shape: &[usize]) -> Result<Tensor, WeightError> {
+        upload(self.gpu, vb, name, shape, self.dtype)
+    }
+}
+
+pub struct Linear {
+    pub weight: Tensor, // (out, in)
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(cx: Ctx, vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Self, WeightError> {
+        Ok(Linear {
+            weight: cx.get(vb, "weight", &[out, inp])?,
+            bias: if bias { Some(cx.get(vb, "bias", &[out])?) } else { None },
+        })
+    }
+
+    /// A GEGLU projection (diffusers' `GEGLU.proj`, rows [hidden; gate]),
+    /// reordered for the fused GEGLU epilogue.
+    pub fn load_geglu(cx: Ctx, vb: &VarBuilder, inp: usize, inner: usize) -> Result<Self, WeightError> {
+        let w = vb.get("weight", &[2 * inner, inp])?.to_f32();
+        let b = vb.get("bias", &[2 * inner])?.to_f32();
+        let (w, b) = ops::geglu_interleave(&w, &b, inner, inp);
+        let rows = b.len();
+        Ok(Linear {
+            weight: Tensor::from_f32(cx.gpu, "geglu", &w, &[rows, inp], cx.dtype),
+            bias: Some(Tensor::from_f32(cx.gpu, "geglu bias", &b, &[rows], cx.dtype)),
+        })
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: &Value, act: Act, residual: Option<&Value>) -> Result<Value, ShapeError> {
+        let w = g.external("weight", &self.weight);
+        let b = self.bias.as_ref().map(|b| g.external("bias", b));
+        ops::linear(g, x, &w, Epilogue { bias: b.as_ref(), act, residual })
+    }
+}
+
+pub struct Conv {
+    pub weight: Tensor, // (out, in, k, k)
+    pub bias: Tensor,
+    pub geo: Geo,
+}
+
+impl Conv {
+    pub fn load(cx: Ctx, vb: &VarBuilder, inp: usize, out: usize, k: usize, geo: Geo) -> Result<Self, WeightError> {
+        Ok(Conv {
+            weight: cx.get(vb, "weight", &[out, inp, k, k])?,
+            bias: cx.get(vb, "bias", &[out])?,
+            geo,
+        })
+    }
+
+    /// A 3x3 convolution with padding 1.
+    pub fn load3(cx: Ctx, vb: &VarBuilder, inp: usize, out: usize) -> Result<Self, WeightError> {
+        Self::load(cx, vb, inp, out, 3, Geo::same(1))
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: &Value, residual: Option<&Value>) -> Result<Value, ShapeError> {
+        let w = g.external("weight", &self.weight);
+        let b = g.external("bias", &self.bias);
+        ops::conv2d(g, x, &w, &b, self.geo, residual)
+    }
+}
+
+pub struct Norm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f32,
+    /// Group count for a group norm; None for a layer norm.
+    pub groups: Option<usize>,
+}
+
+impl Norm {
+    pub fn group(cx: Ctx, vb: &VarBuilder, c: usize, groups: usize, eps: f32) -> Result<Self, WeightError> {
+        Ok(Norm {
+            weight: cx.get(vb, "weight", &[c])?,
+            bias: cx.get(vb, "bias", &[c])?,
+            eps,
+            groups: Some(groups),
+        })
+    }
+
+    pub fn layer(cx: Ctx, vb: &VarBuilder, c: usize, eps: f32) -> Result<Self, WeightError> {
+        Ok(Norm {
+            weight: cx.get(vb, "weight", &[c])?,
+            bias: cx.get(vb, "bias", &[c])?,
+            eps,
+            groups: None,
+        })
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: &Value, silu: bool) -> Result<Value, ShapeError> {
+        let w = g.external("weight", &self.weight);
+        let b = g.external("bias", &self.bias);
+        match self.groups {
+            Some(groups) => ops::group_norm(g, x, &w, &b, groups, self.eps, silu),
+            None => ops::layer_norm(g, x, &w, &b, self.eps),
+        }
+    }
+}
+
+/// Multi-head attention as diffusers' `Attention` with the classic processor:
+/// to_q/to_k/to_v (bias optional), softmax(q k^T / sqrt(d)) v, to_out.0.
+pub struct Attention {
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub heads: usize,
+}
+
+impl Attention {
+    /// `names` = (q, k, v, out) sub-keys, e.g. ("to_q", "to_k", "to_v", "to_out.0").
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        cx: Ctx,
+        vb: &VarBuilder,
+        names: [&str; 4],
+        query_dim: usize,
+        context_dim: usize,
+        inner: usize,
+        heads: usize,
+        qkv_bias: bool,
+    ) -> Result<Self, WeightError> {
+        Ok(Attention {
+            to_q: Linear::load(cx, &vb.pp(names[0]), query_dim, inner, qkv_bias)?,
+            to_k: Linear::load(cx, &vb.pp(names[1]), context_dim, inner, qkv_bias)?,
+            to_v: Linear::load(cx, &vb.pp(names[2]), context_dim, inner, qkv_bias)?,
+            to_out: Linear::load(cx, &vb.pp(names[3]), inner, query_dim, true)?,
+            heads,
+        })
+    }
+
+    /// x (B, L, C); context (B, Lc, Cc) or None for self-attention; the
+    /// residual is added in to_out's epilogue.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        context: Option<&Value>,
+        causal: bool,
+        residual: Option<&Value>,
+    ) -> Result<Value, ShapeError> {
+        let ctx = context.unwrap_or(x);
+        let q = self.to_q.forward(g, x, Act::None, None)?;
+        let k = self.to_k.forward(g, ctx, Act::None, None)?;
+        let v = self.to_v.forward(g, ctx, Act::None, None)?;
+        let o = ops::attention(g, &q, &k, &v, self.heads, causal, None)?;
+        self.to_out.forward(g, &o, Act::None, residual)
+    }
+}

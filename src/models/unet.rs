@@ -1,0 +1,214 @@
+//! UNet2DConditionModel (diffusers' models/unets/unet_2d_condition.py) for
+//! the SD 1.x/2.x block layout: CrossAttnDownBlock2D / DownBlock2D,
+//! UNetMidBlock2DCrossAttn, UpBlock2D / CrossAttnUpBlock2D.
+
+use super::config::UnetConfig;
+use super::nn::{Conv, Ctx, Linear, Norm};
+use super::unet_blocks::{Resnet, Transformer2d, load_downsample, upsample};
+use super::weights::{Weights, WeightError};
+use crate::gpu::DType;
+use crate::graph::{Graph, ShapeError, Value};
+use crate::ops::{self, Act, Unary};
+
+struct Block {
+    resnets: Vec<Resnet>,
+    attentions: Vec<Transformer2d>,
+    /// Downsampler (down blocks) or upsampler conv (up blocks).
+    sampler: Option<Conv>,
+}
+
+pub struct Unet {
+    pub config: UnetConfig,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    conv_in: Conv,
+    down: Vec<Block>,
+    mid_resnets: [Resnet; 2],
+    mid_attention: Transformer2d,
+    up: Vec<Block>,
+    conv_norm_out: Norm,
+    conv_out: Conv,
+}
+
+fn bad_config(w: &Weights, msg: String) -> WeightError {
+    WeightError::Config {
+        path: w.source.clone().into(),
+        msg,
+    }
+}
+
+impl Unet {
+    pub fn load(cx: Ctx, w: &Weights, config: UnetConfig) -> Result<Self, WeightError> {
+        let c = &config;
+        let vb = w.root();
+        let ch = &c.block_out_channels;
+        let n = ch.len();
+        if n == 0 || c.down_block_types.len() != n || c.up_block_types.len() != n {
+            return Err(bad_config(w, "block_out_channels, down_block_types and up_block_types differ in length".into()));
+        }
+        let temb = 4 * ch[0];
+        let (groups, eps) = (c.norm_num_groups, c.norm_eps);
+        let tlayers = |i: usize| c.transformer_layers_per_block.get(i);
+
+        let mut down = Vec::new();
+        let mut out = ch[0];
+        for i in 0..n {
+            let vb = vb.pp("down_blocks").pp(i);
+            let cross = match c.down_block_types[i].as_str() {
+                "CrossAttnDownBlock2D" => true,
+                "DownBlock2D" => false,
+                other => return Err(bad_config(w, format!("down block type {other} is not supported"))),
+            };
+            let inp = out;
+            out = ch[i];
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..c.layers_per_block {
+                let rin = if j == 0 { inp } else { out };
+                resnets.push(Resnet::load(cx, &vb.pp("resnets").pp(j), rin, out, Some(temb), groups, eps)?);
+                if cross {
+                    attentions.push(Transformer2d::load(
+                        cx,
+                        &vb.pp("attentions").pp(j),
+                        out,
+                        c.heads(i),
+                        c.cross_attention_dim,
+                        groups,
+                        c.use_linear_projection,
+                        tlayers(i),
+                    )?);
+                }
+            }
+            let sampler = if i + 1 < n {
+                Some(load_downsample(cx, &vb.pp("downsamplers.0"), out, [1, 1, 1, 1])?)
+            } else {
+                None
+            };
+            down.push(Block { resnets, attentions, sampler });
+        }
+
+        let top = ch[n - 1];
+        let mid = vb.pp("mid_block");
+        let mid_resnets = [
+            Resnet::load(cx, &mid.pp("resnets.0"), top, top, Some(temb), groups, eps)?,
+            Resnet::load(cx, &mid.pp("resnets.1"), top, top, Some(temb), groups, eps)?,
+        ];
+        let mid_attention = Transformer2d::load(
+            cx,
+            &mid.pp("attentions.0"),
+            top,
+            c.heads(n - 1),
+            c.cross_attention_dim,
+            groups,
+            c.use_linear_projection,
+            tlayers(n - 1),
+        )?;
+
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up = Vec::new();
+        let mut prev = rev[0];
+        for i in 0..n {
+            let vb = vb.pp("up_blocks").pp(i);
+            let cross = match c.up_block_types[i].as_str() {
+                "CrossAttnUpBlock2D" => true,
+                "UpBlock2D" => false,
+                other => return Err(bad_config(w, format!("up block type {other} is not supported"))),
+            };
+            let out = rev[i];
+            let skip_in = rev[(i + 1).min(n - 1)];
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..=c.layers_per_block {
+                let res_skip = if j == c.layers_per_block { skip_in } else { out };
+                let rin = if j == 0 { prev } else { out };
+                resnets.push(Resnet::load(cx, &vb.pp("resnets").pp(j), rin + res_skip, out, Some(temb), groups, eps)?);
+                if cross {
+                    attentions.push(Transformer2d::load(
+                        cx,
+                        &vb.pp("attentions").pp(j),
+                        out,
+                        c.heads(n - 1 - i),
+                        c.cross_attention_dim,
+                        groups,
+                        c.use_linear_projection,
+                        tlayers(n - 1 - i),
+                    )?);
+                }
+            }
+            let sampler = if i + 1 < n { Some(Conv::load3(cx, &vb.pp("upsamplers.0.conv"), out, out)?) } else { None };
+            up.push(Block { resnets, attentions, sampler });
+            prev = out;
+        }
+
+        Ok(Unet {
+            time_linear_1: Linear::load(cx, &vb.pp("time_embedding.linear_1"), ch[0], temb, true)?,
+            time_linear_2: Linear::load(cx, &vb.pp("time_embedding.linear_2"), temb, temb, true)?,
+            conv_in: Conv::load3(cx, &vb.pp("conv_in"), c.in_channels, ch[0])?,
+            down,
+            mid_resnets,
+            mid_attention,
+            up,
+            conv_norm_out: Norm::group(cx, &vb.pp("conv_norm_out"), ch[0], groups, eps)?,
+            conv_out: Conv::load3(cx, &vb.pp("conv_out"), ch[0], c.out_channels)?,
+            config: config.clone(),
+        })
+    }
+
+    /// eps = UNet(x, t, context): x (B, 4, h, w), t (B) float32 timesteps,
+    /// context (B, 77, Cc) -> (B, 4, h, w).
+    pub fn forward(&self, g: &mut Graph, x: &Value, t: &Value, context: &Value) -> Result<Value, ShapeError> {
+        let c = &self.config;
+        // 1. time embedding: sinusoid (B, C0) -> linear, SiLU -> linear (B, 4 C0).
+        let t_emb = ops::timestep_embedding(g, t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?;
+        let e = self.time_linear_1.forward(g, &t_emb, Act::Silu, None)?;
+        let emb = self.time_linear_2.forward(g, &e, Act::None, None)?;
+        // Every resnet projects SiLU(emb); compute it once.
+        let emb_silu = ops::unary(g, &emb, Unary::Silu);
+
+        // 2. down: keep every intermediate for the skip connections.
+        let mut h = self.conv_in.forward(g, x, None)?; // (B, C0, h, w)
+        let mut skips = vec![h.clone()];
+        for blk in &self.down {
+            for (j, r) in blk.resnets.iter().enumerate() {
+                h = r.forward(g, &h, Some(&emb_silu))?;
+                if let Some(a) = blk.attentions.get(j) {
+                    h = a.forward(g, &h, context)?;
+                }
+                skips.push(h.clone());
+            }
+            if let Some(d) = &blk.sampler {
+                h = d.forward(g, &h, None)?;
+                skips.push(h.clone());
+            }
+        }
+
+        // 3. mid.
+        h = self.mid_resnets[0].forward(g, &h, Some(&emb_silu))?;
+        h = self.mid_attention.forward(g, &h, context)?;
+        h = self.mid_resnets[1].forward(g, &h, Some(&emb_silu))?;
+
+        // 4. up: each resnet takes the channel concat with the newest skip.
+        for blk in &self.up {
+            for (j, r) in blk.resnets.iter().enumerate() {
+                let skip = skips.pop().ok_or_else(|| crate::graph::shape_err("unet", "ran out of skip connections"))?;
+                let cat = ops::concat(g, &[&h, &skip], 1)?;
+                h = r.forward(g, &cat, Some(&emb_silu))?;
+                if let Some(a) = blk.attentions.get(j) {
+                    h = a.forward(g, &h, context)?;
+                }
+            }
+            if let Some(u) = &blk.sampler {
+                h = upsample(g, u, &h)?;
+            }
+        }
+
+        // 5. out: GN + SiLU, conv_out.
+        let h = self.conv_norm_out.forward(g, &h, true)?;
+        self.conv_out.forward(g, &h, None)
+    }
+
+    /// The timestep input a graph needs: (B) float32.
+    pub fn timestep_input(g: &mut Graph, batch: usize) -> Value {
+        g.input("timesteps", &[batch], DType::F32)
+    }
+}

@@ -1,0 +1,210 @@
+//! The UNet's building blocks: ResnetBlock2D, Transformer2DModel with its
+//! BasicTransformerBlocks, and the down/up samplers (diffusers'
+//! models/resnet.py, transformers/transformer_2d.py, attention.py).
+
+use super::nn::{Attention, Conv, Ctx, Linear, Norm};
+use super::weights::{VarBuilder, WeightError};
+use crate::graph::{Graph, ShapeError, Value};
+use crate::ops::{self, Act, Conv2d};
+
+/// ResnetBlock2D: GN+SiLU, conv1, + time projection, GN+SiLU, conv2, + shortcut.
+pub struct Resnet {
+    norm1: Norm,
+    conv1: Conv,
+    time_emb_proj: Option<Linear>,
+    norm2: Norm,
+    conv2: Conv,
+    conv_shortcut: Option<Conv>,
+    out_channels: usize,
+}
+
+impl Resnet {
+    /// `temb`: the time-embedding width, None in the VAE.
+    pub fn load(
+        cx: Ctx,
+        vb: &VarBuilder,
+        inp: usize,
+        out: usize,
+        temb: Option<usize>,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Self, WeightError> {
+        Ok(Resnet {
+            norm1: Norm::group(cx, &vb.pp("norm1"), inp, groups, eps)?,
+            conv1: Conv::load3(cx, &vb.pp("conv1"), inp, out)?,
+            time_emb_proj: match temb {
+                Some(t) => Some(Linear::load(cx, &vb.pp("time_emb_proj"), t, out, true)?),
+                None => None,
+            },
+            norm2: Norm::group(cx, &vb.pp("norm2"), out, groups, eps)?,
+            conv2: Conv::load3(cx, &vb.pp("conv2"), out, out)?,
+            conv_shortcut: if inp != out {
+                Some(Conv::load(cx, &vb.pp("conv_shortcut"), inp, out, 1, Conv2d::same(0))?)
+            } else {
+                None
+            },
+            out_channels: out,
+        })
+    }
+
+    /// x (B, C_in, H, W); temb_silu = SiLU(time embedding) (B, T).
+    pub fn forward(&self, g: &mut Graph, x: &Value, temb_silu: Option<&Value>) -> Result<Value, ShapeError> {
+        let h = self.norm1.forward(g, x, true)?;
+        let mut h = self.conv1.forward(g, &h, None)?;
+        if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_silu) {
+            let t = proj.forward(g, t, Act::None, None)?; // (B, C_out)
+            let t = g.reshape(&t, &[t.dim(0), self.out_channels, 1, 1])?;
+            h = ops::add(g, &h, &t)?;
+        }
+        let h = self.norm2.forward(g, &h, true)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(c) => c.forward(g, x, None)?,
+            None => x.clone(),
+        };
+        // output_scale_factor is 1.0 in every SD config: conv2(h) + shortcut.
+        self.conv2.forward(g, &h, Some(&shortcut))
+    }
+}
+
+/// BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward,
+/// each pre-normed with a LayerNorm and added to the residual stream.
+struct TransformerBlock {
+    norm1: Norm,
+    attn1: Attention,
+    norm2: Norm,
+    attn2: Attention,
+    norm3: Norm,
+    ff_proj: Linear,
+    ff_out: Linear,
+    inner_ff: usize,
+}
+
+impl TransformerBlock {
+    fn load(cx: Ctx, vb: &VarBuilder, dim: usize, heads: usize, context_dim: usize) -> Result<Self, WeightError> {
+        let inner_ff = 4 * dim;
+        Ok(TransformerBlock {
+            norm1: Norm::layer(cx, &vb.pp("norm1"), dim, 1e-5)?,
+            attn1: Attention::load(cx, &vb.pp("attn1"), ["to_q", "to_k", "to_v", "to_out.0"], dim, dim, dim, heads, false)?,
+            norm2: Norm::layer(cx, &vb.pp("norm2"), dim, 1e-5)?,
+            attn2: Attention::load(
+                cx,
+                &vb.pp("attn2"),
+                ["to_q", "to_k", "to_v", "to_out.0"],
+                dim,
+                context_dim,
+                dim,
+                heads,
+                false,
+            )?,
+            norm3: Norm::layer(cx, &vb.pp("norm3"), dim, 1e-5)?,
+            ff_proj: Linear::load_geglu(cx, &vb.pp("ff.net.0.proj"), dim, inner_ff)?,
+            ff_out: Linear::load(cx, &vb.pp("ff.net.2"), inner_ff, dim, true)?,
+            inner_ff,
+        })
+    }
+
+    /// x (B, HW, C), context (B, 77, Cc).
+    fn forward(&self, g: &mut Graph, x: &Value, context: &Value) -> Result<Value, ShapeError> {
+        let n = self.norm1.forward(g, x, false)?;
+        let h = self.attn1.forward(g, &n, None, false, Some(x))?;
+        let n = self.norm2.forward(g, &h, false)?;
+        let h = self.attn2.forward(g, &n, Some(context), false, Some(&h))?;
+        let n = self.norm3.forward(g, &h, false)?;
+        let f = self.ff_proj.forward(g, &n, Act::Geglu(self.inner_ff), None)?;
+        self.ff_out.forward(g, &f, Act::None, Some(&h))
+    }
+}
+
+enum Proj {
+    /// SD1: 1x1 convolutions on the (B, C, H, W) map.
+    Conv(Conv),
+    /// SD2: linear layers on the (B, HW, C) tokens.
+    Linear(Linear),
+}
+
+/// Transformer2DModel: GroupNorm, proj_in, transformer blocks, proj_out, + input.
+pub struct Transformer2d {
+    norm: Norm,
+    proj_in: Proj,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Proj,
+}
+
+impl Transformer2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        cx: Ctx,
+        vb: &VarBuilder,
+        channels: usize,
+        heads: usize,
+        context_dim: usize,
+        groups: usize,
+        linear_proj: bool,
+        layers: usize,
+    ) -> Result<Self, WeightError> {
+        let proj = |name: &str| -> Result<Proj, WeightError> {
+            Ok(if linear_proj {
+                Proj::Linear(Linear::load(cx, &vb.pp(name), channels, channels, true)?)
+            } else {
+                Proj::Conv(Conv::load(cx, &vb.pp(name), channels, channels, 1, Conv2d::same(0))?)
+            })
+        };
+        let mut blocks = Vec::new();
+        for i in 0..layers {
+            blocks.push(TransformerBlock::load(cx, &vb.pp("transformer_blocks").pp(i), channels, heads, context_dim)?);
+        }
+        Ok(Transformer2d {
+            norm: Norm::group(cx, &vb.pp("norm"), channels, groups, 1e-6)?,
+            proj_in: proj("proj_in")?,
+            blocks,
+            proj_out: proj("proj_out")?,
+        })
+    }
+
+    /// x (B, C, H, W), context (B, 77, Cc) -> (B, C, H, W).
+    pub fn forward(&self, g: &mut Graph, x: &Value, context: &Value) -> Result<Value, ShapeError> {
+        let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+        let n = self.norm.forward(g, x, false)?;
+        let n = g.reshape(&n, &[b, c, h * w])?;
+        let mut t = match &self.proj_in {
+            Proj::Conv(conv) => {
+                let n = g.reshape(&n, &[b, c, h, w])?;
+                let p = conv.forward(g, &n, None)?;
+                let p = g.reshape(&p, &[b, c, h * w])?;
+                ops::transpose_last2(g, &p)? // (B, HW, C)
+            }
+            Proj::Linear(lin) => {
+                let tok = ops::transpose_last2(g, &n)?;
+                lin.forward(g, &tok, Act::None, None)?
+            }
+        };
+        for blk in &self.blocks {
+            t = blk.forward(g, &t, context)?;
+        }
+        match &self.proj_out {
+            Proj::Conv(conv) => {
+                let m = ops::transpose_last2(g, &t)?; // (B, C, HW)
+                let m = g.reshape(&m, &[b, c, h, w])?;
+                conv.forward(g, &m, Some(x))
+            }
+            Proj::Linear(lin) => {
+                let o = lin.forward(g, &t, Act::None, None)?;
+                let m = ops::transpose_last2(g, &o)?;
+                let m = g.reshape(&m, &[b, c, h, w])?;
+                ops::add(g, &m, x)
+            }
+        }
+    }
+}
+
+/// Downsample2D: a stride-2 3x3 conv; `pad` [top, bottom, left, right]
+/// (the UNet pads 1 all round, the VAE encoder (0, 1, 0, 1)).
+pub fn load_downsample(cx: Ctx, vb: &VarBuilder, c: usize, pad: [usize; 4]) -> Result<Conv, WeightError> {
+    Conv::load(cx, &vb.pp("conv"), c, c, 3, Conv2d { stride: 2, pad })
+}
+
+/// Upsample2D: nearest 2x then a 3x3 conv.
+pub fn upsample(g: &mut Graph, conv: &Conv, x: &Value) -> Result<Value, ShapeError> {
+    let u = ops::upsample_nearest2x(g, x)?;
+    conv.forward(g, &u, None)
+}

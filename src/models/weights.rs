@@ -1,0 +1,247 @@
+//! Checkpoint tensors on the host, addressed by path prefix (candle's
+//! VarBuilder): `vb.pp("down_blocks").pp(0).get("conv1.weight", &[320, 320, 3, 3])`.
+//! A missing tensor or a wrong shape names the file, the full key and both
+//! shapes; tensors that nothing asked for are reported by [`Weights::unused`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid safetensors file ({msg}); the download may be truncated: fetch it again")]
+    Corrupt { path: PathBuf, msg: String },
+    #[error("{file}: tensor {key} is missing")]
+    Missing { file: String, key: String },
+    #[error("{file}: tensor {key} has shape {actual:?}, expected {expected:?}")]
+    Shape {
+        file: String,
+        key: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+    #[error("{file}: tensor {key} has element type {dtype}, expected f32, f16 or bf16")]
+    DType { file: String, key: String, dtype: String },
+    #[error(
+        "{path} holds only pickle weights ({found}); pickle files can run code and are not loaded. Convert them to \
+         safetensors, e.g. in Python: `from diffusers import StableDiffusionPipeline; \
+         StableDiffusionPipeline.from_pretrained(DIR).save_pretrained(OUT, safe_serialization=True)`"
+    )]
+    Pickle { path: PathBuf, found: String },
+    #[error("{path}: {msg}")]
+    Layout { path: PathBuf, msg: String },
+    #[error("{path}: bad config: {msg}")]
+    Config { path: PathBuf, msg: String },
+}
+
+/// Element data of one host tensor: a slice of a file's bytes, or values
+/// computed while mapping a checkpoint layout (a split fused qkv, say).
+#[derive(Clone, Debug)]
+pub enum HostData {
+    Raw {
+        dtype: safetensors::Dtype,
+        bytes: Arc<Vec<u8>>,
+        start: usize,
+        end: usize,
+    },
+    F32(Arc<Vec<f32>>),
+}
+
+#[derive(Clone, Debug)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: HostData,
+}
+
+impl HostTensor {
+    pub fn from_f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        HostTensor {
+            shape,
+            data: HostData::F32(Arc::new(data)),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The values as f32 (f16 and bf16 widen exactly).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            HostData::F32(v) => v.as_ref().clone(),
+            HostData::Raw { dtype, bytes, start, end } => {
+                let b = &bytes[*start..*end];
+                match dtype {
+                    safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(b),
+                    safetensors::Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(b)
+                        .into_iter()
+                        .map(f32::from)
+                        .collect(),
+                    safetensors::Dtype::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(b)
+                        .into_iter()
+                        .map(f32::from)
+                        .collect(),
+                    _ => unreachable!("dtype checked when the file was opened"),
+                }
+            }
+        }
+    }
+
+    /// Element type as stored ("f32", "f16", "bf16").
+    pub fn stored_dtype(&self) -> &'static str {
+        match &self.data {
+            HostData::F32(_) => "f32",
+            HostData::Raw { dtype, .. } => match dtype {
+                safetensors::Dtype::F16 => "f16",
+                safetensors::Dtype::BF16 => "bf16",
+                _ => "f32",
+            },
+        }
+    }
+}
+
+/// A set of named tensors from one or more files (a component of a model).
+#[derive(Debug, Default)]
+pub struct Weights {
+    /// Where the tensors came from, for messages.
+    pub source: String,
+    pub tensors: BTreeMap<String, HostTensor>,
+    used: Mutex<HashSet<String>>,
+}
+
+impl Weights {
+    pub fn new(source: impl Into<String>, tensors: BTreeMap<String, HostTensor>) -> Self {
+        Weights {
+            source: source.into(),
+            tensors,
+            used: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Reads every tensor of a safetensors file.
+    pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, WeightError> {
+        let bytes = std::fs::read(path).map_err(|source| WeightError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bytes = Arc::new(bytes);
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| WeightError::Corrupt {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        let base = bytes.as_ptr() as usize;
+        let mut out = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let dtype = view.dtype();
+            if !matches!(
+                dtype,
+                safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+            ) {
+                // Integer buffers (position_ids) are skipped: no module reads them.
+                continue;
+            }
+            let start = view.data().as_ptr() as usize - base;
+            let end = start + view.data().len();
+            out.insert(
+                name,
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data: HostData::Raw {
+                        dtype,
+                        bytes: bytes.clone(),
+                        start,
+                        end,
+                    },
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn root(&self) -> VarBuilder<'_> {
+        VarBuilder {
+            weights: self,
+            prefix: String::new(),
+        }
+    }
+
+    /// Tensors that no module asked for, sorted.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        self.tensors.keys().filter(|k| !used.contains(*k)).cloned().collect()
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.tensors.values().map(HostTensor::numel).sum()
+    }
+
+    /// The element type most tensors are stored in.
+    pub fn stored_dtype(&self) -> &'static str {
+        let mut counts = BTreeMap::new();
+        for t in self.tensors.values() {
+            *counts.entry(t.stored_dtype()).or_insert(0usize) += t.numel();
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map_or("f32", |(d, _)| d)
+    }
+}
+
+/// A view of [`Weights`] under a key prefix.
+#[derive(Clone)]
+pub struct VarBuilder<'a> {
+    weights: &'a Weights,
+    prefix: String,
+}
+
+impl<'a> VarBuilder<'a> {
+    /// The builder for `prefix.name`.
+    pub fn pp(&self, name: impl Display) -> VarBuilder<'a> {
+        VarBuilder {
+            weights: self.weights,
+            prefix: self.key(&name.to_string()),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.tensors.contains_key(&self.key(name))
+    }
+
+    /// The tensor `prefix.name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<&'a HostTensor, WeightError> {
+        let t = self.get_any(name)?;
+        if t.shape != shape {
+            return Err(WeightError::Shape {
+                file: self.weights.source.clone(),
+                key: self.key(name),
+                expected: shape.to_vec(),
+                actual: t.shape.clone(),
+            });
+        }
+        Ok(t)
+    }
+
+    /// The tensor `prefix.name` with whatever shape it has.
+    pub fn get_any(&self, name: &str) -> Result<&'a HostTensor, WeightError> {
+        let key = self.key(name);
+        let t = self.weights.tensors.get(&key).ok_or_else(|| WeightError::Missing {
+            file: self.weights.source.clone(),
+            key: key.clone(),
+        })?;
+        self.weights.used.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+        Ok(t)
+    }
+}
