@@ -148,3 +148,61 @@ fn vaes_match_diffusers() {
     }
     fails.finish("vaes");
 }
+
+/// A fresh empty folder under the system temp dir.
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pnp-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn bad_checkpoints_get_clear_errors() {
+    use pnp::models::weights::{WeightError, Weights};
+    let gpu = gpu();
+    let cx = Ctx { gpu: &gpu, dtype: DType::F32 };
+    let te = folder("sd15-tiny").join("text_encoder");
+    let cfg: ClipConfig = read_config(&te.join("config.json")).expect("config");
+
+    // A truncated download: names the file.
+    let dir = temp_dir("truncated");
+    let bytes = std::fs::read(te.join("model.safetensors")).expect("read");
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).expect("write");
+    let err = component_weights(&dir).expect_err("truncated file must fail");
+    assert!(matches!(err, WeightError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+
+    // A missing tensor: names the full key and the file.
+    let full = Weights::read_safetensors(&te.join("model.safetensors")).expect("read");
+    let key = "text_model.encoder.layers.1.mlp.fc2.weight";
+    let mut t = full.clone();
+    t.remove(key);
+    let err = ClipText::load(cx, &Weights::new("clip.safetensors", t), cfg.clone()).err().expect("missing tensor must fail");
+    assert!(matches!(err, WeightError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains(key) && err.to_string().contains("clip.safetensors"), "{err}");
+
+    // A wrong shape: names the key and both shapes.
+    let mut t = full.clone();
+    let orig = t[key].clone();
+    t.insert(key.into(), pnp::models::weights::HostTensor::from_f32(vec![32, 63], vec![0.0; 32 * 63]));
+    let err = ClipText::load(cx, &Weights::new("clip.safetensors", t), cfg.clone()).err().expect("wrong shape must fail");
+    let msg = err.to_string();
+    assert!(msg.contains(key) && msg.contains("[32, 63]") && msg.contains(&format!("{:?}", orig.shape)), "{msg}");
+
+    // A folder with only pickle weights: says so and how to convert.
+    let dir = temp_dir("pickle");
+    std::fs::write(dir.join("diffusion_pytorch_model.bin"), b"not loaded").expect("write");
+    let err = component_weights(&dir).expect_err("pickle-only folder must fail");
+    assert!(matches!(err, WeightError::Pickle { .. }) && err.to_string().contains("safetensors"), "{err}");
+
+    // An unknown layout: a path that is neither a folder, a checkpoint nor a repo id.
+    let file = temp_dir("layout").join("weights.npz");
+    std::fs::write(&file, b"x").expect("write");
+    let err = pnp::models::loader::resolve(file.to_str().expect("utf-8 path")).expect_err("unknown layout must fail");
+    assert!(matches!(err, WeightError::Layout { .. }), "{err}");
+
+    // A repo id that is not in the local hub cache: says how to download it.
+    let err = pnp::models::loader::resolve("nobody-org/no-such-model").expect_err("absent repo must fail");
+    assert!(err.to_string().contains("huggingface-cli download"), "{err}");
+}

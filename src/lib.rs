@@ -5,6 +5,8 @@
 //! (ops are recorded into a graph, planned once and replayed), [`ops`] (one
 //! file per kernel family, beside `shaders/<family>.wgsl`).
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod gpu;
 pub mod graph;
 pub mod models;

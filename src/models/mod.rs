@@ -6,6 +6,7 @@ pub mod config;
 pub mod ldm;
 pub mod loader;
 pub mod nn;
+pub mod sd;
 pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;

@@ -1,0 +1,95 @@
+//! A whole Stable Diffusion checkpoint: text encoder, UNet and VAE loaded
+//! onto the device, with what was found recorded for `pnp info`.
+
+use super::clip::ClipText;
+use super::config::{ClipConfig, UnetConfig, VaeConfig, read_config};
+use super::loader::{ModelSource, component_weights};
+use super::nn::Ctx;
+use super::unet::Unet;
+use super::vae::Vae;
+use super::weights::{WeightError, Weights};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// CLIP ViT-L text encoder, conv proj_in/out, 8 heads.
+    Sd1,
+    /// OpenCLIP ViT-H text encoder, linear proj_in/out, 64-wide heads.
+    Sd2,
+}
+
+/// What one component's checkpoint held.
+#[derive(Clone, Debug)]
+pub struct ComponentReport {
+    pub name: &'static str,
+    pub source: String,
+    pub parameters: usize,
+    pub stored_dtype: &'static str,
+    /// Tensors in the file that no module read.
+    pub unused: Vec<String>,
+}
+
+pub struct SdModel {
+    pub family: Family,
+    pub root: PathBuf,
+    pub text: ClipText,
+    pub unet: Unet,
+    pub vae: Vae,
+    pub report: Vec<ComponentReport>,
+}
+
+fn report(name: &'static str, w: &Weights) -> ComponentReport {
+    ComponentReport {
+        name,
+        source: w.source.clone(),
+        parameters: w.parameter_count(),
+        stored_dtype: w.stored_dtype(),
+        unused: w.unused(),
+    }
+}
+
+impl SdModel {
+    /// Loads the three networks from a diffusers folder.
+    pub fn load_folder(cx: Ctx, dir: &Path) -> Result<Self, WeightError> {
+        let te = dir.join("text_encoder");
+        let un = dir.join("unet");
+        let va = dir.join("vae");
+        let (tw, uw, vw) = (component_weights(&te)?, component_weights(&un)?, component_weights(&va)?);
+        let tc: ClipConfig = read_config(&te.join("config.json"))?;
+        let uc: UnetConfig = read_config(&un.join("config.json"))?;
+        let vc: VaeConfig = read_config(&va.join("config.json"))?;
+        Self::from_parts(cx, dir.to_path_buf(), (tw, tc), (uw, uc), (vw, vc))
+    }
+
+    /// Loads from any `--model` source.
+    pub fn load(cx: Ctx, source: &ModelSource) -> Result<Self, WeightError> {
+        match source {
+            ModelSource::Folder(dir) => Self::load_folder(cx, dir),
+            ModelSource::SingleFile(path) => Err(WeightError::Layout {
+                path: path.clone(),
+                msg: "LDM_PENDING".into(),
+            }),
+        }
+    }
+
+    pub fn from_parts(
+        cx: Ctx,
+        root: PathBuf,
+        text: (Weights, ClipConfig),
+        unet: (Weights, UnetConfig),
+        vae: (Weights, VaeConfig),
+    ) -> Result<Self, WeightError> {
+        let family = if unet.1.use_linear_projection { Family::Sd2 } else { Family::Sd1 };
+        let t = ClipText::load(cx, &text.0, text.1)?;
+        let u = Unet::load(cx, &unet.0, unet.1)?;
+        let v = Vae::load(cx, &vae.0, vae.1)?;
+        Ok(SdModel {
+            family,
+            root,
+            text: t,
+            unet: u,
+            vae: v,
+            report: vec![report("text_encoder", &text.0), report("unet", &unet.0), report("vae", &vae.0)],
+        })
+    }
+}
