@@ -34,10 +34,17 @@ fn run_text(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
     let cfg: ClipConfig = read_config(&dir.join("config.json")).expect("config");
     let w = component_weights(&dir).expect("weights");
     let clip = ClipText::load(cx, &w, cfg).expect("load");
-    assert!(w.unused().is_empty(), "unused text-encoder tensors: {:?}", w.unused());
+    assert!(
+        w.unused().is_empty(),
+        "unused text-encoder tensors: {:?}",
+        w.unused()
+    );
     let r = Fixture::load(&format!("models/{name}-ref.safetensors"));
     for i in 0..4 {
-        let ids: Vec<u32> = r.ints[&format!("ids/{i}")].iter().map(|&x| x as u32).collect();
+        let ids: Vec<u32> = r.ints[&format!("ids/{i}")]
+            .iter()
+            .map(|&x| x as u32)
+            .collect();
         let mut g = Graph::new(gpu.clone(), dtype);
         let emb = clip.embeddings_tensor(cx, &[ids]);
         let x = g.external("emb", &emb);
@@ -46,7 +53,12 @@ fn run_text(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
         let plan = g.plan().expect("plan");
         plan.run();
         let got = pollster::block_on(plan.read(&y)).expect("read");
-        if let Some(rep) = fails.check(compare(&format!("{name} text/{i} {dtype:?}"), &got, &r.get(&format!("text/{i}")).1, tol)) {
+        if let Some(rep) = fails.check(compare(
+            &format!("{name} text/{i} {dtype:?}"),
+            &got,
+            &r.get(&format!("text/{i}")).1,
+            tol,
+        )) {
             eprintln!("{name} text/{i} {dtype:?}: max abs {:.2e}", rep.max_abs);
         }
     }
@@ -56,11 +68,27 @@ fn run_text(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
 fn text_encoders_match_transformers() {
     let mut fails = Failures::default();
     for name in ["sd15-tiny", "sd2-tiny"] {
-        run_text(name, DType::F32, Tol { atol: 1e-5, rtol: 1e-5 }, &mut fails);
+        run_text(
+            name,
+            DType::F32,
+            Tol {
+                atol: 1e-5,
+                rtol: 1e-5,
+            },
+            &mut fails,
+        );
     }
     if gpu().caps.shader_f16 {
         // f16 storage (measured max 5.1e-3).
-        run_text("sd15-tiny", DType::F16, Tol { atol: 1e-2, rtol: 1e-2 }, &mut fails);
+        run_text(
+            "sd15-tiny",
+            DType::F16,
+            Tol {
+                atol: 1e-2,
+                rtol: 1e-2,
+            },
+            &mut fails,
+        );
     }
     fails.finish("text encoders");
 }
@@ -72,7 +100,11 @@ fn run_unet(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
     let cfg: UnetConfig = read_config(&dir.join("config.json")).expect("config");
     let w = component_weights(&dir).expect("weights");
     let unet = Unet::load(cx, &w, cfg).expect("load");
-    assert!(w.unused().is_empty(), "unused UNet tensors: {:?}", w.unused());
+    assert!(
+        w.unused().is_empty(),
+        "unused UNet tensors: {:?}",
+        w.unused()
+    );
     let r = Fixture::load(&format!("models/{name}-ref.safetensors"));
     let (cs, cd) = r.get("unet/context");
     for size in ["8x8", "16x16", "8x16"] {
@@ -89,8 +121,16 @@ fn run_unet(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
             plan.run();
             let got = pollster::block_on(plan.read(&eps)).expect("read");
             let want = &r.get(&format!("unet/{size}/eps_t{}", step as u32)).1;
-            if let Some(rep) = fails.check(compare(&format!("{name} unet {size} t={step} {dtype:?}"), &got, want, tol)) {
-                eprintln!("{name} unet {size} t={step} {dtype:?}: max abs {:.2e}", rep.max_abs);
+            if let Some(rep) = fails.check(compare(
+                &format!("{name} unet {size} t={step} {dtype:?}"),
+                &got,
+                want,
+                tol,
+            )) {
+                eprintln!(
+                    "{name} unet {size} t={step} {dtype:?}: max abs {:.2e}",
+                    rep.max_abs
+                );
             }
         }
     }
@@ -100,11 +140,27 @@ fn run_unet(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
 fn unets_match_diffusers() {
     let mut fails = Failures::default();
     for name in ["sd15-tiny", "sd2-tiny"] {
-        run_unet(name, DType::F32, Tol { atol: 2e-5, rtol: 1e-4 }, &mut fails);
+        run_unet(
+            name,
+            DType::F32,
+            Tol {
+                atol: 2e-5,
+                rtol: 1e-4,
+            },
+            &mut fails,
+        );
     }
     // f16 storage of weights and activations, f32 accumulation (measured max 2.0e-3).
     if gpu().caps.shader_f16 {
-        run_unet("sd15-tiny", DType::F16, Tol { atol: 5e-3, rtol: 1e-2 }, &mut fails);
+        run_unet(
+            "sd15-tiny",
+            DType::F16,
+            Tol {
+                atol: 5e-3,
+                rtol: 1e-2,
+            },
+            &mut fails,
+        );
     }
     fails.finish("unets");
 }
@@ -116,7 +172,11 @@ fn run_vae(name: &str, dtype: DType, enc_tol: Tol, dec_tol: Tol, fails: &mut Fai
     let cfg: VaeConfig = read_config(&dir.join("config.json")).expect("config");
     let w = component_weights(&dir).expect("weights");
     let vae = Vae::load(cx, &w, cfg).expect("load");
-    assert!(w.unused().is_empty(), "unused VAE tensors: {:?}", w.unused());
+    assert!(
+        w.unused().is_empty(),
+        "unused VAE tensors: {:?}",
+        w.unused()
+    );
     let r = Fixture::load(&format!("models/{name}-ref.safetensors"));
     for size in ["8x8", "16x16", "8x16"] {
         let (is, id) = r.get(&format!("vae/{size}/image"));
@@ -130,8 +190,16 @@ fn run_vae(name: &str, dtype: DType, enc_tol: Tol, dec_tol: Tol, fails: &mut Fai
         let half = got.len() / 2;
         for (part, vals) in [("mean", &got[..half]), ("logvar", &got[half..])] {
             let want = &r.get(&format!("vae/{size}/{part}")).1;
-            if let Some(rep) = fails.check(compare(&format!("{name} vae {size} {part} {dtype:?}"), vals, want, enc_tol)) {
-                eprintln!("{name} vae {size} {part} {dtype:?}: max abs {:.2e}", rep.max_abs);
+            if let Some(rep) = fails.check(compare(
+                &format!("{name} vae {size} {part} {dtype:?}"),
+                vals,
+                want,
+                enc_tol,
+            )) {
+                eprintln!(
+                    "{name} vae {size} {part} {dtype:?}: max abs {:.2e}",
+                    rep.max_abs
+                );
             }
         }
 
@@ -144,8 +212,16 @@ fn run_vae(name: &str, dtype: DType, enc_tol: Tol, dec_tol: Tol, fails: &mut Fai
         plan.run();
         let got = pollster::block_on(plan.read(&y)).expect("read");
         let want = &r.get(&format!("vae/{size}/decoded")).1;
-        if let Some(rep) = fails.check(compare(&format!("{name} vae {size} decode {dtype:?}"), &got, want, dec_tol)) {
-            eprintln!("{name} vae {size} decode {dtype:?}: max abs {:.2e}", rep.max_abs);
+        if let Some(rep) = fails.check(compare(
+            &format!("{name} vae {size} decode {dtype:?}"),
+            &got,
+            want,
+            dec_tol,
+        )) {
+            eprintln!(
+                "{name} vae {size} decode {dtype:?}: max abs {:.2e}",
+                rep.max_abs
+            );
         }
     }
 }
@@ -154,11 +230,35 @@ fn run_vae(name: &str, dtype: DType, enc_tol: Tol, dec_tol: Tol, fails: &mut Fai
 fn vaes_match_diffusers() {
     let mut fails = Failures::default();
     for name in ["sd15-tiny", "sd2-tiny"] {
-        run_vae(name, DType::F32, Tol { atol: 2e-5, rtol: 1e-4 }, Tol { atol: 1e-4, rtol: 1e-4 }, &mut fails);
+        run_vae(
+            name,
+            DType::F32,
+            Tol {
+                atol: 2e-5,
+                rtol: 1e-4,
+            },
+            Tol {
+                atol: 1e-4,
+                rtol: 1e-4,
+            },
+            &mut fails,
+        );
     }
     if gpu().caps.shader_f16 {
         // f16 storage (measured max: moments 4.6e-3, decode 1.6e-2).
-        run_vae("sd2-tiny", DType::F16, Tol { atol: 1e-2, rtol: 1e-2 }, Tol { atol: 3e-2, rtol: 1e-2 }, &mut fails);
+        run_vae(
+            "sd2-tiny",
+            DType::F16,
+            Tol {
+                atol: 1e-2,
+                rtol: 1e-2,
+            },
+            Tol {
+                atol: 3e-2,
+                rtol: 1e-2,
+            },
+            &mut fails,
+        );
     }
     fails.finish("vaes");
 }
@@ -175,7 +275,10 @@ fn temp_dir(name: &str) -> PathBuf {
 fn bad_checkpoints_get_clear_errors() {
     use pnp::models::weights::{WeightError, Weights};
     let gpu = gpu();
-    let cx = Ctx { gpu: &gpu, dtype: DType::F32 };
+    let cx = Ctx {
+        gpu: &gpu,
+        dtype: DType::F32,
+    };
     let te = folder("sd15-tiny").join("text_encoder");
     let cfg: ClipConfig = read_config(&te.join("config.json")).expect("config");
 
@@ -192,31 +295,143 @@ fn bad_checkpoints_get_clear_errors() {
     let key = "text_model.encoder.layers.1.mlp.fc2.weight";
     let mut t = full.clone();
     t.remove(key);
-    let err = ClipText::load(cx, &Weights::new("clip.safetensors", t), cfg.clone()).err().expect("missing tensor must fail");
+    let err = ClipText::load(cx, &Weights::new("clip.safetensors", t), cfg.clone())
+        .err()
+        .expect("missing tensor must fail");
     assert!(matches!(err, WeightError::Missing { .. }), "{err}");
-    assert!(err.to_string().contains(key) && err.to_string().contains("clip.safetensors"), "{err}");
+    assert!(
+        err.to_string().contains(key) && err.to_string().contains("clip.safetensors"),
+        "{err}"
+    );
 
     // A wrong shape: names the key and both shapes.
     let mut t = full.clone();
     let orig = t[key].clone();
-    t.insert(key.into(), pnp::models::weights::HostTensor::from_f32(vec![32, 63], vec![0.0; 32 * 63]));
-    let err = ClipText::load(cx, &Weights::new("clip.safetensors", t), cfg.clone()).err().expect("wrong shape must fail");
+    t.insert(
+        key.into(),
+        pnp::models::weights::HostTensor::from_f32(vec![32, 63], vec![0.0; 32 * 63]),
+    );
+    let err = ClipText::load(cx, &Weights::new("clip.safetensors", t), cfg.clone())
+        .err()
+        .expect("wrong shape must fail");
     let msg = err.to_string();
-    assert!(msg.contains(key) && msg.contains("[32, 63]") && msg.contains(&format!("{:?}", orig.shape)), "{msg}");
+    assert!(
+        msg.contains(key) && msg.contains("[32, 63]") && msg.contains(&format!("{:?}", orig.shape)),
+        "{msg}"
+    );
 
     // A folder with only pickle weights: says so and how to convert.
     let dir = temp_dir("pickle");
     std::fs::write(dir.join("diffusion_pytorch_model.bin"), b"not loaded").expect("write");
     let err = component_weights(&dir).expect_err("pickle-only folder must fail");
-    assert!(matches!(err, WeightError::Pickle { .. }) && err.to_string().contains("safetensors"), "{err}");
+    assert!(
+        matches!(err, WeightError::Pickle { .. }) && err.to_string().contains("safetensors"),
+        "{err}"
+    );
 
     // An unknown layout: a path that is neither a folder, a checkpoint nor a repo id.
     let file = temp_dir("layout").join("weights.npz");
     std::fs::write(&file, b"x").expect("write");
-    let err = pnp::models::loader::resolve(file.to_str().expect("utf-8 path")).expect_err("unknown layout must fail");
+    let err = pnp::models::loader::resolve(file.to_str().expect("utf-8 path"))
+        .expect_err("unknown layout must fail");
     assert!(matches!(err, WeightError::Layout { .. }), "{err}");
 
     // A repo id that is not in the local hub cache: says how to download it.
-    let err = pnp::models::loader::resolve("nobody-org/no-such-model").expect_err("absent repo must fail");
-    assert!(err.to_string().contains("huggingface-cli download"), "{err}");
+    let err = pnp::models::loader::resolve("nobody-org/no-such-model")
+        .expect_err("absent repo must fail");
+    assert!(
+        err.to_string().contains("huggingface-cli download"),
+        "{err}"
+    );
+}
+
+/// The same tiny models as single-file LDM checkpoints (tools/ldm_layout.py),
+/// mapped onto the diffusers modules by pnp::models::ldm. Group and head
+/// counts are not in the weights; they come from the folder's config.json.
+#[test]
+fn single_file_checkpoints_match_diffusers() {
+    use pnp::models::loader::ModelSource;
+    use pnp::models::sd::SdModel;
+    let gpu = gpu();
+    let dtype = DType::F32;
+    let cx = Ctx { gpu: &gpu, dtype };
+    let tol = Tol {
+        atol: 2e-5,
+        rtol: 1e-4,
+    };
+    let mut fails = Failures::default();
+    for name in ["sd15-tiny", "sd2-tiny"] {
+        let file = fixture_path("models").join(format!("{name}.safetensors"));
+        let m = SdModel::load(cx, &ModelSource::SingleFile(file), Some(&folder(name)))
+            .expect("single-file load");
+        for r in &m.report {
+            assert!(
+                r.unused.is_empty(),
+                "{name} {}: unused {:?}",
+                r.name,
+                r.unused
+            );
+        }
+        let r = Fixture::load(&format!("models/{name}-ref.safetensors"));
+
+        // Text: prompt 2.
+        let ids: Vec<u32> = r.ints["ids/2"].iter().map(|&x| x as u32).collect();
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let emb = m.text.embeddings_tensor(cx, &[ids]);
+        let x = g.external("emb", &emb);
+        let y = m.text.forward(&mut g, &x).expect("graph");
+        g.output(&y);
+        let plan = g.plan().expect("plan");
+        plan.run();
+        let got = pollster::block_on(plan.read(&y)).expect("read");
+        fails.check(compare(
+            &format!("{name} single-file text/2"),
+            &got,
+            &r.get("text/2").1,
+            Tol {
+                atol: 1e-5,
+                rtol: 1e-5,
+            },
+        ));
+
+        // UNet at 8x16, t = 981.
+        let (ls, ld) = r.get("unet/8x16/latent");
+        let (cs, cd) = r.get("unet/context");
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let x = g.external("latent", &Tensor::from_f32(&gpu, "latent", ld, ls, dtype));
+        let c = g.external("context", &Tensor::from_f32(&gpu, "context", cd, cs, dtype));
+        let t = Unet::timestep_input(&mut g, ls[0]);
+        let eps = m.unet.forward(&mut g, &x, &t, &c).expect("graph");
+        g.output(&eps);
+        let plan = g.plan().expect("plan");
+        plan.write(&t, &vec![981.0; ls[0]]);
+        plan.run();
+        let got = pollster::block_on(plan.read(&eps)).expect("read");
+        fails.check(compare(
+            &format!("{name} single-file unet 8x16"),
+            &got,
+            &r.get("unet/8x16/eps_t981").1,
+            tol,
+        ));
+
+        // VAE decode at 16x16.
+        let (zs, zd) = r.get("vae/16x16/latent");
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let z = g.external("z", &Tensor::from_f32(&gpu, "z", zd, zs, dtype));
+        let y = m.vae.decode(&mut g, &z).expect("graph");
+        g.output(&y);
+        let plan = g.plan().expect("plan");
+        plan.run();
+        let got = pollster::block_on(plan.read(&y)).expect("read");
+        fails.check(compare(
+            &format!("{name} single-file vae decode"),
+            &got,
+            &r.get("vae/16x16/decoded").1,
+            Tol {
+                atol: 1e-4,
+                rtol: 1e-4,
+            },
+        ));
+    }
+    fails.finish("single-file checkpoints");
 }

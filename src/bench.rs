@@ -70,13 +70,23 @@ fn time_op(
 }
 
 /// The SD shapes; `quick` shrinks token counts 16x (or spatial sizes 4x) for software adapters.
-pub fn kernels(gpu: &Arc<Gpu>, dtype: DType, quick: bool, iters: usize) -> Result<Vec<BenchRow>, Box<dyn std::error::Error + Send + Sync>> {
+pub fn kernels(
+    gpu: &Arc<Gpu>,
+    dtype: DType,
+    quick: bool,
+    iters: usize,
+) -> Result<Vec<BenchRow>, Box<dyn std::error::Error + Send + Sync>> {
     let es = dtype.size() as f64;
     let tok = |n: usize| if quick { (n / 16).max(1) } else { n };
     let side = |n: usize| if quick { (n / 4).max(1) } else { n };
     let mut rows = Vec::new();
 
-    for (m, n, k) in [(4096, 320, 320), (1024, 640, 640), (256, 1280, 1280), (77, 768, 768)] {
+    for (m, n, k) in [
+        (4096, 320, 320),
+        (1024, 640, 640),
+        (256, 1280, 1280),
+        (77, 768, 768),
+    ] {
         let m = if m == 77 { 77 } else { tok(m) };
         rows.push(time_op(
             gpu,
@@ -86,7 +96,19 @@ pub fn kernels(gpu: &Arc<Gpu>, dtype: DType, quick: bool, iters: usize) -> Resul
             2.0 * (m * n * k) as f64,
             es * (m * k + n * k + m * n) as f64,
             iters,
-            |g, v| ops::gemm(g, &v[0], &v[1], true, Epilogue { bias: Some(&v[2]), act: Act::None, residual: None }),
+            |g, v| {
+                ops::gemm(
+                    g,
+                    &v[0],
+                    &v[1],
+                    true,
+                    Epilogue {
+                        bias: Some(&v[2]),
+                        act: Act::None,
+                        residual: None,
+                    },
+                )
+            },
         )?);
     }
 

@@ -11,3 +11,4 @@ pub mod gpu;
 pub mod graph;
 pub mod models;
 pub mod ops;
+pub mod pnp;

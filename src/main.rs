@@ -6,7 +6,11 @@ use pnp::gpu::{DType, Gpu, GpuOptions};
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "pnp", version, about = "Plug-and-Play Diffusion Features on WGSL kernels (wgpu)")]
+#[command(
+    name = "pnp",
+    version,
+    about = "Plug-and-Play Diffusion Features on WGSL kernels (wgpu)"
+)]
 struct Cli {
     /// Pick the GPU adapter whose name contains this text (also PNP_ADAPTER).
     #[arg(long, global = true, env = "PNP_ADAPTER")]
@@ -28,6 +32,10 @@ enum Cmd {
         /// A diffusers folder, a single-file .safetensors checkpoint, or a hub repo id in the local cache.
         #[arg(long)]
         model: String,
+        /// For a single-file checkpoint: a diffusers folder whose config.json files give the
+        /// settings the file does not record (group and head counts).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
     },
     /// Benchmarks (never tests).
     Bench {
@@ -74,19 +82,38 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Info { model } => info::run(&model, cli.adapter),
+        Cmd::Info { model, config } => info::run(&model, config.as_deref(), cli.adapter),
         Cmd::Bench { what } => match what {
-            BenchWhat::Kernels { quick, precision, iters } => {
+            BenchWhat::Kernels {
+                quick,
+                precision,
+                iters,
+            } => {
                 let gpu = open_gpu(cli.adapter)?;
                 let dtype = match precision {
                     Precision::F32 => DType::F32,
                     Precision::F16 if gpu.caps.shader_f16 => DType::F16,
                     Precision::F16 => bail!("this adapter has no SHADER_F16; use --precision f32"),
                 };
-                println!("precision: {dtype:?}{}", if quick { " (--quick shapes)" } else { "" });
-                println!("{:<44} {:>10} {:>10} {:>9}", "kernel", "ms", "GFLOP/s", "GB/s");
-                for r in pnp::bench::kernels(&gpu, dtype, quick, iters.max(1)).map_err(|e| anyhow::anyhow!(e)).context("kernel benchmark")? {
-                    println!("{:<44} {:>10.3} {:>10.2} {:>9.2}", r.name, r.seconds * 1e3, r.gflops, r.gbytes);
+                println!(
+                    "precision: {dtype:?}{}",
+                    if quick { " (--quick shapes)" } else { "" }
+                );
+                println!(
+                    "{:<44} {:>10} {:>10} {:>9}",
+                    "kernel", "ms", "GFLOP/s", "GB/s"
+                );
+                for r in pnp::bench::kernels(&gpu, dtype, quick, iters.max(1))
+                    .map_err(|e| anyhow::anyhow!(e))
+                    .context("kernel benchmark")?
+                {
+                    println!(
+                        "{:<44} {:>10.3} {:>10.2} {:>9.2}",
+                        r.name,
+                        r.seconds * 1e3,
+                        r.gflops,
+                        r.gbytes
+                    );
                 }
                 Ok(())
             }

@@ -4,7 +4,7 @@
 
 use super::config::ClipConfig;
 use super::nn::{Attention, Ctx, Linear, Norm};
-use super::weights::{Weights, WeightError};
+use super::weights::{WeightError, Weights};
 use crate::gpu::Tensor;
 use crate::graph::{Graph, ShapeError, Value};
 use crate::ops::Act;
@@ -31,9 +31,16 @@ pub struct ClipText {
 impl ClipText {
     pub fn load(cx: Ctx, w: &Weights, config: ClipConfig) -> Result<Self, WeightError> {
         let vb = w.root().pp("text_model");
-        let (d, ff, heads) = (config.hidden_size, config.intermediate_size, config.num_attention_heads);
+        let (d, ff, heads) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_attention_heads,
+        );
         let emb = vb.pp("embeddings");
-        let token_embedding = emb.pp("token_embedding").get("weight", &[config.vocab_size, d])?.to_f32();
+        let token_embedding = emb
+            .pp("token_embedding")
+            .get("weight", &[config.vocab_size, d])?
+            .to_f32();
         let position_embedding = emb
             .pp("position_embedding")
             .get("weight", &[config.max_position_embeddings, d])?
@@ -68,7 +75,8 @@ impl ClipText {
                 fc2: Linear::load(cx, &l.pp("mlp.fc2"), ff, d, true)?,
             });
         }
-        let final_layer_norm = Norm::layer(cx, &vb.pp("final_layer_norm"), d, config.layer_norm_eps)?;
+        let final_layer_norm =
+            Norm::layer(cx, &vb.pp("final_layer_norm"), d, config.layer_norm_eps)?;
         Ok(ClipText {
             config,
             token_embedding,
@@ -109,6 +117,12 @@ impl ClipText {
     /// Uploads embeddings for `ids` (host gather) as a device tensor.
     pub fn embeddings_tensor(&self, cx: Ctx, ids: &[Vec<u32>]) -> Tensor {
         let l = ids.first().map_or(0, Vec::len);
-        Tensor::from_f32(cx.gpu, "text embeddings", &self.embed(ids), &[ids.len(), l, self.config.hidden_size], cx.dtype)
+        Tensor::from_f32(
+            cx.gpu,
+            "text embeddings",
+            &self.embed(ids),
+            &[ids.len(), l, self.config.hidden_size],
+            cx.dtype,
+        )
     }
 }

@@ -71,7 +71,10 @@ pub struct UnetConfig {
 impl UnetConfig {
     /// Attention heads of down block `i` (diffusers: num_attention_heads or attention_head_dim).
     pub fn heads(&self, i: usize) -> usize {
-        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(i)
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .get(i)
     }
 }
 
@@ -116,7 +119,10 @@ pub fn read_config<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Weigh
 }
 
 /// Parses a config already in memory (from a single-file checkpoint).
-pub fn from_json<T: for<'de> Deserialize<'de>>(what: &Path, v: &serde_json::Value) -> Result<T, WeightError> {
+pub fn from_json<T: for<'de> Deserialize<'de>>(
+    what: &Path,
+    v: &serde_json::Value,
+) -> Result<T, WeightError> {
     serde_json::from_value(v.clone()).map_err(|e| WeightError::Config {
         path: what.to_path_buf(),
         msg: e.to_string(),

@@ -44,7 +44,10 @@ pub fn component_weights(dir: &Path) -> Result<Weights, WeightError> {
     if files.is_empty() {
         let pickles: Vec<String> = read_dir(dir)?
             .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| PICKLE_EXT.iter().any(|x| e == *x)))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| PICKLE_EXT.iter().any(|x| e == *x))
+            })
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
             .collect();
         if !pickles.is_empty() {
@@ -55,14 +58,21 @@ pub fn component_weights(dir: &Path) -> Result<Weights, WeightError> {
         }
         return Err(WeightError::Layout {
             path: dir.to_path_buf(),
-            msg: format!("no weights found (expected one of {})", WEIGHT_NAMES.join(", ")),
+            msg: format!(
+                "no weights found (expected one of {})",
+                WEIGHT_NAMES.join(", ")
+            ),
         });
     }
     let mut tensors: BTreeMap<String, HostTensor> = BTreeMap::new();
     for f in &files {
         tensors.extend(Weights::read_safetensors(f)?);
     }
-    let source = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
+    let source = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     Ok(Weights::new(source, tensors))
 }
 
@@ -107,7 +117,9 @@ pub fn resolve(model: &str) -> Result<ModelSource, WeightError> {
         let hub = std::env::var_os("HF_HUB_CACHE")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")))
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+            })
             .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
         let repo = hub.join(format!("models--{}--{}", parts[0], parts[1]));
         let snapshot = std::fs::read_to_string(repo.join("refs/main"))

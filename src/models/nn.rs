@@ -8,7 +8,13 @@ use crate::graph::{Graph, ShapeError, Value};
 use crate::ops::{self, Act, Conv2d as Geo, Epilogue};
 
 /// Uploads `name` under `vb`, checking its shape, converted to `dtype`.
-pub fn upload(gpu: &Gpu, vb: &VarBuilder, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor, WeightError> {
+pub fn upload(
+    gpu: &Gpu,
+    vb: &VarBuilder,
+    name: &str,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<Tensor, WeightError> {
     let t = vb.get(name, shape)?;
     Ok(Tensor::from_f32(gpu, name, &t.to_f32(), shape, dtype))
 }
@@ -32,30 +38,66 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(cx: Ctx, vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Self, WeightError> {
+    pub fn load(
+        cx: Ctx,
+        vb: &VarBuilder,
+        inp: usize,
+        out: usize,
+        bias: bool,
+    ) -> Result<Self, WeightError> {
         Ok(Linear {
             weight: cx.get(vb, "weight", &[out, inp])?,
-            bias: if bias { Some(cx.get(vb, "bias", &[out])?) } else { None },
+            bias: if bias {
+                Some(cx.get(vb, "bias", &[out])?)
+            } else {
+                None
+            },
         })
     }
 
     /// A GEGLU projection (diffusers' `GEGLU.proj`, rows [hidden; gate]),
     /// reordered for the fused GEGLU epilogue.
-    pub fn load_geglu(cx: Ctx, vb: &VarBuilder, inp: usize, inner: usize) -> Result<Self, WeightError> {
+    pub fn load_geglu(
+        cx: Ctx,
+        vb: &VarBuilder,
+        inp: usize,
+        inner: usize,
+    ) -> Result<Self, WeightError> {
         let w = vb.get("weight", &[2 * inner, inp])?.to_f32();
         let b = vb.get("bias", &[2 * inner])?.to_f32();
         let (w, b) = ops::geglu_interleave(&w, &b, inner, inp);
         let rows = b.len();
         Ok(Linear {
             weight: Tensor::from_f32(cx.gpu, "geglu", &w, &[rows, inp], cx.dtype),
-            bias: Some(Tensor::from_f32(cx.gpu, "geglu bias", &b, &[rows], cx.dtype)),
+            bias: Some(Tensor::from_f32(
+                cx.gpu,
+                "geglu bias",
+                &b,
+                &[rows],
+                cx.dtype,
+            )),
         })
     }
 
-    pub fn forward(&self, g: &mut Graph, x: &Value, act: Act, residual: Option<&Value>) -> Result<Value, ShapeError> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        act: Act,
+        residual: Option<&Value>,
+    ) -> Result<Value, ShapeError> {
         let w = g.external("weight", &self.weight);
         let b = self.bias.as_ref().map(|b| g.external("bias", b));
-        ops::linear(g, x, &w, Epilogue { bias: b.as_ref(), act, residual })
+        ops::linear(
+            g,
+            x,
+            &w,
+            Epilogue {
+                bias: b.as_ref(),
+                act,
+                residual,
+            },
+        )
     }
 }
 
@@ -66,7 +108,14 @@ pub struct Conv {
 }
 
 impl Conv {
-    pub fn load(cx: Ctx, vb: &VarBuilder, inp: usize, out: usize, k: usize, geo: Geo) -> Result<Self, WeightError> {
+    pub fn load(
+        cx: Ctx,
+        vb: &VarBuilder,
+        inp: usize,
+        out: usize,
+        k: usize,
+        geo: Geo,
+    ) -> Result<Self, WeightError> {
         Ok(Conv {
             weight: cx.get(vb, "weight", &[out, inp, k, k])?,
             bias: cx.get(vb, "bias", &[out])?,
@@ -79,7 +128,12 @@ impl Conv {
         Self::load(cx, vb, inp, out, 3, Geo::same(1))
     }
 
-    pub fn forward(&self, g: &mut Graph, x: &Value, residual: Option<&Value>) -> Result<Value, ShapeError> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        residual: Option<&Value>,
+    ) -> Result<Value, ShapeError> {
         let w = g.external("weight", &self.weight);
         let b = g.external("bias", &self.bias);
         ops::conv2d(g, x, &w, &b, self.geo, residual)
@@ -95,7 +149,13 @@ pub struct Norm {
 }
 
 impl Norm {
-    pub fn group(cx: Ctx, vb: &VarBuilder, c: usize, groups: usize, eps: f32) -> Result<Self, WeightError> {
+    pub fn group(
+        cx: Ctx,
+        vb: &VarBuilder,
+        c: usize,
+        groups: usize,
+        eps: f32,
+    ) -> Result<Self, WeightError> {
         Ok(Norm {
             weight: cx.get(vb, "weight", &[c])?,
             bias: cx.get(vb, "bias", &[c])?,

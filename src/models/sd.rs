@@ -2,7 +2,8 @@
 //! onto the device, with what was found recorded for `pnp info`.
 
 use super::clip::ClipText;
-use super::config::{ClipConfig, UnetConfig, VaeConfig, read_config};
+use super::config::{ClipConfig, UnetConfig, VaeConfig, from_json, read_config};
+use super::ldm::{LdmOverrides, split_ldm_with};
 use super::loader::{ModelSource, component_weights};
 use super::nn::Ctx;
 use super::unet::Unet;
@@ -10,13 +11,7 @@ use super::vae::Vae;
 use super::weights::{WeightError, Weights};
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    /// CLIP ViT-L text encoder, conv proj_in/out, 8 heads.
-    Sd1,
-    /// OpenCLIP ViT-H text encoder, linear proj_in/out, 64-wide heads.
-    Sd2,
-}
+pub use super::ldm::Family;
 
 /// What one component's checkpoint held.
 #[derive(Clone, Debug)]
@@ -36,6 +31,8 @@ pub struct SdModel {
     pub unet: Unet,
     pub vae: Vae,
     pub report: Vec<ComponentReport>,
+    /// Settings a single-file checkpoint does not record, filled with SD's values.
+    pub assumed: Vec<String>,
 }
 
 fn report(name: &'static str, w: &Weights) -> ComponentReport {
@@ -54,21 +51,41 @@ impl SdModel {
         let te = dir.join("text_encoder");
         let un = dir.join("unet");
         let va = dir.join("vae");
-        let (tw, uw, vw) = (component_weights(&te)?, component_weights(&un)?, component_weights(&va)?);
+        let (tw, uw, vw) = (
+            component_weights(&te)?,
+            component_weights(&un)?,
+            component_weights(&va)?,
+        );
         let tc: ClipConfig = read_config(&te.join("config.json"))?;
         let uc: UnetConfig = read_config(&un.join("config.json"))?;
         let vc: VaeConfig = read_config(&va.join("config.json"))?;
         Self::from_parts(cx, dir.to_path_buf(), (tw, tc), (uw, uc), (vw, vc))
     }
 
-    /// Loads from any `--model` source.
-    pub fn load(cx: Ctx, source: &ModelSource) -> Result<Self, WeightError> {
+    /// Loads from any `--model` source. `config_dir`: a diffusers folder whose
+    /// config.json files supply what a single-file checkpoint cannot record
+    /// (group and head counts); ignored for folders.
+    pub fn load(
+        cx: Ctx,
+        source: &ModelSource,
+        config_dir: Option<&Path>,
+    ) -> Result<Self, WeightError> {
         match source {
             ModelSource::Folder(dir) => Self::load_folder(cx, dir),
-            ModelSource::SingleFile(path) => Err(WeightError::Layout {
-                path: path.clone(),
-                msg: "LDM_PENDING".into(),
-            }),
+            ModelSource::SingleFile(path) => {
+                let overrides = match config_dir {
+                    Some(d) => LdmOverrides::from_diffusers_dir(d)?,
+                    None => LdmOverrides::default(),
+                };
+                let ck = split_ldm_with(path, &overrides)?;
+                let tc = from_json(path, &ck.text_config)?;
+                let uc = from_json(path, &ck.unet_config)?;
+                let vc = from_json(path, &ck.vae_config)?;
+                let mut m =
+                    Self::from_parts(cx, path.clone(), (ck.text, tc), (ck.unet, uc), (ck.vae, vc))?;
+                m.assumed = ck.assumed;
+                Ok(m)
+            }
         }
     }
 
@@ -79,7 +96,11 @@ impl SdModel {
         unet: (Weights, UnetConfig),
         vae: (Weights, VaeConfig),
     ) -> Result<Self, WeightError> {
-        let family = if unet.1.use_linear_projection { Family::Sd2 } else { Family::Sd1 };
+        let family = if unet.1.use_linear_projection {
+            Family::Sd2
+        } else {
+            Family::Sd1
+        };
         let t = ClipText::load(cx, &text.0, text.1)?;
         let u = Unet::load(cx, &unet.0, unet.1)?;
         let v = Vae::load(cx, &vae.0, vae.1)?;
@@ -89,7 +110,12 @@ impl SdModel {
             text: t,
             unet: u,
             vae: v,
-            report: vec![report("text_encoder", &text.0), report("unet", &unet.0), report("vae", &vae.0)],
+            report: vec![
+                report("text_encoder", &text.0),
+                report("unet", &unet.0),
+                report("vae", &vae.0),
+            ],
+            assumed: Vec::new(),
         })
     }
 }

@@ -5,7 +5,7 @@
 use super::config::UnetConfig;
 use super::nn::{Conv, Ctx, Linear, Norm};
 use super::unet_blocks::{Resnet, Transformer2d, load_downsample, upsample};
-use super::weights::{Weights, WeightError};
+use super::weights::{WeightError, Weights};
 use crate::gpu::DType;
 use crate::graph::{Graph, ShapeError, Value};
 use crate::ops::{self, Act, Unary};
@@ -44,7 +44,10 @@ impl Unet {
         let ch = &c.block_out_channels;
         let n = ch.len();
         if n == 0 || c.down_block_types.len() != n || c.up_block_types.len() != n {
-            return Err(bad_config(w, "block_out_channels, down_block_types and up_block_types differ in length".into()));
+            return Err(bad_config(
+                w,
+                "block_out_channels, down_block_types and up_block_types differ in length".into(),
+            ));
         }
         let temb = 4 * ch[0];
         let (groups, eps) = (c.norm_num_groups, c.norm_eps);
@@ -52,20 +55,33 @@ impl Unet {
 
         let mut down = Vec::new();
         let mut out = ch[0];
-        for i in 0..n {
+        for (i, &ch_i) in ch.iter().enumerate() {
             let vb = vb.pp("down_blocks").pp(i);
             let cross = match c.down_block_types[i].as_str() {
                 "CrossAttnDownBlock2D" => true,
                 "DownBlock2D" => false,
-                other => return Err(bad_config(w, format!("down block type {other} is not supported"))),
+                other => {
+                    return Err(bad_config(
+                        w,
+                        format!("down block type {other} is not supported"),
+                    ));
+                }
             };
             let inp = out;
-            out = ch[i];
+            out = ch_i;
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..c.layers_per_block {
                 let rin = if j == 0 { inp } else { out };
-                resnets.push(Resnet::load(cx, &vb.pp("resnets").pp(j), rin, out, Some(temb), groups, eps)?);
+                resnets.push(Resnet::load(
+                    cx,
+                    &vb.pp("resnets").pp(j),
+                    rin,
+                    out,
+                    Some(temb),
+                    groups,
+                    eps,
+                )?);
                 if cross {
                     attentions.push(Transformer2d::load(
                         cx,
@@ -80,11 +96,20 @@ impl Unet {
                 }
             }
             let sampler = if i + 1 < n {
-                Some(load_downsample(cx, &vb.pp("downsamplers.0"), out, [1, 1, 1, 1])?)
+                Some(load_downsample(
+                    cx,
+                    &vb.pp("downsamplers.0"),
+                    out,
+                    [1, 1, 1, 1],
+                )?)
             } else {
                 None
             };
-            down.push(Block { resnets, attentions, sampler });
+            down.push(Block {
+                resnets,
+                attentions,
+                sampler,
+            });
         }
 
         let top = ch[n - 1];
@@ -112,16 +137,33 @@ impl Unet {
             let cross = match c.up_block_types[i].as_str() {
                 "CrossAttnUpBlock2D" => true,
                 "UpBlock2D" => false,
-                other => return Err(bad_config(w, format!("up block type {other} is not supported"))),
+                other => {
+                    return Err(bad_config(
+                        w,
+                        format!("up block type {other} is not supported"),
+                    ));
+                }
             };
             let out = rev[i];
             let skip_in = rev[(i + 1).min(n - 1)];
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..=c.layers_per_block {
-                let res_skip = if j == c.layers_per_block { skip_in } else { out };
+                let res_skip = if j == c.layers_per_block {
+                    skip_in
+                } else {
+                    out
+                };
                 let rin = if j == 0 { prev } else { out };
-                resnets.push(Resnet::load(cx, &vb.pp("resnets").pp(j), rin + res_skip, out, Some(temb), groups, eps)?);
+                resnets.push(Resnet::load(
+                    cx,
+                    &vb.pp("resnets").pp(j),
+                    rin + res_skip,
+                    out,
+                    Some(temb),
+                    groups,
+                    eps,
+                )?);
                 if cross {
                     attentions.push(Transformer2d::load(
                         cx,
@@ -135,8 +177,16 @@ impl Unet {
                     )?);
                 }
             }
-            let sampler = if i + 1 < n { Some(Conv::load3(cx, &vb.pp("upsamplers.0.conv"), out, out)?) } else { None };
-            up.push(Block { resnets, attentions, sampler });
+            let sampler = if i + 1 < n {
+                Some(Conv::load3(cx, &vb.pp("upsamplers.0.conv"), out, out)?)
+            } else {
+                None
+            };
+            up.push(Block {
+                resnets,
+                attentions,
+                sampler,
+            });
             prev = out;
         }
 
@@ -156,10 +206,22 @@ impl Unet {
 
     /// eps = UNet(x, t, context): x (B, 4, h, w), t (B) float32 timesteps,
     /// context (B, 77, Cc) -> (B, 4, h, w).
-    pub fn forward(&self, g: &mut Graph, x: &Value, t: &Value, context: &Value) -> Result<Value, ShapeError> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        t: &Value,
+        context: &Value,
+    ) -> Result<Value, ShapeError> {
         let c = &self.config;
         // 1. time embedding: sinusoid (B, C0) -> linear, SiLU -> linear (B, 4 C0).
-        let t_emb = ops::timestep_embedding(g, t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)?;
+        let t_emb = ops::timestep_embedding(
+            g,
+            t,
+            c.block_out_channels[0],
+            c.flip_sin_to_cos,
+            c.freq_shift,
+        )?;
         let e = self.time_linear_1.forward(g, &t_emb, Act::Silu, None)?;
         let emb = self.time_linear_2.forward(g, &e, Act::None, None)?;
         // Every resnet projects SiLU(emb); compute it once.
@@ -190,7 +252,9 @@ impl Unet {
         // 4. up: each resnet takes the channel concat with the newest skip.
         for blk in &self.up {
             for (j, r) in blk.resnets.iter().enumerate() {
-                let skip = skips.pop().ok_or_else(|| crate::graph::shape_err("unet", "ran out of skip connections"))?;
+                let skip = skips.pop().ok_or_else(|| {
+                    crate::graph::shape_err("unet", "ran out of skip connections")
+                })?;
                 let cat = ops::concat(g, &[&h, &skip], 1)?;
                 h = r.forward(g, &cat, Some(&emb_silu))?;
                 if let Some(a) = blk.attentions.get(j) {

@@ -39,7 +39,14 @@ impl Resnet {
             norm2: Norm::group(cx, &vb.pp("norm2"), out, groups, eps)?,
             conv2: Conv::load3(cx, &vb.pp("conv2"), out, out)?,
             conv_shortcut: if inp != out {
-                Some(Conv::load(cx, &vb.pp("conv_shortcut"), inp, out, 1, Conv2d::same(0))?)
+                Some(Conv::load(
+                    cx,
+                    &vb.pp("conv_shortcut"),
+                    inp,
+                    out,
+                    1,
+                    Conv2d::same(0),
+                )?)
             } else {
                 None
             },
@@ -48,7 +55,12 @@ impl Resnet {
     }
 
     /// x (B, C_in, H, W); temb_silu = SiLU(time embedding) (B, T).
-    pub fn forward(&self, g: &mut Graph, x: &Value, temb_silu: Option<&Value>) -> Result<Value, ShapeError> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        temb_silu: Option<&Value>,
+    ) -> Result<Value, ShapeError> {
         let h = self.norm1.forward(g, x, true)?;
         let mut h = self.conv1.forward(g, &h, None)?;
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_silu) {
@@ -80,11 +92,26 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn load(cx: Ctx, vb: &VarBuilder, dim: usize, heads: usize, context_dim: usize) -> Result<Self, WeightError> {
+    fn load(
+        cx: Ctx,
+        vb: &VarBuilder,
+        dim: usize,
+        heads: usize,
+        context_dim: usize,
+    ) -> Result<Self, WeightError> {
         let inner_ff = 4 * dim;
         Ok(TransformerBlock {
             norm1: Norm::layer(cx, &vb.pp("norm1"), dim, 1e-5)?,
-            attn1: Attention::load(cx, &vb.pp("attn1"), ["to_q", "to_k", "to_v", "to_out.0"], dim, dim, dim, heads, false)?,
+            attn1: Attention::load(
+                cx,
+                &vb.pp("attn1"),
+                ["to_q", "to_k", "to_v", "to_out.0"],
+                dim,
+                dim,
+                dim,
+                heads,
+                false,
+            )?,
             norm2: Norm::layer(cx, &vb.pp("norm2"), dim, 1e-5)?,
             attn2: Attention::load(
                 cx,
@@ -110,7 +137,9 @@ impl TransformerBlock {
         let n = self.norm2.forward(g, &h, false)?;
         let h = self.attn2.forward(g, &n, Some(context), false, Some(&h))?;
         let n = self.norm3.forward(g, &h, false)?;
-        let f = self.ff_proj.forward(g, &n, Act::Geglu(self.inner_ff), None)?;
+        let f = self
+            .ff_proj
+            .forward(g, &n, Act::Geglu(self.inner_ff), None)?;
         self.ff_out.forward(g, &f, Act::None, Some(&h))
     }
 }
@@ -146,12 +175,25 @@ impl Transformer2d {
             Ok(if linear_proj {
                 Proj::Linear(Linear::load(cx, &vb.pp(name), channels, channels, true)?)
             } else {
-                Proj::Conv(Conv::load(cx, &vb.pp(name), channels, channels, 1, Conv2d::same(0))?)
+                Proj::Conv(Conv::load(
+                    cx,
+                    &vb.pp(name),
+                    channels,
+                    channels,
+                    1,
+                    Conv2d::same(0),
+                )?)
             })
         };
         let mut blocks = Vec::new();
         for i in 0..layers {
-            blocks.push(TransformerBlock::load(cx, &vb.pp("transformer_blocks").pp(i), channels, heads, context_dim)?);
+            blocks.push(TransformerBlock::load(
+                cx,
+                &vb.pp("transformer_blocks").pp(i),
+                channels,
+                heads,
+                context_dim,
+            )?);
         }
         Ok(Transformer2d {
             norm: Norm::group(cx, &vb.pp("norm"), channels, groups, 1e-6)?,
@@ -199,7 +241,12 @@ impl Transformer2d {
 
 /// Downsample2D: a stride-2 3x3 conv; `pad` [top, bottom, left, right]
 /// (the UNet pads 1 all round, the VAE encoder (0, 1, 0, 1)).
-pub fn load_downsample(cx: Ctx, vb: &VarBuilder, c: usize, pad: [usize; 4]) -> Result<Conv, WeightError> {
+pub fn load_downsample(
+    cx: Ctx,
+    vb: &VarBuilder,
+    c: usize,
+    pad: [usize; 4],
+) -> Result<Conv, WeightError> {
     Conv::load(cx, &vb.pp("conv"), c, c, 3, Conv2d { stride: 2, pad })
 }
 

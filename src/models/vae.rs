@@ -24,7 +24,16 @@ impl Mid {
                 Resnet::load(cx, &vb.pp("resnets.1"), c, c, None, groups, 1e-6)?,
             ],
             norm: Norm::group(cx, &a.pp("group_norm"), c, groups, 1e-6)?,
-            attn: Attention::load(cx, &a, ["to_q", "to_k", "to_v", "to_out.0"], c, c, c, 1, true)?,
+            attn: Attention::load(
+                cx,
+                &a,
+                ["to_q", "to_k", "to_v", "to_out.0"],
+                c,
+                c,
+                c,
+                1,
+                true,
+            )?,
         })
     }
 
@@ -77,15 +86,32 @@ impl Vae {
         let e = vb.pp("encoder");
         let mut enc_down = Vec::new();
         let mut out = ch[0];
-        for i in 0..n {
+        for (i, &ch_i) in ch.iter().enumerate() {
             let inp = out;
-            out = ch[i];
+            out = ch_i;
             let vb = e.pp("down_blocks").pp(i);
             let mut resnets = Vec::new();
             for j in 0..c.layers_per_block {
-                resnets.push(Resnet::load(cx, &vb.pp("resnets").pp(j), if j == 0 { inp } else { out }, out, None, groups, 1e-6)?);
+                resnets.push(Resnet::load(
+                    cx,
+                    &vb.pp("resnets").pp(j),
+                    if j == 0 { inp } else { out },
+                    out,
+                    None,
+                    groups,
+                    1e-6,
+                )?);
             }
-            let sampler = if i + 1 < n { Some(load_downsample(cx, &vb.pp("downsamplers.0"), out, [0, 1, 0, 1])?) } else { None };
+            let sampler = if i + 1 < n {
+                Some(load_downsample(
+                    cx,
+                    &vb.pp("downsamplers.0"),
+                    out,
+                    [0, 1, 0, 1],
+                )?)
+            } else {
+                None
+            };
             enc_down.push(Stage { resnets, sampler });
         }
         let top = ch[n - 1];
@@ -98,9 +124,21 @@ impl Vae {
             let vb = d.pp("up_blocks").pp(i);
             let mut resnets = Vec::new();
             for j in 0..=c.layers_per_block {
-                resnets.push(Resnet::load(cx, &vb.pp("resnets").pp(j), if j == 0 { prev } else { out }, out, None, groups, 1e-6)?);
+                resnets.push(Resnet::load(
+                    cx,
+                    &vb.pp("resnets").pp(j),
+                    if j == 0 { prev } else { out },
+                    out,
+                    None,
+                    groups,
+                    1e-6,
+                )?);
             }
-            let sampler = if i + 1 < n { Some(Conv::load3(cx, &vb.pp("upsamplers.0.conv"), out, out)?) } else { None };
+            let sampler = if i + 1 < n {
+                Some(Conv::load3(cx, &vb.pp("upsamplers.0.conv"), out, out)?)
+            } else {
+                None
+            };
             dec_up.push(Stage { resnets, sampler });
             prev = out;
         }

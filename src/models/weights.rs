@@ -16,7 +16,9 @@ pub enum WeightError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a valid safetensors file ({msg}); the download may be truncated: fetch it again")]
+    #[error(
+        "{path} is not a valid safetensors file ({msg}); the download may be truncated: fetch it again"
+    )]
     Corrupt { path: PathBuf, msg: String },
     #[error("{file}: tensor {key} is missing")]
     Missing { file: String, key: String },
@@ -28,7 +30,11 @@ pub enum WeightError {
         actual: Vec<usize>,
     },
     #[error("{file}: tensor {key} has element type {dtype}, expected f32, f16 or bf16")]
-    DType { file: String, key: String, dtype: String },
+    DType {
+        file: String,
+        key: String,
+        dtype: String,
+    },
     #[error(
         "{path} holds only pickle weights ({found}); pickle files can run code and are not loaded. Convert them to \
          safetensors, e.g. in Python: `from diffusers import StableDiffusionPipeline; \
@@ -76,7 +82,12 @@ impl HostTensor {
     pub fn to_f32(&self) -> Vec<f32> {
         match &self.data {
             HostData::F32(v) => v.as_ref().clone(),
-            HostData::Raw { dtype, bytes, start, end } => {
+            HostData::Raw {
+                dtype,
+                bytes,
+                start,
+                end,
+            } => {
                 let b = &bytes[*start..*end];
                 match dtype {
                     safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec(b),
@@ -132,10 +143,11 @@ impl Weights {
             source,
         })?;
         let bytes = Arc::new(bytes);
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| WeightError::Corrupt {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| WeightError::Corrupt {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
         let base = bytes.as_ptr() as usize;
         let mut out = BTreeMap::new();
         for (name, view) in st.tensors() {
@@ -175,7 +187,11 @@ impl Weights {
     /// Tensors that no module asked for, sorted.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        self.tensors.keys().filter(|k| !used.contains(*k)).cloned().collect()
+        self.tensors
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect()
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -188,7 +204,10 @@ impl Weights {
         for t in self.tensors.values() {
             *counts.entry(t.stored_dtype()).or_insert(0usize) += t.numel();
         }
-        counts.into_iter().max_by_key(|(_, n)| *n).map_or("f32", |(d, _)| d)
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map_or("f32", |(d, _)| d)
     }
 }
 
@@ -237,11 +256,19 @@ impl<'a> VarBuilder<'a> {
     /// The tensor `prefix.name` with whatever shape it has.
     pub fn get_any(&self, name: &str) -> Result<&'a HostTensor, WeightError> {
         let key = self.key(name);
-        let t = self.weights.tensors.get(&key).ok_or_else(|| WeightError::Missing {
-            file: self.weights.source.clone(),
-            key: key.clone(),
-        })?;
-        self.weights.used.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+        let t = self
+            .weights
+            .tensors
+            .get(&key)
+            .ok_or_else(|| WeightError::Missing {
+                file: self.weights.source.clone(),
+                key: key.clone(),
+            })?;
+        self.weights
+            .used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
         Ok(t)
     }
 }

@@ -1,0 +1,3 @@
+//! The Plug-and-Play pipeline's host-side pieces (see PNP-SPEC.md).
+
+pub mod scheduler;
