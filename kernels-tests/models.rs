@@ -435,3 +435,26 @@ fn single_file_checkpoints_match_diffusers() {
     }
     fails.finish("single-file checkpoints");
 }
+
+/// `--model org/name` resolves offline in the Hugging Face hub cache layout
+/// (models--org--name/refs/main naming the snapshot).
+#[test]
+fn hub_repo_ids_resolve_in_the_local_cache() {
+    use pnp::models::loader::{ModelSource, resolve_with_hub};
+    let hub = temp_dir("hub");
+    let repo = hub.join("models--some-org--tiny-sd");
+    let snap = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).expect("snapshot dir");
+    std::fs::create_dir_all(repo.join("refs")).expect("refs dir");
+    std::fs::write(repo.join("refs/main"), "0123abcd\n").expect("ref");
+    match resolve_with_hub("some-org/tiny-sd", &hub).expect("resolves") {
+        ModelSource::Folder(p) => assert_eq!(p, snap),
+        other => panic!("expected the snapshot folder, got {other:?}"),
+    }
+    let err = resolve_with_hub("some-org/absent", &hub).expect_err("absent repo");
+    assert!(
+        err.to_string()
+            .contains("huggingface-cli download some-org/absent"),
+        "{err}"
+    );
+}

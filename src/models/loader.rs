@@ -91,10 +91,27 @@ pub enum ModelSource {
     SingleFile(PathBuf),
 }
 
+/// The local Hugging Face hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else
+/// ~/.cache/huggingface/hub.
+pub fn hub_cache_dir() -> PathBuf {
+    std::env::var_os("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+        })
+        .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"))
+}
+
 /// Resolves `--model`: a folder, a .safetensors file, or a repo id
 /// ("stabilityai/stable-diffusion-2-1-base") found in the local Hugging Face
-/// cache ($HF_HOME/hub, default ~/.cache/huggingface/hub). Nothing is downloaded.
+/// cache ([`hub_cache_dir`]). Nothing is downloaded.
 pub fn resolve(model: &str) -> Result<ModelSource, WeightError> {
+    resolve_with_hub(model, &hub_cache_dir())
+}
+
+/// [`resolve`] with an explicit hub cache folder.
+pub fn resolve_with_hub(model: &str, hub: &Path) -> Result<ModelSource, WeightError> {
     let p = Path::new(model);
     if p.is_dir() {
         return Ok(ModelSource::Folder(p.to_path_buf()));
@@ -114,13 +131,6 @@ pub fn resolve(model: &str) -> Result<ModelSource, WeightError> {
     }
     let parts: Vec<&str> = model.split('/').collect();
     if parts.len() == 2 && parts.iter().all(|s| !s.is_empty()) && !model.starts_with('.') {
-        let hub = std::env::var_os("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-            })
-            .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
         let repo = hub.join(format!("models--{}--{}", parts[0], parts[1]));
         let snapshot = std::fs::read_to_string(repo.join("refs/main"))
             .ok()
