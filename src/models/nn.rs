@@ -7,18 +7,6 @@ use crate::gpu::{DType, Gpu, Tensor};
 use crate::graph::{Graph, ShapeError, Value};
 use crate::ops::{self, Act, Conv2d as Geo, Epilogue};
 
-/// Uploads `name` under `vb`, checking its shape, converted to `dtype`.
-pub fn upload(
-    gpu: &Gpu,
-    vb: &VarBuilder,
-    name: &str,
-    shape: &[usize],
-    dtype: DType,
-) -> Result<Tensor, WeightError> {
-    let t = vb.get(name, shape)?;
-    Ok(Tensor::from_f32(gpu, name, &t.to_f32(), shape, dtype))
-}
-
 /// Where weights go and in what element type.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
@@ -27,8 +15,16 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Uploads `name` under `vb`, checking its shape, converted to the dtype.
     pub fn get(&self, vb: &VarBuilder, name: &str, shape: &[usize]) -> Result<Tensor, WeightError> {
-        upload(self.gpu, vb, name, shape, self.dtype)
+        let t = vb.get(name, shape)?;
+        Ok(Tensor::from_f32(
+            self.gpu,
+            name,
+            &t.to_f32(),
+            shape,
+            self.dtype,
+        ))
     }
 }
 

@@ -4,8 +4,8 @@
 
 use super::config::UnetConfig;
 use super::nn::{Conv, Ctx, Linear, Norm};
-use super::unet_blocks::{Resnet, Transformer2d, load_downsample, upsample};
-use super::weights::{WeightError, Weights};
+use super::unet_blocks::{Resnet, Sampler, Transformer2d};
+use super::weights::{VarBuilder, WeightError, Weights};
 use crate::gpu::DType;
 use crate::graph::{Graph, ShapeError, Value};
 use crate::ops::{self, Act, Unary};
@@ -13,8 +13,7 @@ use crate::ops::{self, Act, Unary};
 struct Block {
     resnets: Vec<Resnet>,
     attentions: Vec<Transformer2d>,
-    /// Downsampler (down blocks) or upsampler conv (up blocks).
-    sampler: Option<Conv>,
+    sampler: Option<Sampler>,
 }
 
 pub struct Unet {
@@ -50,53 +49,59 @@ impl Unet {
             ));
         }
         let temb = 4 * ch[0];
-        let (groups, eps) = (c.norm_num_groups, c.norm_eps);
-        let tlayers = |i: usize| c.transformer_layers_per_block.get(i);
+        // Every resnet and transformer of the UNet shares these settings; a
+        // transformer's head and layer counts follow its resolution level.
+        let resnet = |vb: &VarBuilder, inp: usize, out: usize| {
+            Resnet::load(cx, vb, inp, out, Some(temb), c.norm_num_groups, c.norm_eps)
+        };
+        let transformer = |vb: &VarBuilder, channels: usize, level: usize| {
+            Transformer2d::load(
+                cx,
+                vb,
+                channels,
+                c.heads(level),
+                c.cross_attention_dim,
+                c.norm_num_groups,
+                c.use_linear_projection,
+                c.transformer_layers_per_block.get(level),
+            )
+        };
+        let block_kind =
+            |types: &[String], i: usize, cross: &str, plain: &str| match types[i].as_str() {
+                t if t == cross => Ok(true),
+                t if t == plain => Ok(false),
+                other => Err(bad_config(
+                    w,
+                    format!("block type {other} is not supported ({cross} or {plain})"),
+                )),
+            };
 
         let mut down = Vec::new();
         let mut out = ch[0];
         for (i, &ch_i) in ch.iter().enumerate() {
             let vb = vb.pp("down_blocks").pp(i);
-            let cross = match c.down_block_types[i].as_str() {
-                "CrossAttnDownBlock2D" => true,
-                "DownBlock2D" => false,
-                other => {
-                    return Err(bad_config(
-                        w,
-                        format!("down block type {other} is not supported"),
-                    ));
-                }
-            };
+            let cross = block_kind(
+                &c.down_block_types,
+                i,
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            )?;
             let inp = out;
             out = ch_i;
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
             for j in 0..c.layers_per_block {
-                let rin = if j == 0 { inp } else { out };
-                resnets.push(Resnet::load(
-                    cx,
+                resnets.push(resnet(
                     &vb.pp("resnets").pp(j),
-                    rin,
+                    if j == 0 { inp } else { out },
                     out,
-                    Some(temb),
-                    groups,
-                    eps,
                 )?);
                 if cross {
-                    attentions.push(Transformer2d::load(
-                        cx,
-                        &vb.pp("attentions").pp(j),
-                        out,
-                        c.heads(i),
-                        c.cross_attention_dim,
-                        groups,
-                        c.use_linear_projection,
-                        tlayers(i),
-                    )?);
+                    attentions.push(transformer(&vb.pp("attentions").pp(j), out, i)?);
                 }
             }
             let sampler = if i + 1 < n {
-                Some(load_downsample(
+                Some(Sampler::load_down(
                     cx,
                     &vb.pp("downsamplers.0"),
                     out,
@@ -115,36 +120,17 @@ impl Unet {
         let top = ch[n - 1];
         let mid = vb.pp("mid_block");
         let mid_resnets = [
-            Resnet::load(cx, &mid.pp("resnets.0"), top, top, Some(temb), groups, eps)?,
-            Resnet::load(cx, &mid.pp("resnets.1"), top, top, Some(temb), groups, eps)?,
+            resnet(&mid.pp("resnets.0"), top, top)?,
+            resnet(&mid.pp("resnets.1"), top, top)?,
         ];
-        let mid_attention = Transformer2d::load(
-            cx,
-            &mid.pp("attentions.0"),
-            top,
-            c.heads(n - 1),
-            c.cross_attention_dim,
-            groups,
-            c.use_linear_projection,
-            tlayers(n - 1),
-        )?;
+        let mid_attention = transformer(&mid.pp("attentions.0"), top, n - 1)?;
 
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let mut up = Vec::new();
         let mut prev = rev[0];
-        for i in 0..n {
+        for (i, &out) in rev.iter().enumerate() {
             let vb = vb.pp("up_blocks").pp(i);
-            let cross = match c.up_block_types[i].as_str() {
-                "CrossAttnUpBlock2D" => true,
-                "UpBlock2D" => false,
-                other => {
-                    return Err(bad_config(
-                        w,
-                        format!("up block type {other} is not supported"),
-                    ));
-                }
-            };
-            let out = rev[i];
+            let cross = block_kind(&c.up_block_types, i, "CrossAttnUpBlock2D", "UpBlock2D")?;
             let skip_in = rev[(i + 1).min(n - 1)];
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
@@ -155,30 +141,13 @@ impl Unet {
                     out
                 };
                 let rin = if j == 0 { prev } else { out };
-                resnets.push(Resnet::load(
-                    cx,
-                    &vb.pp("resnets").pp(j),
-                    rin + res_skip,
-                    out,
-                    Some(temb),
-                    groups,
-                    eps,
-                )?);
+                resnets.push(resnet(&vb.pp("resnets").pp(j), rin + res_skip, out)?);
                 if cross {
-                    attentions.push(Transformer2d::load(
-                        cx,
-                        &vb.pp("attentions").pp(j),
-                        out,
-                        c.heads(n - 1 - i),
-                        c.cross_attention_dim,
-                        groups,
-                        c.use_linear_projection,
-                        tlayers(n - 1 - i),
-                    )?);
+                    attentions.push(transformer(&vb.pp("attentions").pp(j), out, n - 1 - i)?);
                 }
             }
             let sampler = if i + 1 < n {
-                Some(Conv::load3(cx, &vb.pp("upsamplers.0.conv"), out, out)?)
+                Some(Sampler::load_up(cx, &vb.pp("upsamplers.0"), out)?)
             } else {
                 None
             };
@@ -198,7 +167,13 @@ impl Unet {
             mid_resnets,
             mid_attention,
             up,
-            conv_norm_out: Norm::group(cx, &vb.pp("conv_norm_out"), ch[0], groups, eps)?,
+            conv_norm_out: Norm::group(
+                cx,
+                &vb.pp("conv_norm_out"),
+                ch[0],
+                c.norm_num_groups,
+                c.norm_eps,
+            )?,
             conv_out: Conv::load3(cx, &vb.pp("conv_out"), ch[0], c.out_channels)?,
             config: config.clone(),
         })
@@ -239,7 +214,7 @@ impl Unet {
                 skips.push(h.clone());
             }
             if let Some(d) = &blk.sampler {
-                h = d.forward(g, &h, None)?;
+                h = d.forward(g, &h)?;
                 skips.push(h.clone());
             }
         }
@@ -262,7 +237,7 @@ impl Unet {
                 }
             }
             if let Some(u) = &blk.sampler {
-                h = upsample(g, u, &h)?;
+                h = u.forward(g, &h)?;
             }
         }
 

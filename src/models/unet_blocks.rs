@@ -239,19 +239,43 @@ impl Transformer2d {
     }
 }
 
-/// Downsample2D: a stride-2 3x3 conv; `pad` [top, bottom, left, right]
-/// (the UNet pads 1 all round, the VAE encoder (0, 1, 0, 1)).
-pub fn load_downsample(
-    cx: Ctx,
-    vb: &VarBuilder,
-    c: usize,
-    pad: [usize; 4],
-) -> Result<Conv, WeightError> {
-    Conv::load(cx, &vb.pp("conv"), c, c, 3, Conv2d { stride: 2, pad })
+/// Downsample2D (a stride-2 3x3 conv) or Upsample2D (nearest 2x, then a 3x3
+/// conv), as the UNet and the VAE use them.
+pub enum Sampler {
+    Down(Conv),
+    Up(Conv),
 }
 
-/// Upsample2D: nearest 2x then a 3x3 conv.
-pub fn upsample(g: &mut Graph, conv: &Conv, x: &Value) -> Result<Value, ShapeError> {
-    let u = ops::upsample_nearest2x(g, x)?;
-    conv.forward(g, &u, None)
+impl Sampler {
+    /// `pad` [top, bottom, left, right]: the UNet pads 1 all round, the VAE
+    /// encoder (0, 1, 0, 1).
+    pub fn load_down(
+        cx: Ctx,
+        vb: &VarBuilder,
+        c: usize,
+        pad: [usize; 4],
+    ) -> Result<Self, WeightError> {
+        Ok(Sampler::Down(Conv::load(
+            cx,
+            &vb.pp("conv"),
+            c,
+            c,
+            3,
+            Conv2d { stride: 2, pad },
+        )?))
+    }
+
+    pub fn load_up(cx: Ctx, vb: &VarBuilder, c: usize) -> Result<Self, WeightError> {
+        Ok(Sampler::Up(Conv::load3(cx, &vb.pp("conv"), c, c)?))
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: &Value) -> Result<Value, ShapeError> {
+        match self {
+            Sampler::Down(conv) => conv.forward(g, x, None),
+            Sampler::Up(conv) => {
+                let u = ops::upsample_nearest2x(g, x)?;
+                conv.forward(g, &u, None)
+            }
+        }
+    }
 }

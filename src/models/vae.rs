@@ -3,7 +3,7 @@
 
 use super::config::VaeConfig;
 use super::nn::{Attention, Conv, Ctx, Norm};
-use super::unet_blocks::{Resnet, load_downsample, upsample};
+use super::unet_blocks::{Resnet, Sampler};
 use super::weights::{VarBuilder, WeightError, Weights};
 use crate::graph::{Graph, ShapeError, Value};
 use crate::ops::{self, Conv2d};
@@ -52,9 +52,23 @@ impl Mid {
     }
 }
 
+/// DownEncoderBlock2D / UpDecoderBlock2D: resnets, then an optional sampler.
 struct Stage {
     resnets: Vec<Resnet>,
-    sampler: Option<Conv>,
+    sampler: Option<Sampler>,
+}
+
+impl Stage {
+    fn forward(&self, g: &mut Graph, x: &Value) -> Result<Value, ShapeError> {
+        let mut h = x.clone();
+        for r in &self.resnets {
+            h = r.forward(g, &h, None)?;
+        }
+        match &self.sampler {
+            Some(s) => s.forward(g, &h),
+            None => Ok(h),
+        }
+    }
 }
 
 pub struct Vae {
@@ -83,6 +97,11 @@ impl Vae {
         let lat = c.latent_channels;
         let one = Conv2d::same(0);
 
+        // The VAE's resnets have no time embedding and use eps 1e-6.
+        let resnet = |vb: &VarBuilder, inp: usize, out: usize| {
+            Resnet::load(cx, vb, inp, out, None, groups, 1e-6)
+        };
+
         let e = vb.pp("encoder");
         let mut enc_down = Vec::new();
         let mut out = ch[0];
@@ -90,20 +109,11 @@ impl Vae {
             let inp = out;
             out = ch_i;
             let vb = e.pp("down_blocks").pp(i);
-            let mut resnets = Vec::new();
-            for j in 0..c.layers_per_block {
-                resnets.push(Resnet::load(
-                    cx,
-                    &vb.pp("resnets").pp(j),
-                    if j == 0 { inp } else { out },
-                    out,
-                    None,
-                    groups,
-                    1e-6,
-                )?);
-            }
+            let resnets = (0..c.layers_per_block)
+                .map(|j| resnet(&vb.pp("resnets").pp(j), if j == 0 { inp } else { out }, out))
+                .collect::<Result<_, _>>()?;
             let sampler = if i + 1 < n {
-                Some(load_downsample(
+                Some(Sampler::load_down(
                     cx,
                     &vb.pp("downsamplers.0"),
                     out,
@@ -119,23 +129,19 @@ impl Vae {
         let d = vb.pp("decoder");
         let mut dec_up = Vec::new();
         let mut prev = top;
-        for i in 0..n {
-            let out = ch[n - 1 - i];
+        for (i, &out) in ch.iter().rev().enumerate() {
             let vb = d.pp("up_blocks").pp(i);
-            let mut resnets = Vec::new();
-            for j in 0..=c.layers_per_block {
-                resnets.push(Resnet::load(
-                    cx,
-                    &vb.pp("resnets").pp(j),
-                    if j == 0 { prev } else { out },
-                    out,
-                    None,
-                    groups,
-                    1e-6,
-                )?);
-            }
+            let resnets = (0..=c.layers_per_block)
+                .map(|j| {
+                    resnet(
+                        &vb.pp("resnets").pp(j),
+                        if j == 0 { prev } else { out },
+                        out,
+                    )
+                })
+                .collect::<Result<_, _>>()?;
             let sampler = if i + 1 < n {
-                Some(Conv::load3(cx, &vb.pp("upsamplers.0.conv"), out, out)?)
+                Some(Sampler::load_up(cx, &vb.pp("upsamplers.0"), out)?)
             } else {
                 None
             };
@@ -165,12 +171,7 @@ impl Vae {
     pub fn encode_moments(&self, g: &mut Graph, x: &Value) -> Result<Value, ShapeError> {
         let mut h = self.enc_conv_in.forward(g, x, None)?;
         for s in &self.enc_down {
-            for r in &s.resnets {
-                h = r.forward(g, &h, None)?;
-            }
-            if let Some(d) = &s.sampler {
-                h = d.forward(g, &h, None)?;
-            }
+            h = s.forward(g, &h)?;
         }
         h = self.enc_mid.forward(g, &h)?;
         let h = self.enc_norm_out.forward(g, &h, true)?;
@@ -184,12 +185,7 @@ impl Vae {
         let mut h = self.dec_conv_in.forward(g, &z, None)?;
         h = self.dec_mid.forward(g, &h)?;
         for s in &self.dec_up {
-            for r in &s.resnets {
-                h = r.forward(g, &h, None)?;
-            }
-            if let Some(u) = &s.sampler {
-                h = upsample(g, u, &h)?;
-            }
+            h = s.forward(g, &h)?;
         }
         let h = self.dec_norm_out.forward(g, &h, true)?;
         self.dec_conv_out.forward(g, &h, None)
