@@ -19,16 +19,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> b: array<T>;       // b: broadcast to a
 #endif
 
-// erf with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit); WGSL has no erf.
-fn erf(x: f32) -> f32 {
-    let z = abs(x);
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-        t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-        t * (-0.82215223 + t * 0.17087277)))))))));
-    return select(r - 1.0, 1.0 - r, x >= 0.0);
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
@@ -49,7 +39,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (OP == 2u) {
         r = x / (1.0 + exp(-x));
     } else if (OP == 3u) {
-        r = 0.5 * x * (1.0 + erf(x * 0.70710678118654752));
+        r = gelu_erf(x);
     } else if (OP == 4u) {
         r = x / (1.0 + exp(-1.702 * x));
     } else if (OP == 5u) {

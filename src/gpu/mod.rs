@@ -5,7 +5,7 @@
 mod pipeline;
 pub(crate) mod tensor;
 
-pub use pipeline::{Access, KernelKey, PipelineCache, shader_source};
+pub use pipeline::{Access, INCLUDES, KernelKey, PipelineCache, shader_source};
 pub use tensor::{DType, Tensor};
 
 use std::sync::Arc;

@@ -29,10 +29,11 @@ pub struct KernelKey {
     pub bindings: Vec<(u32, Access)>,
 }
 
-/// Shader files, embedded at build time. `tile_core` is not a module of its
-/// own: it is the tiled-matmul main loop that `gemm` and `conv` share.
+/// Shader files, embedded at build time. The files in [`INCLUDES`]' lists are
+/// not modules of their own: they are appended to the families that use them.
 pub const SHADERS: &[(&str, &str)] = &[
     ("tile_core", include_str!("../../shaders/tile_core.wgsl")),
+    ("math", include_str!("../../shaders/math.wgsl")),
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
     ("norm", include_str!("../../shaders/norm.wgsl")),
@@ -47,8 +48,13 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("timestep", include_str!("../../shaders/timestep.wgsl")),
 ];
 
-/// Families whose module is `family.wgsl` followed by the shared tile core.
-const USES_TILE_CORE: &[&str] = &["gemm", "conv"];
+/// Shared files appended after a family's own: the tiled-matmul main loop of
+/// gemm and conv, and the math helpers (erf) that WGSL lacks.
+pub const INCLUDES: &[(&str, &[&str])] = &[
+    ("gemm", &["tile_core", "math"]),
+    ("conv", &["tile_core"]),
+    ("elementwise", &["math"]),
+];
 
 fn file(name: &str) -> &'static str {
     SHADERS
@@ -70,8 +76,10 @@ pub fn shader_source(key: &KernelKey) -> String {
         src.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
     preprocess(file(key.family), &key.consts, &mut src);
-    if USES_TILE_CORE.contains(&key.family) {
-        preprocess(file("tile_core"), &key.consts, &mut src);
+    for (_, extra) in INCLUDES.iter().filter(|(f, _)| *f == key.family) {
+        for name in *extra {
+            preprocess(file(name), &key.consts, &mut src);
+        }
     }
     src
 }

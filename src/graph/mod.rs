@@ -223,7 +223,3 @@ pub(crate) fn grid_1d(n: usize, per_group: usize) -> [u32; 3] {
         [groups.div_ceil(y), y, 1]
     }
 }
-
-pub(crate) fn f32_bits(x: f32) -> u32 {
-    x.to_bits()
-}

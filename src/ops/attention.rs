@@ -1,7 +1,7 @@
 //! Fused multi-head attention (`shaders/attention.wgsl`).
 
 use super::{same_dtype, u};
-use crate::graph::{Graph, ShapeError, ShapeFmt, Value, f32_bits, shape_err};
+use crate::graph::{Graph, ShapeError, ShapeFmt, Value, shape_err};
 
 /// Keys per tile in attention.wgsl (BC): k and v tiles take 2 * BC * D floats
 /// of workgroup memory.
@@ -69,7 +69,7 @@ pub fn attention(
             u(lq),
             u(lk),
             causal as u32,
-            f32_bits(scale),
+            scale.to_bits(),
             u(c_),
             u(c_),
             u(c_),

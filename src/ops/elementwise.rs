@@ -1,7 +1,7 @@
 //! Elementwise ops with broadcasting (`shaders/elementwise.wgsl`).
 
 use super::{same_dtype, u};
-use crate::graph::{Graph, ShapeError, ShapeFmt, Value, f32_bits, grid_1d, shape_err};
+use crate::graph::{Graph, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unary {
@@ -25,7 +25,7 @@ fn record(g: &mut Graph, a: &Value, b: Option<(&Value, u32, u32)>, op: u32, alph
         vec![("OP", op), ("BINARY", b.is_some() as u32)],
         &[&y],
         &inputs,
-        vec![u(n), div, modulo, f32_bits(alpha)],
+        vec![u(n), div, modulo, alpha.to_bits()],
         grid_1d(n, 256),
     );
     y

@@ -1,7 +1,7 @@
 //! Group norm and layer norm (`shaders/norm.wgsl`).
 
 use super::{expect_shape, same_dtype, u};
-use crate::graph::{Graph, ShapeError, ShapeFmt, Value, f32_bits, grid_1d, shape_err};
+use crate::graph::{Graph, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
 
 #[allow(clippy::too_many_arguments)]
 fn record(
@@ -25,7 +25,7 @@ fn record(
         vec![("SILU", silu as u32)],
         &[&y],
         &[(2, x), (3, gamma), (4, beta)],
-        vec![u(n), u(hw), u(cpg), u(groups), f32_bits(eps)],
+        vec![u(n), u(hw), u(cpg), u(groups), eps.to_bits()],
         grid_1d(runs, 1),
     );
     y
