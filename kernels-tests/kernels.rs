@@ -54,10 +54,7 @@ fn run(
         })
         .collect();
     let y = build(&mut g, &vals).expect("graph construction");
-    g.output(&y);
-    let plan = g.plan().expect("plan");
-    plan.run();
-    pollster::block_on(plan.read(&y)).expect("readback")
+    run_graph(&mut g, &y)
 }
 
 fn t<'a>(f: &'a Fixture, case: &str, name: &str) -> (&'a [usize], &'a [f32]) {
@@ -376,14 +373,11 @@ fn layout_and_timestep_match_torch() {
                     let tt = Tensor::from_f32(&gpu, "t", td, ts, DType::F32);
                     let tv = g.external("t", &tt);
                     let y = ops::timestep_embedding(&mut g, &tv, dim, flip, shift).expect("graph");
-                    g.output(&y);
-                    let plan = g.plan().expect("plan");
-                    plan.run();
                     // PyTorch's vectorised float32 exp is within 1 ulp, not correctly
                     // rounded, so a frequency may differ by an ulp; at t ~ 1000 an
                     // ulp of the argument (6e-5) moves sin/cos by as much.
                     (
-                        pollster::block_on(plan.read(&y)).expect("read"),
+                        run_graph(&mut g, &y),
                         Tol {
                             atol: 1.5e-4,
                             rtol: 0.0,

@@ -49,10 +49,7 @@ fn run_text(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
         let emb = clip.embeddings_tensor(cx, &[ids]);
         let x = g.external("emb", &emb);
         let y = clip.forward(&mut g, &x).expect("graph");
-        g.output(&y);
-        let plan = g.plan().expect("plan");
-        plan.run();
-        let got = pollster::block_on(plan.read(&y)).expect("read");
+        let got = run_graph(&mut g, &y);
         if let Some(rep) = fails.check(compare(
             &format!("{name} text/{i} {dtype:?}"),
             &got,
@@ -183,10 +180,7 @@ fn run_vae(name: &str, dtype: DType, enc_tol: Tol, dec_tol: Tol, fails: &mut Fai
         let mut g = Graph::new(gpu.clone(), dtype);
         let x = g.external("image", &Tensor::from_f32(&gpu, "image", id, is, dtype));
         let m = vae.encode_moments(&mut g, &x).expect("graph");
-        g.output(&m);
-        let plan = g.plan().expect("plan");
-        plan.run();
-        let got = pollster::block_on(plan.read(&m)).expect("read");
+        let got = run_graph(&mut g, &m);
         let half = got.len() / 2;
         for (part, vals) in [("mean", &got[..half]), ("logvar", &got[half..])] {
             let want = &r.get(&format!("vae/{size}/{part}")).1;
@@ -207,10 +201,7 @@ fn run_vae(name: &str, dtype: DType, enc_tol: Tol, dec_tol: Tol, fails: &mut Fai
         let mut g = Graph::new(gpu.clone(), dtype);
         let z = g.external("z", &Tensor::from_f32(&gpu, "z", zd, zs, dtype));
         let y = vae.decode(&mut g, &z).expect("graph");
-        g.output(&y);
-        let plan = g.plan().expect("plan");
-        plan.run();
-        let got = pollster::block_on(plan.read(&y)).expect("read");
+        let got = run_graph(&mut g, &y);
         let want = &r.get(&format!("vae/{size}/decoded")).1;
         if let Some(rep) = fails.check(compare(
             &format!("{name} vae {size} decode {dtype:?}"),
@@ -380,10 +371,7 @@ fn single_file_checkpoints_match_diffusers() {
         let emb = m.text.embeddings_tensor(cx, &[ids]);
         let x = g.external("emb", &emb);
         let y = m.text.forward(&mut g, &x).expect("graph");
-        g.output(&y);
-        let plan = g.plan().expect("plan");
-        plan.run();
-        let got = pollster::block_on(plan.read(&y)).expect("read");
+        let got = run_graph(&mut g, &y);
         fails.check(compare(
             &format!("{name} single-file text/2"),
             &got,
@@ -419,10 +407,7 @@ fn single_file_checkpoints_match_diffusers() {
         let mut g = Graph::new(gpu.clone(), dtype);
         let z = g.external("z", &Tensor::from_f32(&gpu, "z", zd, zs, dtype));
         let y = m.vae.decode(&mut g, &z).expect("graph");
-        g.output(&y);
-        let plan = g.plan().expect("plan");
-        plan.run();
-        let got = pollster::block_on(plan.read(&y)).expect("read");
+        let got = run_graph(&mut g, &y);
         fails.check(compare(
             &format!("{name} single-file vae decode"),
             &got,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use pnp::gpu::{DType, Gpu, GpuOptions};
+use pnp::graph::{Graph, Value};
 use serde_json::Value as Json;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +31,14 @@ pub fn dtypes() -> Vec<DType> {
         d.push(DType::F16);
     }
     d
+}
+
+/// Marks `y` as the graph's output, plans, runs once and reads `y` back.
+pub fn run_graph(g: &mut Graph, y: &Value) -> Vec<f32> {
+    g.output(y);
+    let plan = g.plan().expect("plan");
+    plan.run();
+    pollster::block_on(plan.read(y)).expect("readback")
 }
 
 pub fn fixture_path(rel: &str) -> PathBuf {
