@@ -46,7 +46,7 @@ fn run_text(name: &str, dtype: DType, tol: Tol, fails: &mut Failures) {
             .map(|&x| x as u32)
             .collect();
         let mut g = Graph::new(gpu.clone(), dtype);
-        let emb = clip.embeddings_tensor(cx, &[ids]);
+        let emb = clip.embeddings_tensor(cx, &[ids]).expect("embed");
         let x = g.external("emb", &emb);
         let y = clip.forward(&mut g, &x).expect("graph");
         let got = run_graph(&mut g, &y);
@@ -311,6 +311,18 @@ fn bad_checkpoints_get_clear_errors() {
         "{msg}"
     );
 
+    // Token ids from a tokenizer that does not belong to the model: an error, not a panic.
+    let clip = ClipText::load(
+        cx,
+        &Weights::new("clip.safetensors", full.clone()),
+        cfg.clone(),
+    )
+    .expect("load");
+    let err = clip
+        .embed(&[vec![cfg.vocab_size as u32]])
+        .expect_err("id past the vocabulary");
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+
     // A folder with only pickle weights: says so and how to convert.
     let dir = temp_dir("pickle");
     std::fs::write(dir.join("diffusion_pytorch_model.bin"), b"not loaded").expect("write");
@@ -368,7 +380,7 @@ fn single_file_checkpoints_match_diffusers() {
         // Text: prompt 2.
         let ids: Vec<u32> = r.ints["ids/2"].iter().map(|&x| x as u32).collect();
         let mut g = Graph::new(gpu.clone(), dtype);
-        let emb = m.text.embeddings_tensor(cx, &[ids]);
+        let emb = m.text.embeddings_tensor(cx, &[ids]).expect("embed");
         let x = g.external("emb", &emb);
         let y = m.text.forward(&mut g, &x).expect("graph");
         let got = run_graph(&mut g, &y);

@@ -6,7 +6,7 @@ use super::config::ClipConfig;
 use super::nn::{Attention, Ctx, Linear, Norm};
 use super::weights::{WeightError, Weights};
 use crate::gpu::Tensor;
-use crate::graph::{Graph, ShapeError, Value};
+use crate::graph::{Graph, ShapeError, Value, shape_err};
 use crate::ops::Act;
 
 struct Layer {
@@ -88,17 +88,39 @@ impl ClipText {
     }
 
     /// Token plus position embeddings for each row of ids: (B, L, D) on the host.
-    pub fn embed(&self, ids: &[Vec<u32>]) -> Vec<f32> {
+    /// A token id past the embedding table (a tokenizer folder that does not
+    /// belong to this text encoder) or a row longer than the position table
+    /// is an error, not a panic.
+    pub fn embed(&self, ids: &[Vec<u32>]) -> Result<Vec<f32>, ShapeError> {
         let d = self.config.hidden_size;
+        let (vocab, positions) = (self.config.vocab_size, self.config.max_position_embeddings);
         let mut out = Vec::with_capacity(ids.len() * ids.first().map_or(0, Vec::len) * d);
         for row in ids {
+            if row.len() > positions {
+                return Err(shape_err(
+                    "clip embed",
+                    format!(
+                        "{} tokens, but the model has {positions} positions",
+                        row.len()
+                    ),
+                ));
+            }
             for (pos, &id) in row.iter().enumerate() {
-                let tok = &self.token_embedding[id as usize * d..(id as usize + 1) * d];
+                let id = id as usize;
+                if id >= vocab {
+                    return Err(shape_err(
+                        "clip embed",
+                        format!(
+                            "token id {id} is outside the text encoder's {vocab}-token vocabulary: the tokenizer folder does not match this model"
+                        ),
+                    ));
+                }
+                let tok = &self.token_embedding[id * d..(id + 1) * d];
                 let p = &self.position_embedding[pos * d..(pos + 1) * d];
                 out.extend(tok.iter().zip(p).map(|(a, b)| a + b));
             }
         }
-        out
+        Ok(out)
     }
 
     /// Records the encoder on embeddings x (B, L, D) -> last hidden state (B, L, D).
@@ -115,14 +137,14 @@ impl ClipText {
     }
 
     /// Uploads embeddings for `ids` (host gather) as a device tensor.
-    pub fn embeddings_tensor(&self, cx: Ctx, ids: &[Vec<u32>]) -> Tensor {
+    pub fn embeddings_tensor(&self, cx: Ctx, ids: &[Vec<u32>]) -> Result<Tensor, ShapeError> {
         let l = ids.first().map_or(0, Vec::len);
-        Tensor::from_f32(
+        Ok(Tensor::from_f32(
             cx.gpu,
             "text embeddings",
-            &self.embed(ids),
+            &self.embed(ids)?,
             &[ids.len(), l, self.config.hidden_size],
             cx.dtype,
-        )
+        ))
     }
 }
