@@ -1,7 +1,7 @@
 // Elementwise ops. OP: 0 add, 1 mul (binary), 2 silu, 3 gelu (erf),
 // 4 quick_gelu, 5 scale (unary).
 // The second operand of a binary op broadcasts by index arithmetic:
-// b index = (i / b_div) % b_mod. Same shape: div 1, mod n. A per-channel
+// b index = b_off + (i / b_div) % b_mod. Same shape: div 1, mod n. A per-channel
 // vector on NCHW: div H*W, mod C. A (B, C) time embedding added to a
 // (B, C, H, W) map: div H*W, mod B*C. A last-dim vector: div 1, mod D.
 
@@ -10,6 +10,7 @@ struct Params {
     b_div: u32,
     b_mod: u32,
     alpha: f32,
+    b_off: u32, // where b starts (a feature-store slot, say)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,7 +30,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let x = f32(a[i]);
     var r = x;
 #if BINARY
-    let bv = f32(b[(i / p.b_div) % p.b_mod]);
+    let bv = f32(b[p.b_off + (i / p.b_div) % p.b_mod]);
     if (OP == 0u) {
         r = x + bv;
     } else {

@@ -97,6 +97,29 @@ pub struct Graph {
     pub dtype: DType,
     pub(crate) values: Vec<ValueInfo>,
     pub(crate) nodes: Vec<Node>,
+    pub(crate) dynamic: Vec<StepParam>,
+}
+
+/// An element offset into a tensor that may move with the step:
+/// `base + per_step * step`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offset {
+    pub base: usize,
+    pub per_step: usize,
+}
+
+impl Offset {
+    pub fn fixed(base: usize) -> Self {
+        Offset { base, per_step: 0 }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepParam {
+    pub node: usize,
+    pub word: usize,
+    pub base: u32,
+    pub per_step: u32,
 }
 
 impl Graph {
@@ -106,6 +129,7 @@ impl Graph {
             dtype,
             values: Vec::new(),
             nodes: Vec::new(),
+            dynamic: Vec::new(),
         }
     }
 
@@ -176,7 +200,7 @@ impl Graph {
         inputs: &[(u32, &Value)],
         params: Vec<u32>,
         workgroups: [u32; 3],
-    ) {
+    ) -> usize {
         let mut bindings = Vec::new();
         let mut binds = Vec::new();
         for (i, v) in outputs.iter().enumerate() {
@@ -200,6 +224,22 @@ impl Graph {
             workgroups,
             label: format!("{family}::{entry}"),
         });
+        self.nodes.len() - 1
+    }
+
+    /// Makes word `word` of node `node`'s uniform block `base + per_step * step`,
+    /// rewritten by [`Plan::set_step`](plan::Plan::set_step) (a feature-store slot
+    /// offset, say): a step changes a few uniform words, never the plan.
+    pub(crate) fn step_param(&mut self, node: usize, word: usize, offset: Offset) {
+        self.nodes[node].params[word] = offset.base as u32;
+        if offset.per_step != 0 {
+            self.dynamic.push(StepParam {
+                node,
+                word,
+                base: offset.base as u32,
+                per_step: offset.per_step as u32,
+            });
+        }
     }
 
     /// Number of recorded dispatches.

@@ -26,7 +26,9 @@ pub struct Plan {
     pub io_bytes: u64,
     /// What the intermediates would need without sharing.
     pub unshared_bytes: u64,
-    _uniforms: wgpu::Buffer,
+    uniforms: wgpu::Buffer,
+    /// (byte offset in `uniforms`, base, per_step) of each step-dependent word.
+    dynamic: Vec<(u64, u32, u32)>,
 }
 
 impl Graph {
@@ -210,14 +212,20 @@ impl Graph {
             });
         }
 
+        let dynamic = self
+            .dynamic
+            .iter()
+            .map(|d| (offsets[d.node] + 4 * d.word as u64, d.base, d.per_step))
+            .collect();
         Ok(Plan {
             gpu: gpu.clone(),
             steps,
             pinned,
+            dynamic,
             intermediate_bytes: slot_size.iter().sum(),
             io_bytes,
             unshared_bytes: unshared,
-            _uniforms: uniforms,
+            uniforms,
         })
     }
 }
@@ -235,6 +243,23 @@ impl Plan {
             let [x, y, z] = s.workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
+    }
+
+    /// Points every step-dependent parameter at `step` (takes effect for the
+    /// next submitted run).
+    pub fn set_step(&self, step: usize) {
+        for &(at, base, per_step) in &self.dynamic {
+            let v = base + per_step * step as u32;
+            self.gpu
+                .queue
+                .write_buffer(&self.uniforms, at, bytemuck::bytes_of(&v));
+        }
+    }
+
+    /// Peak device bytes this plan holds (intermediates plus inputs and outputs;
+    /// weights and feature stores are external and not counted).
+    pub fn planned_bytes(&self) -> u64 {
+        self.intermediate_bytes + self.io_bytes
     }
 
     /// Encodes and submits one replay.

@@ -3,6 +3,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod hooks;
 pub mod ldm;
 pub mod loader;
 pub mod nn;

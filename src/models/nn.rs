@@ -2,6 +2,7 @@
 //! files share. Each `load` reads from a [`VarBuilder`] with the expected
 //! shapes; each `forward` records ops into a graph.
 
+use super::hooks::{QkHook, Source, hooked_self_attention};
 use super::weights::{VarBuilder, WeightError};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::graph::{Graph, ShapeError, Value};
@@ -226,6 +227,29 @@ impl Attention {
         let k = self.to_k.forward(g, ctx, Act::None, None)?;
         let v = self.to_v.forward(g, ctx, Act::None, None)?;
         let o = ops::attention(g, &q, &k, &v, self.heads, causal, None)?;
+        self.to_out.forward(g, &o, Act::None, residual)
+    }
+
+    /// Self-attention with a PnP q/k hook; with q and k injected from a store,
+    /// the to_q/to_k projections are not recorded at all.
+    pub fn forward_self_hooked(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        residual: Option<&Value>,
+        hook: QkHook,
+    ) -> Result<Value, ShapeError> {
+        let from_store = matches!(hook.inject, Some(Source::Store(_)));
+        let (q, k) = if from_store {
+            (None, None)
+        } else {
+            (
+                Some(self.to_q.forward(g, x, Act::None, None)?),
+                Some(self.to_k.forward(g, x, Act::None, None)?),
+            )
+        };
+        let v = self.to_v.forward(g, x, Act::None, None)?;
+        let o = hooked_self_attention(g, hook, q.as_ref(), k.as_ref(), &v, self.heads)?;
         self.to_out.forward(g, &o, Act::None, residual)
     }
 }

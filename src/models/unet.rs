@@ -3,6 +3,7 @@
 //! UNetMidBlock2DCrossAttn, UpBlock2D / CrossAttnUpBlock2D.
 
 use super::config::UnetConfig;
+use super::hooks::{Hooks, QkHook};
 use super::nn::{Conv, Ctx, Linear, Norm};
 use super::unet_blocks::{Resnet, Sampler, Transformer2d};
 use super::weights::{VarBuilder, WeightError, Weights};
@@ -188,6 +189,18 @@ impl Unet {
         t: &Value,
         context: &Value,
     ) -> Result<Value, ShapeError> {
+        self.forward_hooked(g, x, t, context, &Hooks::default())
+    }
+
+    /// [`Self::forward`] with feature hooks in the up blocks.
+    pub fn forward_hooked(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        t: &Value,
+        context: &Value,
+        hooks: &Hooks,
+    ) -> Result<Value, ShapeError> {
         let c = &self.config;
         // 1. time embedding: sinusoid (B, C0) -> linear, SiLU -> linear (B, 4 C0).
         let t_emb = ops::timestep_embedding(
@@ -209,7 +222,7 @@ impl Unet {
             for (j, r) in blk.resnets.iter().enumerate() {
                 h = r.forward(g, &h, Some(&emb_silu))?;
                 if let Some(a) = blk.attentions.get(j) {
-                    h = a.forward(g, &h, context)?;
+                    h = a.forward(g, &h, context, QkHook::default())?;
                 }
                 skips.push(h.clone());
             }
@@ -221,19 +234,21 @@ impl Unet {
 
         // 3. mid.
         h = self.mid_resnets[0].forward(g, &h, Some(&emb_silu))?;
-        h = self.mid_attention.forward(g, &h, context)?;
+        h = self
+            .mid_attention
+            .forward(g, &h, context, QkHook::default())?;
         h = self.mid_resnets[1].forward(g, &h, Some(&emb_silu))?;
 
         // 4. up: each resnet takes the channel concat with the newest skip.
-        for blk in &self.up {
+        for (i, blk) in self.up.iter().enumerate() {
             for (j, r) in blk.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| {
                     crate::graph::shape_err("unet", "ran out of skip connections")
                 })?;
                 let cat = ops::concat(g, &[&h, &skip], 1)?;
-                h = r.forward(g, &cat, Some(&emb_silu))?;
+                h = r.forward_hooked(g, &cat, Some(&emb_silu), hooks.resnet(i, j))?;
                 if let Some(a) = blk.attentions.get(j) {
-                    h = a.forward(g, &h, context)?;
+                    h = a.forward(g, &h, context, hooks.attn(i, j))?;
                 }
             }
             if let Some(u) = &blk.sampler {

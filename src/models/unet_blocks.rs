@@ -2,9 +2,10 @@
 //! BasicTransformerBlocks, and the down/up samplers (diffusers'
 //! models/resnet.py, transformers/transformer_2d.py, attention.py).
 
+use super::hooks::{QkHook, ResnetHook, Source, slot};
 use super::nn::{Attention, Conv, Ctx, Linear, Norm};
 use super::weights::{VarBuilder, WeightError};
-use crate::graph::{Graph, ShapeError, Value};
+use crate::graph::{Graph, Offset, ShapeError, Value};
 use crate::ops::{self, Act, Conv2d};
 
 /// ResnetBlock2D: GN+SiLU, conv1, + time projection, GN+SiLU, conv2, + shortcut.
@@ -61,6 +62,27 @@ impl Resnet {
         x: &Value,
         temb_silu: Option<&Value>,
     ) -> Result<Value, ShapeError> {
+        self.forward_hooked(g, x, temb_silu, ResnetHook::default())
+    }
+
+    /// [`Self::forward`] with a PnP hook on the residual branch (conv2's
+    /// output, before the shortcut is added).
+    pub fn forward_hooked(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        temb_silu: Option<&Value>,
+        hook: ResnetHook,
+    ) -> Result<Value, ShapeError> {
+        let shortcut = match &self.conv_shortcut {
+            Some(c) => c.forward(g, x, None)?,
+            None => x.clone(),
+        };
+        let row = shortcut.numel() / shortcut.dim(0);
+        if let Some(Source::Store(store)) = hook.inject {
+            // The branch's output is the source's: the branch is not computed.
+            return ops::add_row(g, &shortcut, store, slot(row), row);
+        }
         let h = self.norm1.forward(g, x, true)?;
         let mut h = self.conv1.forward(g, &h, None)?;
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_silu) {
@@ -69,12 +91,19 @@ impl Resnet {
             h = ops::add(g, &h, &t)?;
         }
         let h = self.norm2.forward(g, &h, true)?;
-        let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(g, x, None)?,
-            None => x.clone(),
-        };
         // output_scale_factor is 1.0 in every SD config: conv2(h) + shortcut.
-        self.conv2.forward(g, &h, Some(&shortcut))
+        match (hook.inject, hook.capture) {
+            (Some(Source::Row0), _) => {
+                let r = self.conv2.forward(g, &h, None)?;
+                ops::add_row(g, &shortcut, &r, Offset::default(), row)
+            }
+            (_, Some(store)) => {
+                let r = self.conv2.forward(g, &h, None)?;
+                ops::copy_into(g, store, &r, slot(r.numel()))?;
+                ops::add(g, &r, &shortcut)
+            }
+            _ => self.conv2.forward(g, &h, Some(&shortcut)),
+        }
     }
 }
 
@@ -131,9 +160,15 @@ impl TransformerBlock {
     }
 
     /// x (B, HW, C), context (B, 77, Cc).
-    fn forward(&self, g: &mut Graph, x: &Value, context: &Value) -> Result<Value, ShapeError> {
+    fn forward(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        context: &Value,
+        qk: QkHook,
+    ) -> Result<Value, ShapeError> {
         let n = self.norm1.forward(g, x, false)?;
-        let h = self.attn1.forward(g, &n, None, false, Some(x))?;
+        let h = self.attn1.forward_self_hooked(g, &n, Some(x), qk)?;
         let n = self.norm2.forward(g, &h, false)?;
         let h = self.attn2.forward(g, &n, Some(context), false, Some(&h))?;
         let n = self.norm3.forward(g, &h, false)?;
@@ -203,8 +238,15 @@ impl Transformer2d {
         })
     }
 
-    /// x (B, C, H, W), context (B, 77, Cc) -> (B, C, H, W).
-    pub fn forward(&self, g: &mut Graph, x: &Value, context: &Value) -> Result<Value, ShapeError> {
+    /// x (B, C, H, W), context (B, 77, Cc) -> (B, C, H, W); `qk` hooks the
+    /// self-attention of transformer block 0.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        context: &Value,
+        qk: QkHook,
+    ) -> Result<Value, ShapeError> {
         let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
         let n = self.norm.forward(g, x, false)?;
         let n = g.reshape(&n, &[b, c, h * w])?;
@@ -220,8 +262,8 @@ impl Transformer2d {
                 lin.forward(g, &tok, Act::None, None)?
             }
         };
-        for blk in &self.blocks {
-            t = blk.forward(g, &t, context)?;
+        for (i, blk) in self.blocks.iter().enumerate() {
+            t = blk.forward(g, &t, context, if i == 0 { qk } else { QkHook::default() })?;
         }
         match &self.proj_out {
             Proj::Conv(conv) => {

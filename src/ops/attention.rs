@@ -1,11 +1,60 @@
 //! Fused multi-head attention (`shaders/attention.wgsl`).
 
 use super::{same_dtype, u};
-use crate::graph::{Graph, ShapeError, ShapeFmt, Value, shape_err};
+use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, shape_err};
 
 /// Keys per tile in attention.wgsl (BC): k and v tiles take 2 * BC * D floats
 /// of workgroup memory.
 const KEY_TILE: usize = 16;
+
+/// Rows of width C read from a tensor through strides: row r of batch b is
+/// `value[offset + b * batch_stride + r * row_stride ..][..C]`. A batch stride
+/// of 0 gives every batch row the same rows: how injected queries and keys
+/// from one source row reach all target rows.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub value: &'a Value,
+    pub rows: usize,
+    pub row_stride: usize,
+    pub batch_stride: usize,
+    pub offset: Offset,
+}
+
+impl<'a> View<'a> {
+    /// A contiguous (B, L, C) tensor.
+    pub fn of(v: &'a Value) -> Self {
+        let (l, c) = (v.dim(-2), v.dim(-1));
+        View {
+            value: v,
+            rows: l,
+            row_stride: c,
+            batch_stride: l * c,
+            offset: Offset::default(),
+        }
+    }
+
+    /// Batch rows `first..` of a contiguous (B, L, C) tensor.
+    pub fn from_row(v: &'a Value, first: usize) -> Self {
+        let mut view = Self::of(v);
+        view.offset = Offset::fixed(first * view.batch_stride);
+        view
+    }
+
+    /// Batch row `row` of a contiguous (B, L, C) tensor, shared by every batch row.
+    pub fn broadcast_row(v: &'a Value, row: usize) -> Self {
+        let mut view = Self::from_row(v, row);
+        view.batch_stride = 0;
+        view
+    }
+
+    /// Last element read for `batch` rows of width `c` at the base offset, +1.
+    fn extent(&self, batch: usize, c: usize) -> usize {
+        self.offset.base
+            + (batch.max(1) - 1) * self.batch_stride
+            + (self.rows.max(1) - 1) * self.row_stride
+            + c
+    }
+}
 
 /// softmax(q k^T * scale [+ causal mask]) v, per head.
 /// q (B, Lq, H*D), k and v (B, Lk, H*D) -> (B, Lq, H*D), head h in columns h*D..(h+1)*D.
@@ -19,27 +68,70 @@ pub fn attention(
     causal: bool,
     scale: Option<f32>,
 ) -> Result<Value, ShapeError> {
-    let op = "attention";
-    let bad = || {
-        shape_err(
-            op,
+    let ok = q.rank() == 3
+        && k.rank() == 3
+        && k.shape == v.shape
+        && k.dim(0) == q.dim(0)
+        && k.dim(2) == q.dim(2);
+    if !ok {
+        return Err(shape_err(
+            "attention",
             format!(
-                "q {}, k {}, v {} are not (B, L, H*D) with {heads} heads",
+                "q {}, k {}, v {} are not (B, L, C) with matching B and C",
                 ShapeFmt(&q.shape),
                 ShapeFmt(&k.shape),
                 ShapeFmt(&v.shape)
             ),
-        )
-    };
-    if q.rank() != 3 || k.rank() != 3 || k.shape != v.shape || heads == 0 {
-        return Err(bad());
+        ));
     }
-    let (b, lq, c_) = (q.dim(0), q.dim(1), q.dim(2));
-    let lk = k.dim(1);
-    if k.dim(0) != b || k.dim(2) != c_ || c_ % heads != 0 || lk == 0 {
-        return Err(bad());
+    attention_views(
+        g,
+        View::of(q),
+        View::of(k),
+        View::of(v),
+        q.dim(0),
+        heads,
+        causal,
+        scale,
+    )
+}
+
+/// [`attention`] on strided views: `batch` rows of queries, keys and values,
+/// each of width C = H*D -> a contiguous (batch, Lq, C).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_views(
+    g: &mut Graph,
+    q: View,
+    k: View,
+    v: View,
+    batch: usize,
+    heads: usize,
+    causal: bool,
+    scale: Option<f32>,
+) -> Result<Value, ShapeError> {
+    let op = "attention";
+    let c = q.value.dim(-1);
+    let (lq, lk) = (q.rows, k.rows);
+    let fits = |w: &View| w.value.dim(-1) == c && w.extent(batch, c) <= w.value.numel();
+    if heads == 0
+        || !c.is_multiple_of(heads)
+        || lk == 0
+        || v.rows != lk
+        || !fits(&q)
+        || !fits(&k)
+        || !fits(&v)
+    {
+        return Err(shape_err(
+            op,
+            format!(
+                "views of q {}, k {}, v {} do not give {batch} rows of width {c} for {heads} heads",
+                ShapeFmt(&q.value.shape),
+                ShapeFmt(&k.value.shape),
+                ShapeFmt(&v.value.shape)
+            ),
+        ));
     }
-    let d = c_ / heads;
+    let d = c / heads;
     // The head dimension is a compile-time variant: it sizes the per-row registers.
     let shared = 2 * KEY_TILE * d * 4;
     let limit = g.gpu.limits.max_compute_workgroup_storage_size as usize;
@@ -51,9 +143,9 @@ pub fn attention(
             ),
         ));
     }
-    same_dtype(op, &[q, k, v])?;
+    same_dtype(op, &[q.value, k.value, v.value])?;
     let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
-    let o = g.temp(&q.shape, q.dtype);
+    let o = g.temp(&[batch, lq, c], q.value.dtype);
     // Keys per dispatch: all of them, unless the driver bounds an invocation's
     // loop iterations (about 2D + 8 per key, see attention.wgsl).
     let chunk = match g.gpu.loop_budget {
@@ -61,24 +153,25 @@ pub fn attention(
         None => lk,
     };
     let chunks = lk.div_ceil(chunk);
-    let state = (chunks > 1).then(|| g.temp(&[b * heads * lq * (d + 2)], crate::gpu::DType::F32));
-    for c in 0..chunks {
-        let (k_begin, k_end) = (c * chunk, ((c + 1) * chunk).min(lk));
-        let first_last = (c == 0) as u32 | (((c + 1 == chunks) as u32) << 1);
+    let state =
+        (chunks > 1).then(|| g.temp(&[batch * heads * lq * (d + 2)], crate::gpu::DType::F32));
+    for ch in 0..chunks {
+        let (k_begin, k_end) = (ch * chunk, ((ch + 1) * chunk).min(lk));
+        let first_last = (ch == 0) as u32 | (((ch + 1 == chunks) as u32) << 1);
         let params = vec![
             u(lq),
             u(lk),
             causal as u32,
             scale.to_bits(),
-            u(c_),
-            u(c_),
-            u(c_),
-            u(c_),
-            u(lq * c_),
-            u(lk * c_),
-            u(lk * c_),
-            u(lq * c_),
-            0,
+            u(q.row_stride),
+            u(k.row_stride),
+            u(v.row_stride),
+            u(c),
+            u(q.batch_stride),
+            u(k.batch_stride),
+            u(v.batch_stride),
+            u(lq * c),
+            0, // q_off .. o_off: words 12..15, set below
             0,
             0,
             0,
@@ -89,16 +182,19 @@ pub fn attention(
         ];
         let mut outputs = vec![&o];
         outputs.extend(state.as_ref());
-        g.push(
+        let node = g.push(
             "attention",
             "main",
-            q.dtype,
+            q.value.dtype,
             vec![("HEAD_DIM", u(d)), ("CHUNKED", state.is_some() as u32)],
             &outputs,
-            &[(3, q), (4, k), (5, v)],
+            &[(3, q.value), (4, k.value), (5, v.value)],
             params,
-            [u(lq.div_ceil(64)), u(heads), u(b)],
+            [u(lq.div_ceil(64)), u(heads), u(batch)],
         );
+        g.step_param(node, 12, q.offset);
+        g.step_param(node, 13, k.offset);
+        g.step_param(node, 14, v.offset);
     }
     Ok(o)
 }

@@ -1,7 +1,7 @@
 //! Elementwise ops with broadcasting (`shaders/elementwise.wgsl`).
 
 use super::{same_dtype, u};
-use crate::graph::{Graph, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
+use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unary {
@@ -11,23 +11,30 @@ pub enum Unary {
     QuickGelu,
 }
 
-fn record(g: &mut Graph, a: &Value, b: Option<(&Value, u32, u32)>, op: u32, alpha: f32) -> Value {
+fn record(
+    g: &mut Graph,
+    a: &Value,
+    b: Option<(&Value, u32, u32, Offset)>,
+    op: u32,
+    alpha: f32,
+) -> Value {
     let y = g.temp(&a.shape, a.dtype);
     let n = a.numel();
-    let (inputs, div, modulo): (Vec<(u32, &Value)>, u32, u32) = match b {
-        Some((b, div, modulo)) => (vec![(2, a), (3, b)], div, modulo),
-        None => (vec![(2, a)], 1, u(n)),
+    let (inputs, div, modulo, b_off): (Vec<(u32, &Value)>, u32, u32, Offset) = match b {
+        Some((b, div, modulo, off)) => (vec![(2, a), (3, b)], div, modulo, off),
+        None => (vec![(2, a)], 1, u(n), Offset::default()),
     };
-    g.push(
+    let node = g.push(
         "elementwise",
         "main",
         a.dtype,
         vec![("OP", op), ("BINARY", b.is_some() as u32)],
         &[&y],
         &inputs,
-        vec![u(n), div, modulo, alpha.to_bits()],
+        vec![u(n), div, modulo, alpha.to_bits(), 0],
         grid_1d(n, 256),
     );
+    g.step_param(node, 4, b_off);
     y
 }
 
@@ -66,14 +73,50 @@ fn broadcast(op: &str, a: &Value, b: &Value) -> Result<(u32, u32), ShapeError> {
 pub fn add(g: &mut Graph, a: &Value, b: &Value) -> Result<Value, ShapeError> {
     same_dtype("add", &[a, b])?;
     let (div, modulo) = broadcast("add", a, b)?;
-    Ok(record(g, a, Some((b, div, modulo)), 0, 0.0))
+    Ok(record(
+        g,
+        a,
+        Some((b, div, modulo, Offset::default())),
+        0,
+        0.0,
+    ))
+}
+
+/// a + src[offset + i % row], for each element i of a: every row of `row`
+/// elements of a gets the same run of `src` (one source row's features added
+/// to each batch row; the offset may move with the step).
+pub fn add_row(
+    g: &mut Graph,
+    a: &Value,
+    src: &Value,
+    offset: Offset,
+    row: usize,
+) -> Result<Value, ShapeError> {
+    same_dtype("add_row", &[a, src])?;
+    if row == 0 || !a.numel().is_multiple_of(row) || offset.base + row > src.numel() {
+        return Err(shape_err(
+            "add_row",
+            format!(
+                "rows of {row} from {} do not tile {}",
+                ShapeFmt(&src.shape),
+                ShapeFmt(&a.shape)
+            ),
+        ));
+    }
+    Ok(record(g, a, Some((src, 1, u(row), offset)), 0, 0.0))
 }
 
 /// a * b, b broadcast to a's shape.
 pub fn mul(g: &mut Graph, a: &Value, b: &Value) -> Result<Value, ShapeError> {
     same_dtype("mul", &[a, b])?;
     let (div, modulo) = broadcast("mul", a, b)?;
-    Ok(record(g, a, Some((b, div, modulo)), 1, 0.0))
+    Ok(record(
+        g,
+        a,
+        Some((b, div, modulo, Offset::default())),
+        1,
+        0.0,
+    ))
 }
 
 pub fn unary(g: &mut Graph, x: &Value, op: Unary) -> Value {

@@ -2,7 +2,7 @@
 //! upsampling (`shaders/upsample.wgsl`).
 
 use super::{same_dtype, u};
-use crate::graph::{Graph, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
+use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
 
 /// Copies the 4-d index space `n` from `src` (strides `s`, offset `so`) into
 /// `dst` (strides `d`, offset `dof`).
@@ -15,12 +15,12 @@ fn copy4(
     s: [usize; 4],
     so: usize,
     d: [usize; 4],
-    dof: usize,
+    dof: Offset,
 ) {
     let total: usize = n.iter().product();
     let mut params: Vec<u32> = n.iter().chain(&s).chain(&d).map(|&x| u(x)).collect();
-    params.extend([u(so), u(dof), u(total), 0]);
-    g.push(
+    params.extend([u(so), 0, u(total), 0]);
+    let node = g.push(
         "copy",
         "main",
         src.dtype,
@@ -30,6 +30,41 @@ fn copy4(
         params,
         grid_1d(total, 256),
     );
+    g.step_param(node, 13, dof);
+}
+
+/// Copies all of `src` into `dst` (an external tensor, e.g. a feature-store
+/// slot) from element `offset` on; the offset may move with the step.
+pub fn copy_into(
+    g: &mut Graph,
+    dst: &Value,
+    src: &Value,
+    offset: Offset,
+) -> Result<(), ShapeError> {
+    same_dtype("copy_into", &[dst, src])?;
+    let n = src.numel();
+    if offset.base + n > dst.numel() {
+        return Err(shape_err(
+            "copy_into",
+            format!(
+                "{} does not fit in {} at {}",
+                ShapeFmt(&src.shape),
+                ShapeFmt(&dst.shape),
+                offset.base
+            ),
+        ));
+    }
+    copy4(
+        g,
+        dst,
+        src,
+        [1, 1, 1, n],
+        [0, 0, 0, 1],
+        0,
+        [0, 0, 0, 1],
+        offset,
+    );
+    Ok(())
 }
 
 /// (B, R, C) -> (B, C, R); (R, C) is taken as B = 1.
@@ -54,7 +89,7 @@ pub fn transpose_last2(g: &mut Graph, x: &Value) -> Result<Value, ShapeError> {
         [0, r * c, 1, c],
         0,
         [0, r * c, r, 1],
-        0,
+        Offset::default(),
     );
     Ok(y)
 }
@@ -103,7 +138,7 @@ pub fn concat(g: &mut Graph, parts: &[&Value], dim: usize) -> Result<Value, Shap
             [0, pd * inner, inner, 1],
             0,
             [0, total_d * inner, inner, 1],
-            at * inner,
+            Offset::fixed(at * inner),
         );
         at += pd;
     }

@@ -11,11 +11,11 @@ mod norm;
 mod softmax;
 mod timestep;
 
-pub use attention::attention;
+pub use attention::{View, attention, attention_views};
 pub use conv::{Conv2d, conv2d};
-pub use elementwise::{Unary, add, mul, scale, unary};
+pub use elementwise::{Unary, add, add_row, mul, scale, unary};
 pub use gemm::{Act, Epilogue, GEGLU_GROUP, geglu_interleave, gemm, linear};
-pub use layout::{concat, transpose_last2, upsample_nearest2x};
+pub use layout::{concat, copy_into, transpose_last2, upsample_nearest2x};
 pub use norm::{group_norm, layer_norm};
 pub use softmax::softmax;
 pub use timestep::{timestep_embedding, timestep_frequencies};

@@ -1,3 +1,6 @@
-//! The Plug-and-Play pipeline's host-side pieces (see PNP-SPEC.md).
+//! Plug-and-Play translation (PNP-SPEC.md): the DDIM scheduler, the feature
+//! store and the injected sampling loop.
 
+pub mod pipeline;
 pub mod scheduler;
+pub mod store;

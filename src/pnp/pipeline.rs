@@ -1,0 +1,493 @@
+//! The PnP translation (PNP-SPEC.md): encode, DDIM inversion, the source
+//! pass into the feature store, injected sampling with classifier-free
+//! guidance, decode. Every network is a planned graph built once per phase
+//! and replayed per step; a step writes only its inputs (latent, timestep,
+//! text embedding) and the store slot it binds.
+
+use super::scheduler::{Ddim, SchedulerError};
+use super::store::{
+    FeatureStore, Inject, StoreValues, TapShapes, Taps, capture_hooks, inject_hooks,
+};
+use crate::gpu::{DType, Gpu, GpuError};
+use crate::graph::{Graph, Plan, ShapeError, Value};
+use crate::models::hooks::Hooks;
+use crate::models::sd::SdModel;
+use crate::models::tokenizer::{ClipTokenizer, TokenizerError};
+use crate::models::unet::Unet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PnpError {
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error("{0}")]
+    Input(String),
+}
+
+type Result<T> = std::result::Result<T, PnpError>;
+
+/// Where the target pass gets the source row's features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreMode {
+    /// The resident store when it fits the budget, else inline.
+    Auto,
+    /// Always the GPU-resident feature store.
+    Resident,
+    /// The reference's batch-3 call (source row inline), recomputed per prompt.
+    Inline,
+}
+
+/// The algorithm's settings; defaults are the reference's (PNP-SPEC.md).
+#[derive(Clone, Debug)]
+pub struct PnpOptions {
+    pub negative_prompt: String,
+    pub inversion_prompt: String,
+    pub steps: usize,
+    pub inversion_steps: usize,
+    pub guidance: f32,
+    pub pnp_f_t: f32,
+    pub pnp_attn_t: f32,
+    pub store: StoreMode,
+    /// Largest feature store `Auto` keeps on the device, in bytes.
+    pub store_budget: u64,
+}
+
+impl Default for PnpOptions {
+    fn default() -> Self {
+        PnpOptions {
+            negative_prompt: "ugly, blurry, black, low res, unrealistic".into(),
+            inversion_prompt: String::new(),
+            steps: 50,
+            inversion_steps: 999,
+            guidance: 7.5,
+            pnp_f_t: 0.8,
+            pnp_attn_t: 0.5,
+            store: StoreMode::Auto,
+            store_budget: 2 << 30,
+        }
+    }
+}
+
+/// Progress reporting, so the command line and a web page can show it their way.
+pub trait Progress {
+    /// A phase with `total` units of work begins.
+    fn phase(&mut self, name: &str, total: usize);
+    /// One unit done.
+    fn tick(&mut self);
+    /// Something the user should read (a truncated prompt, a fallback).
+    fn note(&mut self, msg: &str);
+}
+
+/// A `Progress` that reports nothing.
+pub struct Quiet;
+impl Progress for Quiet {
+    fn phase(&mut self, _: &str, _: usize) {}
+    fn tick(&mut self) {}
+    fn note(&mut self, _: &str) {}
+}
+
+/// What a run cost.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// (phase, seconds), in order.
+    pub phases: Vec<(String, f64)>,
+    pub unet_evals: usize,
+    /// Largest bytes held at once by planned graphs plus the feature store
+    /// (weights not counted).
+    pub peak_bytes: u64,
+    pub used_store: bool,
+}
+
+/// The inversion of one image: z_t for every inversion timestep.
+#[derive(Clone, Debug)]
+pub struct Inversion {
+    /// Latent size (h, w) = image size / 8.
+    pub hw: [usize; 2],
+    pub z0: Vec<f32>,
+    pub steps: usize,
+    pub latents: BTreeMap<usize, Vec<f32>>,
+}
+
+struct Timer {
+    #[cfg(not(target_arch = "wasm32"))]
+    start: std::time::Instant,
+}
+
+impl Timer {
+    fn start() -> Self {
+        Timer {
+            #[cfg(not(target_arch = "wasm32"))]
+            start: std::time::Instant::now(),
+        }
+    }
+    fn seconds(&self) -> f64 {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.start.elapsed().as_secs_f64();
+        #[cfg(target_arch = "wasm32")]
+        0.0
+    }
+}
+
+/// A UNet graph with its inputs, planned.
+struct UnetPlan {
+    plan: Plan,
+    x: Value,
+    t: Value,
+    ctx: Value,
+    eps: Value,
+}
+
+pub struct Pipeline<'a> {
+    pub gpu: Arc<Gpu>,
+    pub model: &'a SdModel,
+    pub tokenizer: &'a ClipTokenizer,
+    pub scheduler: Ddim,
+    /// Storage type of activations (the weights were uploaded in it).
+    pub dtype: DType,
+    pub stats: Stats,
+    taps: Taps,
+}
+
+fn concat_rows(rows: &[&[f32]]) -> Vec<f32> {
+    rows.iter().flat_map(|r| r.iter().copied()).collect()
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(
+        gpu: Arc<Gpu>,
+        model: &'a SdModel,
+        tokenizer: &'a ClipTokenizer,
+        scheduler: Ddim,
+        dtype: DType,
+    ) -> Self {
+        Pipeline {
+            gpu,
+            model,
+            tokenizer,
+            scheduler,
+            dtype,
+            stats: Stats::default(),
+            taps: Taps::pnp(),
+        }
+    }
+
+    fn phase_done(&mut self, name: &str, t: Timer) {
+        self.stats.phases.push((name.to_string(), t.seconds()));
+    }
+
+    fn note_peak(&mut self, bytes: u64) {
+        self.stats.peak_bytes = self.stats.peak_bytes.max(bytes);
+    }
+
+    /// Text embeddings (77 x D each) of `prompts`, truncating with a note.
+    pub async fn embed(
+        &mut self,
+        prompts: &[&str],
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<Vec<f32>>> {
+        let timer = Timer::start();
+        let text = &self.model.text;
+        let d = text.config.hidden_size;
+        let len = self.tokenizer.max_len();
+        let mut g = Graph::new(self.gpu.clone(), self.dtype);
+        let x = g.input("token embeddings", &[1, len, d], self.dtype);
+        let y = text.forward(&mut g, &x)?;
+        g.output(&y);
+        let plan = g.plan()?;
+        self.note_peak(plan.planned_bytes());
+        progress.phase("text", prompts.len());
+        let mut out = Vec::new();
+        for p in prompts {
+            let enc = self.tokenizer.encode(p)?;
+            if let Some(w) = enc.warning() {
+                progress.note(&w);
+            }
+            plan.write(&x, &text.embed(&[enc.ids])?);
+            plan.run();
+            out.push(plan.read(&y).await?);
+            progress.tick();
+        }
+        self.phase_done("text encoder", timer);
+        Ok(out)
+    }
+
+    /// VAE encode: pixels (3, H, W) in [0, 1] -> posterior mean * scaling factor (1, 4, H/8, W/8).
+    pub async fn encode_image(&mut self, pixels: &[f32], hw: [usize; 2]) -> Result<Vec<f32>> {
+        let timer = Timer::start();
+        let [h, w] = hw;
+        if h % 64 != 0 || w % 64 != 0 || h == 0 || w == 0 {
+            return Err(PnpError::Input(format!(
+                "image size {w}x{h} is not a multiple of 64 on both sides; resize it (the command line's --width/--height do)"
+            )));
+        }
+        let vae = &self.model.vae;
+        let mut g = Graph::new(self.gpu.clone(), self.dtype);
+        let x = g.input("image", &[1, 3, h, w], self.dtype);
+        let m = vae.encode_moments(&mut g, &x)?;
+        g.output(&m);
+        let plan = g.plan()?;
+        self.note_peak(plan.planned_bytes());
+        plan.write(
+            &x,
+            &pixels.iter().map(|p| 2.0 * p - 1.0).collect::<Vec<_>>(),
+        );
+        plan.run();
+        let moments = plan.read(&m).await?;
+        let lat = vae.config.latent_channels;
+        let n = lat * (h / 8) * (w / 8);
+        let scale = vae.config.scaling_factor;
+        self.phase_done("vae encode", timer);
+        Ok(moments[..n].iter().map(|v| v * scale).collect())
+    }
+
+    /// VAE decode: latent (1, 4, h, w) -> pixels (3, 8h, 8w) in [0, 1].
+    pub async fn decode(&mut self, z: &[f32], hw: [usize; 2]) -> Result<Vec<f32>> {
+        let timer = Timer::start();
+        let vae = &self.model.vae;
+        let lat = vae.config.latent_channels;
+        let mut g = Graph::new(self.gpu.clone(), self.dtype);
+        let x = g.input("latent", &[1, lat, hw[0], hw[1]], self.dtype);
+        let y = vae.decode(&mut g, &x)?;
+        g.output(&y);
+        let plan = g.plan()?;
+        self.note_peak(plan.planned_bytes());
+        let scale = vae.config.scaling_factor;
+        plan.write(&x, &z.iter().map(|v| v / scale).collect::<Vec<_>>());
+        plan.run();
+        let img = plan.read(&y).await?;
+        self.phase_done("vae decode", timer);
+        Ok(img
+            .into_iter()
+            .map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
+            .collect())
+    }
+
+    fn unet_plan(
+        &self,
+        batch: usize,
+        hw: [usize; 2],
+        store: Option<&FeatureStore>,
+        hooks: impl FnOnce(Option<&StoreValues>) -> Hooks<'_>,
+    ) -> Result<UnetPlan> {
+        let unet = &self.model.unet;
+        let mut g = Graph::new(self.gpu.clone(), self.dtype);
+        let x = g.input(
+            "latents",
+            &[batch, unet.config.in_channels, hw[0], hw[1]],
+            self.dtype,
+        );
+        let t = Unet::timestep_input(&mut g, batch);
+        let ctx = g.input(
+            "text",
+            &[
+                batch,
+                self.tokenizer.max_len(),
+                unet.config.cross_attention_dim,
+            ],
+            self.dtype,
+        );
+        let values = store.map(|s| s.bind(&mut g));
+        let hooks = hooks(values.as_ref());
+        let eps = unet.forward_hooked(&mut g, &x, &t, &ctx, &hooks)?;
+        drop(hooks);
+        g.output(&eps);
+        let plan = g.plan()?;
+        Ok(UnetPlan {
+            plan,
+            x,
+            t,
+            ctx,
+            eps,
+        })
+    }
+
+    async fn run_unet(
+        &mut self,
+        p: &UnetPlan,
+        x: &[f32],
+        t: usize,
+        ctx: &[f32],
+    ) -> Result<Vec<f32>> {
+        let batch = p.x.dim(0);
+        p.plan.write(&p.x, x);
+        p.plan.write(&p.t, &vec![t as f32; batch]);
+        p.plan.write(&p.ctx, ctx);
+        p.plan.run();
+        self.stats.unet_evals += batch;
+        Ok(p.plan.read(&p.eps).await?)
+    }
+
+    /// DDIM inversion of z0 (stage 2) under the inversion prompt's embedding.
+    pub async fn invert(
+        &mut self,
+        z0: &[f32],
+        hw: [usize; 2],
+        c_inv: &[f32],
+        steps: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Inversion> {
+        let timer = Timer::start();
+        let mut grid = self.scheduler.timesteps(steps)?;
+        grid.reverse(); // ascending
+        let p = self.unet_plan(1, hw, None, |_| Hooks::default())?;
+        self.note_peak(p.plan.planned_bytes());
+        progress.phase("inversion", grid.len());
+        let mut z = z0.to_vec();
+        let mut latents = BTreeMap::new();
+        for (i, &t) in grid.iter().enumerate() {
+            let eps = self.run_unet(&p, &z, t, c_inv).await?;
+            z = self
+                .scheduler
+                .invert_step(&z, &eps, t, (i > 0).then(|| grid[i - 1]));
+            latents.insert(t, z.clone());
+            progress.tick();
+        }
+        self.phase_done("inversion", timer);
+        Ok(Inversion {
+            hw,
+            z0: z0.to_vec(),
+            steps,
+            latents,
+        })
+    }
+
+    /// Stage 3 for every target prompt, sharing one inversion and one feature
+    /// store. `c_*` are text embeddings (77 x D). Returns the final latents per prompt.
+    pub async fn sample(
+        &mut self,
+        inv: &Inversion,
+        c_src: &[f32],
+        c_neg: &[f32],
+        c_pos: &[Vec<f32>],
+        opts: &PnpOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<Vec<f32>>> {
+        let n = opts.steps;
+        let grid = self.scheduler.timesteps(n)?;
+        if let Some(t) = grid.iter().find(|t| !inv.latents.contains_key(t)) {
+            let ok = self.scheduler.compatible_inversion_steps(n);
+            return Err(PnpError::Input(format!(
+                "the {}-step inversion has no latent at sampling timestep {t}: with {n} sampling steps, use --inversion-steps in {ok:?}",
+                inv.steps
+            )));
+        }
+        let n_f = ((n as f64) * opts.pnp_f_t as f64).floor() as usize;
+        let n_qk = ((n as f64) * opts.pnp_attn_t as f64).floor() as usize;
+        let inject_at = |i: usize| Inject {
+            features: i < n_f,
+            qk: i < n_qk,
+        };
+        let hw = inv.hw;
+        let shapes = TapShapes::new(&self.taps, &self.model.unet.config.block_out_channels, hw);
+        let store_bytes = shapes.store_bytes(n_f, n_qk, self.dtype);
+        let max_tensor = shapes
+            .attn
+            .iter()
+            .map(|[l, c]| (n_qk * l * c * self.dtype.size()) as u64)
+            .chain([(n_f * shapes.resnet.iter().product::<usize>() * self.dtype.size()) as u64])
+            .max()
+            .unwrap_or(0);
+        let fits = max_tensor <= self.gpu.max_binding() && store_bytes <= opts.store_budget;
+        let use_store = match opts.store {
+            StoreMode::Resident => true,
+            StoreMode::Inline => false,
+            StoreMode::Auto => {
+                if !fits {
+                    progress.note(&format!(
+                        "the feature store would take {} MiB (budget {} MiB, largest binding {} MiB): using the reference's inline source row instead",
+                        store_bytes >> 20,
+                        opts.store_budget >> 20,
+                        self.gpu.max_binding() >> 20
+                    ));
+                }
+                fits
+            }
+        };
+        self.stats.used_store = use_store;
+        let taps = Taps::pnp();
+        let lat = inv.z0.len();
+
+        // Source pass into the store, once for all prompts.
+        let store = if use_store {
+            let timer = Timer::start();
+            let store = FeatureStore::new(&self.gpu, &shapes, n_f, n_qk, self.dtype);
+            let mut plans: Vec<(Inject, UnetPlan)> = Vec::new();
+            progress.phase("source features", n_f.max(n_qk));
+            for (i, &t) in grid.iter().enumerate().take(n_f.max(n_qk)) {
+                let what = inject_at(i);
+                if !plans.iter().any(|(w, _)| *w == what) {
+                    let p = self.unet_plan(1, hw, Some(&store), |v| {
+                        capture_hooks(&taps, v.expect("store bound"), what)
+                    })?;
+                    plans.push((what, p));
+                }
+                let p = &plans
+                    .iter()
+                    .find(|(w, _)| *w == what)
+                    .expect("plan just made")
+                    .1;
+                p.plan.set_step(i);
+                let z_t = &inv.latents[&t];
+                let _ = self.run_unet(p, z_t, t, c_src).await?;
+                progress.tick();
+            }
+            let planned: u64 = plans.iter().map(|(_, p)| p.plan.planned_bytes()).sum();
+            self.note_peak(planned + store_bytes);
+            self.phase_done("source pass (feature store)", timer);
+            Some(store)
+        } else {
+            None
+        };
+
+        let timer = Timer::start();
+        let mut plans: Vec<(Inject, UnetPlan)> = Vec::new();
+        let mut finals = Vec::new();
+        for (pi, c) in c_pos.iter().enumerate() {
+            progress.phase(&format!("sampling prompt {}", pi + 1), n);
+            let mut x = inv.latents[&grid[0]].clone();
+            let ctx2 = concat_rows(&[c_neg, c]);
+            let ctx3 = concat_rows(&[c_src, c_neg, c]);
+            for (i, &t) in grid.iter().enumerate() {
+                let what = inject_at(i);
+                let inline = !use_store && (what.features || what.qk);
+                if !plans.iter().any(|(w, _)| *w == what) {
+                    let batch = if inline { 3 } else { 2 };
+                    let p = self
+                        .unet_plan(batch, hw, store.as_ref(), |v| inject_hooks(&taps, v, what))?;
+                    plans.push((what, p));
+                }
+                let p = &plans
+                    .iter()
+                    .find(|(w, _)| *w == what)
+                    .expect("plan just made")
+                    .1;
+                p.plan.set_step(i);
+                let eps = if inline {
+                    let xs = concat_rows(&[&inv.latents[&t], &x, &x]);
+                    let e = self.run_unet(p, &xs, t, &ctx3).await?;
+                    e[lat..].to_vec()
+                } else {
+                    let xs = concat_rows(&[&x, &x]);
+                    self.run_unet(p, &xs, t, &ctx2).await?
+                };
+                let (neg, pos) = eps.split_at(lat);
+                let g = opts.guidance;
+                let guided: Vec<f32> = neg.iter().zip(pos).map(|(u, c)| u + g * (c - u)).collect();
+                x = self.scheduler.step(&x, &guided, t, n);
+                progress.tick();
+            }
+            finals.push(x);
+        }
+        let planned: u64 = plans.iter().map(|(_, p)| p.plan.planned_bytes()).sum();
+        self.note_peak(planned + if use_store { store_bytes } else { 0 });
+        self.phase_done("sampling", timer);
+        Ok(finals)
+    }
+}

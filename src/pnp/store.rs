@@ -1,0 +1,192 @@
+//! The GPU-resident feature store: the source pass's injected tensors for
+//! every injected sampling step, bound directly by the target pass.
+//!
+//! The source row at step t depends only on (z_t, t, c_src), so it is the
+//! same for every target prompt: computed once per guidance image, it saves
+//! the batch-3 UNet call's source row for each prompt and, in the injected
+//! layers, the target rows' to_q/to_k GEMMs and the injected ResNet's
+//! residual branch (PNP-SPEC.md, "Why a GPU-resident feature store pays").
+
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::graph::{Graph, Value};
+use crate::models::hooks::{AttnTap, Hooks, QkHook, ResnetHook, ResnetTap, Source};
+
+/// The layers PnP injects (PNP-SPEC.md, stage 3): the residual branch of
+/// up_blocks[1].resnets[1], and attn1 of up_blocks[1].attentions[1..3],
+/// up_blocks[2].attentions[0..3], up_blocks[3].attentions[0..3].
+pub struct Taps {
+    pub resnet: ResnetTap,
+    pub attn: Vec<AttnTap>,
+}
+
+impl Taps {
+    pub fn pnp() -> Self {
+        let mut attn = vec![AttnTap { up: 1, attn: 1 }, AttnTap { up: 1, attn: 2 }];
+        for up in 2..4 {
+            attn.extend((0..3).map(|a| AttnTap { up, attn: a }));
+        }
+        Taps {
+            resnet: ResnetTap { up: 1, resnet: 1 },
+            attn,
+        }
+    }
+}
+
+/// Shapes of the tapped tensors at one resolution, per batch row.
+#[derive(Clone, Debug)]
+pub struct TapShapes {
+    /// (C, H, W) of the ResNet's residual branch.
+    pub resnet: [usize; 3],
+    /// (L, C) of each attention's q (and k).
+    pub attn: Vec<[usize; 2]>,
+}
+
+impl TapShapes {
+    /// From the UNet's channels: up block i runs at latent / 2^(n-1-i) with
+    /// the reversed block channels.
+    pub fn new(taps: &Taps, block_out_channels: &[usize], latent_hw: [usize; 2]) -> Self {
+        let n = block_out_channels.len();
+        let at = |up: usize| {
+            let div = 1usize << (n - 1 - up.min(n - 1));
+            let c = block_out_channels[n - 1 - up.min(n - 1)];
+            (c, latent_hw[0] / div, latent_hw[1] / div)
+        };
+        let (c, h, w) = at(taps.resnet.up);
+        TapShapes {
+            resnet: [c, h, w],
+            attn: taps
+                .attn
+                .iter()
+                .map(|t| {
+                    let (c, h, w) = at(t.up);
+                    [h * w, c]
+                })
+                .collect(),
+        }
+    }
+
+    /// Bytes a store with these slot counts takes.
+    pub fn store_bytes(&self, feature_slots: usize, qk_slots: usize, dtype: DType) -> u64 {
+        let res: usize = self.resnet.iter().product();
+        let qk: usize = self.attn.iter().map(|[l, c]| 2 * l * c).sum();
+        ((feature_slots * res + qk_slots * qk) * dtype.size()) as u64
+    }
+}
+
+pub struct FeatureStore {
+    /// (feature slots, C, H, W).
+    pub resnet: Tensor,
+    /// Per tapped attention: (qk slots, L, C) for q and for k.
+    pub q: Vec<Tensor>,
+    pub k: Vec<Tensor>,
+}
+
+impl FeatureStore {
+    pub fn new(
+        gpu: &Gpu,
+        shapes: &TapShapes,
+        feature_slots: usize,
+        qk_slots: usize,
+        dtype: DType,
+    ) -> Self {
+        let [c, h, w] = shapes.resnet;
+        let slots = |n: usize| n.max(1);
+        FeatureStore {
+            resnet: Tensor::empty(gpu, "store resnet", &[slots(feature_slots), c, h, w], dtype),
+            q: shapes
+                .attn
+                .iter()
+                .map(|&[l, c]| Tensor::empty(gpu, "store q", &[slots(qk_slots), l, c], dtype))
+                .collect(),
+            k: shapes
+                .attn
+                .iter()
+                .map(|&[l, c]| Tensor::empty(gpu, "store k", &[slots(qk_slots), l, c], dtype))
+                .collect(),
+        }
+    }
+
+    /// The store's tensors as values of graph `g`.
+    pub fn bind(&self, g: &mut Graph) -> StoreValues {
+        StoreValues {
+            resnet: g.external("store resnet", &self.resnet),
+            q: self.q.iter().map(|t| g.external("store q", t)).collect(),
+            k: self.k.iter().map(|t| g.external("store k", t)).collect(),
+        }
+    }
+}
+
+pub struct StoreValues {
+    pub resnet: Value,
+    pub q: Vec<Value>,
+    pub k: Vec<Value>,
+}
+
+/// Which injections a step makes (PNP-SPEC.md: features while
+/// i < floor(n pnp_f_t), queries and keys while i < floor(n pnp_attn_t)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Inject {
+    pub features: bool,
+    pub qk: bool,
+}
+
+/// Hooks for the source pass (batch 1) that write into the store.
+pub fn capture_hooks<'a>(taps: &Taps, store: &'a StoreValues, what: Inject) -> Hooks<'a> {
+    let mut hooks = Hooks::default();
+    if what.features {
+        hooks.resnets.push((
+            taps.resnet,
+            ResnetHook {
+                capture: Some(&store.resnet),
+                inject: None,
+            },
+        ));
+    }
+    if what.qk {
+        for (i, t) in taps.attn.iter().enumerate() {
+            hooks.attn1.push((
+                *t,
+                QkHook {
+                    capture: Some((&store.q[i], &store.k[i])),
+                    inject: None,
+                },
+            ));
+        }
+    }
+    hooks
+}
+
+/// Hooks for a target pass: from the store, or from row 0 of a batch-3 call
+/// when `store` is None (the reference's inline source row).
+pub fn inject_hooks<'a>(taps: &Taps, store: Option<&'a StoreValues>, what: Inject) -> Hooks<'a> {
+    let mut hooks = Hooks::default();
+    if what.features {
+        let inject = match store {
+            Some(s) => Source::Store(&s.resnet),
+            None => Source::Row0,
+        };
+        hooks.resnets.push((
+            taps.resnet,
+            ResnetHook {
+                capture: None,
+                inject: Some(inject),
+            },
+        ));
+    }
+    if what.qk {
+        for (i, t) in taps.attn.iter().enumerate() {
+            let inject = match store {
+                Some(s) => Source::Store((&s.q[i], &s.k[i])),
+                None => Source::Row0,
+            };
+            hooks.attn1.push((
+                *t,
+                QkHook {
+                    capture: None,
+                    inject: Some(inject),
+                },
+            ));
+        }
+    }
+    hooks
+}
