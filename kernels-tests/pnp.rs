@@ -94,15 +94,9 @@ fn run_case(case: &str, fails: &mut Failures) {
                 tol_for(want),
             ));
         }
-        let finals = pollster::block_on(pipe.sample(
-            &inv,
-            &emb[1],
-            &emb[2],
-            &emb[3..],
-            &opts,
-            &mut Quiet,
-        ))
-        .expect("sample");
+        let finals =
+            pollster::block_on(pipe.sample(&inv, &emb[1], &emb[2], &emb[3..], &opts, &mut Quiet))
+                .expect("sample");
         assert_eq!(pipe.stats.used_store, mode == StoreMode::Resident);
         let (_, want) = f.get("final");
         let per = want.len() / prompts.len();

@@ -7,6 +7,8 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench_pipeline;
 pub mod gpu;
 pub mod graph;
 pub mod models;

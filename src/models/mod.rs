@@ -7,6 +7,7 @@ pub mod hooks;
 pub mod ldm;
 pub mod loader;
 pub mod nn;
+pub mod presets;
 pub mod sd;
 pub mod tokenizer;
 pub mod unet;

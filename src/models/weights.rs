@@ -2,6 +2,7 @@
 //! VarBuilder): `vb.pp("down_blocks").pp(0).get("conv1.weight", &[320, 320, 3, 3])`.
 //! A missing tensor or a wrong shape names the file, the full key and both
 //! shapes; tensors that nothing asked for are reported by [`Weights::unused`].
+//! [`Weights::synthetic`] makes up any tensor asked for (benchmarks need no files).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Display;
@@ -125,6 +126,11 @@ pub struct Weights {
     pub source: String,
     pub tensors: BTreeMap<String, HostTensor>,
     used: Mutex<HashSet<String>>,
+    /// Synthetic mode: the seed tensors are made up from.
+    synthetic: Option<u64>,
+    /// Tensors made up in synthetic mode, kept so a second request and the
+    /// parameter count see them.
+    generated: Mutex<BTreeMap<String, HostTensor>>,
 }
 
 impl Weights {
@@ -133,7 +139,26 @@ impl Weights {
             source: source.into(),
             tensors,
             used: Mutex::new(HashSet::new()),
+            synthetic: None,
+            generated: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Weights with no file behind them: any tensor asked for with
+    /// [`VarBuilder::get`] is made up (deterministically from `seed` and its
+    /// key) with the requested shape and remembered. Weights are
+    /// uniform(-1, 1) / sqrt(fan_in), 1-d weights (norm scales) near 1,
+    /// biases small, so activations stay finite through a deep network.
+    /// [`VarBuilder::get_any`] cannot know a shape and reports the key missing.
+    pub fn synthetic(source: impl Into<String>, seed: u64) -> Self {
+        Weights {
+            synthetic: Some(seed),
+            ..Weights::new(source, BTreeMap::new())
+        }
+    }
+
+    pub fn is_synthetic(&self) -> bool {
+        self.synthetic.is_some()
     }
 
     /// Reads every tensor of a safetensors file.
@@ -187,21 +212,36 @@ impl Weights {
     /// Tensors that no module asked for, sorted.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        self.tensors
+        let generated = self.generated();
+        let mut out: Vec<String> = self
+            .tensors
             .keys()
+            .chain(generated.keys())
             .filter(|k| !used.contains(*k))
             .cloned()
-            .collect()
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn generated(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, HostTensor>> {
+        self.generated.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn parameter_count(&self) -> usize {
-        self.tensors.values().map(HostTensor::numel).sum()
+        let generated = self.generated();
+        self.tensors
+            .values()
+            .chain(generated.values())
+            .map(HostTensor::numel)
+            .sum()
     }
 
     /// The element type most tensors are stored in.
     pub fn stored_dtype(&self) -> &'static str {
         let mut counts = BTreeMap::new();
-        for t in self.tensors.values() {
+        let generated = self.generated();
+        for t in self.tensors.values().chain(generated.values()) {
             *counts.entry(t.stored_dtype()).or_insert(0usize) += t.numel();
         }
         counts
@@ -236,39 +276,91 @@ impl<'a> VarBuilder<'a> {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.weights.tensors.contains_key(&self.key(name))
-    }
-
-    /// The tensor `prefix.name`, which must have `shape`.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<&'a HostTensor, WeightError> {
-        let t = self.get_any(name)?;
-        if t.shape != shape {
-            return Err(WeightError::Shape {
-                file: self.weights.source.clone(),
-                key: self.key(name),
-                expected: shape.to_vec(),
-                actual: t.shape.clone(),
-            });
-        }
-        Ok(t)
-    }
-
-    /// The tensor `prefix.name` with whatever shape it has.
-    pub fn get_any(&self, name: &str) -> Result<&'a HostTensor, WeightError> {
         let key = self.key(name);
-        let t = self
-            .weights
-            .tensors
-            .get(&key)
-            .ok_or_else(|| WeightError::Missing {
-                file: self.weights.source.clone(),
-                key: key.clone(),
-            })?;
+        self.weights.tensors.contains_key(&key) || self.weights.generated().contains_key(&key)
+    }
+
+    fn mark_used(&self, key: String) {
         self.weights
             .used
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key);
+    }
+
+    /// The tensor `prefix.name`, which must have `shape` (a clone: the data
+    /// is shared). In synthetic mode a tensor not yet asked for is made up.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor, WeightError> {
+        let key = self.key(name);
+        let t = match (self.weights.tensors.get(&key), self.weights.synthetic) {
+            (Some(t), _) => t.clone(),
+            (None, Some(seed)) => self
+                .weights
+                .generated()
+                .entry(key.clone())
+                .or_insert_with(|| synthesize(&key, shape, seed))
+                .clone(),
+            (None, None) => {
+                return Err(WeightError::Missing {
+                    file: self.weights.source.clone(),
+                    key,
+                });
+            }
+        };
+        if t.shape != shape {
+            return Err(WeightError::Shape {
+                file: self.weights.source.clone(),
+                key,
+                expected: shape.to_vec(),
+                actual: t.shape,
+            });
+        }
+        self.mark_used(key);
         Ok(t)
     }
+
+    /// The tensor `prefix.name` with whatever shape it has (a synthetic
+    /// tensor only once `get` made it).
+    pub fn get_any(&self, name: &str) -> Result<HostTensor, WeightError> {
+        let key = self.key(name);
+        let t = self
+            .weights
+            .tensors
+            .get(&key)
+            .cloned()
+            .or_else(|| self.weights.generated().get(&key).cloned())
+            .ok_or_else(|| WeightError::Missing {
+                file: self.weights.source.clone(),
+                key: key.clone(),
+            })?;
+        self.mark_used(key);
+        Ok(t)
+    }
+}
+
+/// A made-up tensor for `key` (see [`Weights::synthetic`]).
+fn synthesize(key: &str, shape: &[usize], seed: u64) -> HostTensor {
+    // FNV-1a of the key, mixed with the seed, drives a splitmix64 stream.
+    let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0 // [-1, 1)
+    };
+    let n: usize = shape.iter().product();
+    let (offset, scale) = if key.ends_with("bias") {
+        (0.0, 0.01)
+    } else if shape.len() == 1 {
+        (1.0, 0.01)
+    } else {
+        let fan_in: usize = shape[1..].iter().product();
+        (0.0, 1.0 / (fan_in.max(1) as f32).sqrt())
+    };
+    let data = (0..n).map(|_| offset + scale * uniform()).collect();
+    HostTensor::from_f32(shape.to_vec(), data)
 }

@@ -147,7 +147,8 @@ struct UnetPlan {
 pub struct Pipeline<'a> {
     pub gpu: Arc<Gpu>,
     pub model: &'a SdModel,
-    pub tokenizer: &'a ClipTokenizer,
+    /// None: built by [`Pipeline::from_embeddings`]; [`Pipeline::embed`] then fails.
+    pub tokenizer: Option<&'a ClipTokenizer>,
     pub scheduler: Ddim,
     /// Storage type of activations (the weights were uploaded in it).
     pub dtype: DType,
@@ -168,9 +169,24 @@ impl<'a> Pipeline<'a> {
         dtype: DType,
     ) -> Self {
         Pipeline {
+            tokenizer: Some(tokenizer),
+            ..Self::from_embeddings(gpu, model, scheduler, dtype)
+        }
+    }
+
+    /// A pipeline without a tokenizer, for callers that bring their own text
+    /// embeddings (77 x D) to [`Self::invert`] and [`Self::sample`] (the
+    /// pipeline benchmark, which needs no files).
+    pub fn from_embeddings(
+        gpu: Arc<Gpu>,
+        model: &'a SdModel,
+        scheduler: Ddim,
+        dtype: DType,
+    ) -> Self {
+        Pipeline {
             gpu,
             model,
-            tokenizer,
+            tokenizer: None,
             scheduler,
             dtype,
             stats: Stats::default(),
@@ -178,8 +194,21 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// Tokens per prompt: the tokenizer's, else the text encoder's positions.
+    fn text_len(&self) -> usize {
+        self.tokenizer.map_or(
+            self.model.text.config.max_position_embeddings,
+            ClipTokenizer::max_len,
+        )
+    }
+
+    /// Adds the timer's seconds to phase `name` (decoding several prompts is one phase).
     fn phase_done(&mut self, name: &str, t: Timer) {
-        self.stats.phases.push((name.to_string(), t.seconds()));
+        let secs = t.seconds();
+        match self.stats.phases.iter_mut().find(|(n, _)| n == name) {
+            Some((_, total)) => *total += secs,
+            None => self.stats.phases.push((name.to_string(), secs)),
+        }
     }
 
     fn note_peak(&mut self, bytes: u64) {
@@ -193,9 +222,14 @@ impl<'a> Pipeline<'a> {
         progress: &mut dyn Progress,
     ) -> Result<Vec<Vec<f32>>> {
         let timer = Timer::start();
+        let Some(tokenizer) = self.tokenizer else {
+            return Err(PnpError::Input(
+                "this pipeline has no tokenizer: pass text embeddings instead".into(),
+            ));
+        };
         let text = &self.model.text;
         let d = text.config.hidden_size;
-        let len = self.tokenizer.max_len();
+        let len = tokenizer.max_len();
         let mut g = Graph::new(self.gpu.clone(), self.dtype);
         let x = g.input("token embeddings", &[1, len, d], self.dtype);
         let y = text.forward(&mut g, &x)?;
@@ -205,7 +239,7 @@ impl<'a> Pipeline<'a> {
         progress.phase("text", prompts.len());
         let mut out = Vec::new();
         for p in prompts {
-            let enc = self.tokenizer.encode(p)?;
+            let enc = tokenizer.encode(p)?;
             if let Some(w) = enc.warning() {
                 progress.note(&w);
             }
@@ -286,11 +320,7 @@ impl<'a> Pipeline<'a> {
         let t = Unet::timestep_input(&mut g, batch);
         let ctx = g.input(
             "text",
-            &[
-                batch,
-                self.tokenizer.max_len(),
-                unet.config.cross_attention_dim,
-            ],
+            &[batch, self.text_len(), unet.config.cross_attention_dim],
             self.dtype,
         );
         let values = store.map(|s| s.bind(&mut g));

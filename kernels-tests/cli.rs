@@ -1,0 +1,156 @@
+//! The `pnp` binary on the tiny model: a real translation end to end, and the
+//! errors a user can run into, each saying what to do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels-tests/fixtures")
+}
+
+fn pnp(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pnp"))
+        .args(args)
+        .output()
+        .expect("run pnp");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pnp-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn translate_writes_images_latents_and_reuses_an_inversion() {
+    let model = fixtures().join("models/sd15-tiny");
+    let image = fixtures().join("pnp/square.png");
+    let dir = temp("translate");
+    let out = dir.join("out.png");
+    let lat = dir.join("lat.safetensors");
+    let inv = dir.join("inv.safetensors");
+    let base = [
+        "translate",
+        "--model",
+        model.to_str().expect("utf-8"),
+        "--image",
+        image.to_str().expect("utf-8"),
+        "--prompt",
+        "a photo of a cat",
+        "--prompt",
+        "a dog",
+        "--steps",
+        "4",
+        "--inversion-steps",
+        "4",
+        "--width",
+        "128",
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--latents-out",
+        lat.to_str().expect("utf-8"),
+    ];
+    let mut first = base.to_vec();
+    first.extend(["--save-inversion", inv.to_str().expect("utf-8")]);
+    let (ok, stdout, stderr) = pnp(&first);
+    assert!(ok, "translate failed:\n{stdout}\n{stderr}");
+    for i in 0..2 {
+        let img = image::open(dir.join(format!("out-{i}.png"))).expect("output image");
+        assert_eq!(
+            (img.width(), img.height()),
+            (128, 128),
+            "--width alone keeps the aspect ratio"
+        );
+    }
+    let a = std::fs::read(&lat).expect("latents");
+    // The same run from the saved inversion gives the same latents.
+    let mut second = base.to_vec();
+    second.extend([
+        "--load-inversion",
+        inv.to_str().expect("utf-8"),
+        "--store",
+        "inline",
+    ]);
+    let (ok, stdout, stderr) = pnp(&second);
+    assert!(
+        ok,
+        "translate from a saved inversion failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("inline source row"), "{stdout}");
+    let b = std::fs::read(&lat).expect("latents");
+    let ta = safetensors::SafeTensors::deserialize(&a).expect("st");
+    let tb = safetensors::SafeTensors::deserialize(&b).expect("st");
+    let fa: Vec<f32> = bytemuck::pod_collect_to_vec(ta.tensor("final").expect("final").data());
+    let fb: Vec<f32> = bytemuck::pod_collect_to_vec(tb.tensor("final").expect("final").data());
+    assert_eq!(ta.tensor("final").expect("final").shape(), [2, 4, 16, 16]);
+    let max = fa
+        .iter()
+        .zip(&fb)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        max < 1e-3,
+        "store vs inline from the same inversion differ by {max}"
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let model = fixtures().join("models/sd15-tiny");
+    let model = model.to_str().expect("utf-8");
+    let image = fixtures().join("pnp/square.png");
+    let image = image.to_str().expect("utf-8");
+    let dir = temp("errors");
+    let out = dir.join("o.png");
+    let out = out.to_str().expect("utf-8");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "translate",
+            "--model",
+            model,
+            "--prompt",
+            "x",
+            "--steps",
+            "2",
+            "--inversion-steps",
+            "2",
+        ];
+        a.extend(extra);
+        pnp(&a)
+    };
+    let (ok, _, err) = run(&[
+        "--image", image, "--out", out, "--width", "100", "--height", "64",
+    ]);
+    assert!(!ok && err.contains("multiples of 64"), "{err}");
+    let (ok, _, err) = run(&["--image", "/no/such.png", "--out", out]);
+    assert!(!ok && err.contains("cannot read the image"), "{err}");
+    let (ok, _, err) = run(&["--image", image, "--out", "/no/such/dir/o.png"]);
+    assert!(!ok && err.contains("cannot write the output"), "{err}");
+    let (ok, _, err) = pnp(&[
+        "translate",
+        "--model",
+        model,
+        "--image",
+        image,
+        "--out",
+        out,
+        "--prompt",
+        "x",
+        "--steps",
+        "50",
+        "--inversion-steps",
+        "30",
+        "--width",
+        "64",
+        "--height",
+        "64",
+    ]);
+    assert!(!ok && err.contains("--inversion-steps in"), "{err}");
+    let (ok, _, err) = pnp(&["info", "--model", "/no/such/model"]);
+    assert!(!ok && err.contains("no such file or folder"), "{err}");
+}

@@ -1,0 +1,350 @@
+//! `pnp bench pipeline`: the real SD 1.5 / SD 2.1-base networks, built with
+//! synthetic weights (no files), timed end to end: one UNet step at batch 1,
+//! 2 and 3, VAE encode and decode, and whole translations through the real
+//! pipeline (50 inversion steps; the default 999 with `full`). A benchmark,
+//! never a test; `size` below 512 for smoke runs on software adapters.
+
+use crate::gpu::{DType, Gpu};
+use crate::graph::{Graph, Plan, Value};
+use crate::models::config::{ClipConfig, UnetConfig, VaeConfig};
+use crate::models::nn::Ctx;
+use crate::models::presets;
+use crate::models::sd::SdModel;
+use crate::models::unet::Unet;
+use crate::models::weights::Weights;
+use crate::pnp::pipeline::{Pipeline, PnpOptions, Quiet};
+use crate::pnp::scheduler::Ddim;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which base model's shapes to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// runwayml/stable-diffusion-v1-5
+    Sd15,
+    /// stabilityai/stable-diffusion-2-1-base
+    Sd21Base,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Sd15 => "sd15",
+            Arch::Sd21Base => "sd21-base",
+        }
+    }
+
+    /// The diffusers configs (text encoder, UNet, VAE).
+    pub fn configs(self) -> (ClipConfig, UnetConfig, VaeConfig) {
+        match self {
+            Arch::Sd15 => presets::sd15(),
+            Arch::Sd21Base => presets::sd21_base(),
+        }
+    }
+
+    /// Parameter counts of the real checkpoint (text encoder, UNet, VAE).
+    pub fn known_parameters(self) -> [usize; 3] {
+        match self {
+            Arch::Sd15 => presets::SD15_PARAMS,
+            Arch::Sd21Base => presets::SD21_BASE_PARAMS,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineBenchOptions {
+    pub arch: Arch,
+    /// Image side in pixels, a multiple of 64 (latent side = size / 8).
+    pub size: usize,
+    /// Timed repetitions of each UNet step and VAE pass (after one warm-up).
+    pub iters: usize,
+    /// Also run the default translation (999 inversion steps).
+    pub full: bool,
+    /// Weight and activation storage type.
+    pub dtype: DType,
+}
+
+impl Default for PipelineBenchOptions {
+    fn default() -> Self {
+        PipelineBenchOptions {
+            arch: Arch::Sd15,
+            size: 512,
+            iters: 5,
+            full: false,
+            dtype: DType::F16,
+        }
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// Largest |v|, or NaN when any value is not finite.
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter()
+        .try_fold(0f32, |m, x| x.is_finite().then(|| m.max(x.abs())))
+        .unwrap_or(f32::NAN)
+}
+
+/// One planned graph with its inputs, timed by replaying it.
+struct Timed {
+    plan: Plan,
+    inputs: Vec<(Value, Vec<f32>)>,
+    output: Value,
+}
+
+impl Timed {
+    /// Writes the inputs, runs once to warm up, then `iters` times:
+    /// (seconds per run, max |output| of the warm-up run).
+    fn time(&self, gpu: &Gpu, iters: usize) -> Result<(f64, f32), BoxError> {
+        for (v, data) in &self.inputs {
+            self.plan.write(v, data);
+        }
+        self.plan.run();
+        let out = pollster::block_on(self.plan.read(&self.output))?;
+        gpu.wait_idle()?;
+        let start = Instant::now();
+        for _ in 0..iters {
+            self.plan.run();
+        }
+        gpu.wait_idle()?;
+        Ok((start.elapsed().as_secs_f64() / iters as f64, max_abs(&out)))
+    }
+}
+
+/// Builds the synthetic model and runs every timing, writing a report to `out`.
+pub fn run(
+    gpu: &Arc<Gpu>,
+    opts: &PipelineBenchOptions,
+    out: &mut dyn Write,
+) -> Result<(), BoxError> {
+    let size = opts.size;
+    if size == 0 || !size.is_multiple_of(64) {
+        return Err(format!("--size {size} is not a positive multiple of 64").into());
+    }
+    let iters = opts.iters.max(1);
+    let dtype = opts.dtype;
+    let name = opts.arch.name();
+    writeln!(
+        out,
+        "pipeline benchmark: {name} with synthetic weights, {size}x{size}, {dtype:?}, {iters} iterations, on {}",
+        gpu.describe()
+    )?;
+
+    // Build.
+    let (tc, uc, vc) = opts.arch.configs();
+    let start = Instant::now();
+    let cx = Ctx { gpu, dtype };
+    let model = SdModel::from_parts(
+        cx,
+        PathBuf::from(format!("synthetic:{name}")),
+        (
+            Weights::synthetic(format!("synthetic {name} text_encoder"), 1),
+            tc,
+        ),
+        (Weights::synthetic(format!("synthetic {name} unet"), 2), uc),
+        (Weights::synthetic(format!("synthetic {name} vae"), 3), vc),
+    )?;
+    gpu.wait_idle()?;
+    writeln!(
+        out,
+        "build (make up + upload weights): {:.2} s",
+        start.elapsed().as_secs_f64()
+    )?;
+    let mut params = 0;
+    for (r, known) in model.report.iter().zip(opts.arch.known_parameters()) {
+        params += r.parameters;
+        let diff = r.parameters as i64 - known as i64;
+        writeln!(
+            out,
+            "  {:<13} {:>13} parameters (real checkpoint {:>13}{})",
+            r.name,
+            group(r.parameters),
+            group(known),
+            if diff == 0 {
+                ": same".to_string()
+            } else {
+                format!(", difference {diff:+}")
+            }
+        )?;
+    }
+    let weight_bytes = (params * dtype.size()) as u64;
+    writeln!(out, "  weights on the device: {:.0} MiB", mib(weight_bytes))?;
+
+    // UNet steps.
+    let unet = &model.unet;
+    let text_len = model.text.config.max_position_embeddings;
+    let lhw = [size / 8, size / 8];
+    let mut peak = 0u64;
+    for batch in 1..=3 {
+        let start = Instant::now();
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let x = g.input(
+            "latents",
+            &[batch, unet.config.in_channels, lhw[0], lhw[1]],
+            dtype,
+        );
+        let t = Unet::timestep_input(&mut g, batch);
+        let c = g.input(
+            "text",
+            &[batch, text_len, unet.config.cross_attention_dim],
+            dtype,
+        );
+        let eps = unet.forward(&mut g, &x, &t, &c)?;
+        g.output(&eps);
+        let plan = g.plan()?;
+        let planned = plan.planned_bytes();
+        let build = start.elapsed().as_secs_f64();
+        let timed = Timed {
+            inputs: vec![
+                (x.clone(), random(x.numel(), 10 + batch as u64)),
+                (t.clone(), vec![501.0; batch]),
+                (c.clone(), random(c.numel(), 20 + batch as u64)),
+            ],
+            plan,
+            output: eps,
+        };
+        let (s, m) = timed.time(gpu, iters)?;
+        peak = peak.max(planned);
+        writeln!(
+            out,
+            "unet step, batch {batch}: {s:.4} s, {:.2} UNet evals/s (plan {build:.2} s, {:.0} MiB activations, max |eps| {m:.3})",
+            batch as f64 / s,
+            mib(planned)
+        )?;
+    }
+
+    // VAE.
+    let vae = &model.vae;
+    for encode in [true, false] {
+        let start = Instant::now();
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let (x, y) = if encode {
+            let x = g.input("image", &[1, vae.config.in_channels, size, size], dtype);
+            let y = vae.encode_moments(&mut g, &x)?;
+            (x, y)
+        } else {
+            let x = g.input(
+                "latent",
+                &[1, vae.config.latent_channels, lhw[0], lhw[1]],
+                dtype,
+            );
+            let y = vae.decode(&mut g, &x)?;
+            (x, y)
+        };
+        g.output(&y);
+        let plan = g.plan()?;
+        let planned = plan.planned_bytes();
+        let build = start.elapsed().as_secs_f64();
+        let timed = Timed {
+            inputs: vec![(x.clone(), random(x.numel(), 30))],
+            plan,
+            output: y,
+        };
+        let (s, m) = timed.time(gpu, iters)?;
+        peak = peak.max(planned);
+        writeln!(
+            out,
+            "vae {}: {s:.4} s (plan {build:.2} s, {:.0} MiB activations, max |out| {m:.3})",
+            if encode { "encode" } else { "decode" },
+            mib(planned)
+        )?;
+    }
+    writeln!(
+        out,
+        "peak of the timed graphs: {:.0} MiB activations + {:.0} MiB weights = {:.0} MiB",
+        mib(peak),
+        mib(weight_bytes),
+        mib(peak + weight_bytes)
+    )?;
+
+    // Whole translations through the real pipeline, one target prompt.
+    let d = model.text.config.hidden_size;
+    let emb = |seed| random(text_len * d, seed);
+    let (c_inv, c_src, c_neg, c_pos) = (emb(40), emb(41), emb(42), vec![emb(43)]);
+    let pixels: Vec<f32> = random(3 * size * size, 50)
+        .into_iter()
+        .map(|v| 0.5 + 0.5 * v)
+        .collect();
+    let mut runs = vec![50];
+    if opts.full {
+        runs.push(PnpOptions::default().inversion_steps);
+    }
+    for inversion_steps in runs {
+        let popts = PnpOptions {
+            inversion_steps,
+            ..PnpOptions::default()
+        };
+        let mut pipe = Pipeline::from_embeddings(gpu.clone(), &model, Ddim::sd(), dtype);
+        let start = Instant::now();
+        let z0 = pollster::block_on(pipe.encode_image(&pixels, [size, size]))?;
+        let inv = pollster::block_on(pipe.invert(&z0, lhw, &c_inv, inversion_steps, &mut Quiet))?;
+        let finals =
+            pollster::block_on(pipe.sample(&inv, &c_src, &c_neg, &c_pos, &popts, &mut Quiet))?;
+        let img = pollster::block_on(pipe.decode(&finals[0], lhw))?;
+        let total = start.elapsed().as_secs_f64();
+        let st = &pipe.stats;
+        writeln!(
+            out,
+            "translation, {inversion_steps} inversion + {} sampling steps: {total:.2} s, {} UNet evals, store {}, max |latent| {:.3}, max |image| {:.3}",
+            popts.steps,
+            st.unet_evals,
+            if st.used_store { "resident" } else { "inline" },
+            max_abs(&finals[0]),
+            max_abs(&img)
+        )?;
+        let mut unet_s = 0.0;
+        for (phase, s) in &st.phases {
+            writeln!(out, "  {phase:<28} {s:>9.2} s")?;
+            if matches!(
+                phase.as_str(),
+                "inversion" | "source pass (feature store)" | "sampling"
+            ) {
+                unet_s += s;
+            }
+        }
+        writeln!(
+            out,
+            "  UNet evals/s over inversion, source pass and sampling: {:.2}",
+            st.unet_evals as f64 / unet_s
+        )?;
+        writeln!(
+            out,
+            "  peak: {:.0} MiB planned graphs and feature store + {:.0} MiB weights = {:.0} MiB",
+            mib(st.peak_bytes),
+            mib(weight_bytes),
+            mib(st.peak_bytes + weight_bytes)
+        )?;
+    }
+    Ok(())
+}
+
+/// 859520964 -> "859,520,964".
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
