@@ -39,6 +39,34 @@ enum Cmd {
     },
     /// Translate an image with Plug-and-Play diffusion features: keep its layout, change what the prompt says.
     Translate(Box<TranslateCmd>),
+    /// Text-to-image DDIM, for generated guidance images; --save-features keeps the trajectory for translate.
+    Generate {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value = "")]
+        negative_prompt: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        #[arg(long, default_value_t = 7.5)]
+        guidance: f32,
+        #[arg(long, default_value_t = 512)]
+        width: usize,
+        #[arg(long, default_value_t = 512)]
+        height: usize,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Save the trajectory; `translate --load-inversion FILE` then injects this generation's features.
+        #[arg(long)]
+        save_features: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: Precision,
+    },
     /// Benchmarks (never tests).
     Bench {
         #[command(subcommand)]
@@ -215,6 +243,38 @@ fn run(cli: Cli) -> Result<()> {
             };
             translate::run(args, gpu)
         }
+        Cmd::Generate {
+            model,
+            config,
+            prompt,
+            negative_prompt,
+            seed,
+            steps,
+            guidance,
+            width,
+            height,
+            out,
+            save_features,
+            precision,
+        } => {
+            let gpu = open_gpu(cli.adapter)?;
+            let dtype = precision_dtype(&gpu, precision)?;
+            let args = generate::GenerateArgs {
+                model,
+                config,
+                prompt,
+                negative_prompt,
+                seed,
+                steps,
+                guidance,
+                width,
+                height,
+                out,
+                save_features,
+                dtype,
+            };
+            generate::run(args, gpu)
+        }
         Cmd::Bench { what } => match what {
             BenchWhat::Pipeline {
                 arch,
@@ -269,6 +329,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+mod generate;
 mod imageio;
 mod info;
 mod translate;

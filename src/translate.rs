@@ -30,8 +30,8 @@ pub struct TranslateArgs {
 }
 
 /// Progress bars per phase on stderr; notes printed above them.
-struct Bars {
-    bar: Option<ProgressBar>,
+pub(crate) struct Bars {
+    pub(crate) bar: Option<ProgressBar>,
 }
 
 impl Progress for Bars {
@@ -65,7 +65,10 @@ impl Progress for Bars {
 
 /// The tokenizer and scheduler config that go with `--model`: a folder has
 /// them; a single file takes them from `--config DIR`.
-fn side_files(source: &ModelSource, config: Option<&Path>) -> Result<(PathBuf, Option<PathBuf>)> {
+pub(crate) fn side_files(
+    source: &ModelSource,
+    config: Option<&Path>,
+) -> Result<(PathBuf, Option<PathBuf>)> {
     let dir = match (source, config) {
         (ModelSource::Folder(d), _) => d.clone(),
         (ModelSource::SingleFile(_), Some(d)) => d.to_path_buf(),
@@ -101,7 +104,7 @@ fn save_tensors(
     std::fs::write(path, data).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn save_inversion(path: &Path, inv: &Inversion) -> Result<()> {
+pub(crate) fn save_inversion(path: &Path, inv: &Inversion) -> Result<()> {
     let shape = vec![1, 4, inv.hw[0], inv.hw[1]];
     let mut t = vec![("z0".to_string(), shape.clone(), inv.z0.clone())];
     for (step, z) in &inv.latents {
@@ -164,6 +167,31 @@ fn load_inversion(path: &Path, hw: [usize; 2]) -> Result<Inversion> {
     })
 }
 
+/// The model, its tokenizer and its scheduler for `--model` (and `--config`).
+pub(crate) fn load_model(
+    gpu: &Arc<Gpu>,
+    model: &str,
+    config: Option<&Path>,
+    dtype: DType,
+) -> Result<(SdModel, ClipTokenizer, Ddim)> {
+    let source = resolve(model)?;
+    let (tok_dir, sched_cfg) = side_files(&source, config)?;
+    let tokenizer = ClipTokenizer::from_dir(&tok_dir)?;
+    let scheduler = match sched_cfg {
+        Some(p) => {
+            let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p)?)
+                .with_context(|| format!("{} is not JSON", p.display()))?;
+            Ddim::from_config(&json)?
+        }
+        None => Ddim::sd(),
+    };
+    let model = SdModel::load(Ctx { gpu, dtype }, &source, config)?;
+    for a in &model.assumed {
+        eprintln!("note: assumed {a} (not recorded in the checkpoint; --config DIR sets it)");
+    }
+    Ok((model, tokenizer, scheduler))
+}
+
 pub fn run(args: TranslateArgs, gpu: Arc<Gpu>) -> Result<()> {
     if args.prompts.is_empty() {
         bail!("give at least one --prompt");
@@ -188,28 +216,8 @@ pub fn run(args: TranslateArgs, gpu: Arc<Gpu>) -> Result<()> {
         pixels.height
     );
 
-    let source = resolve(&args.model)?;
-    let (tok_dir, sched_cfg) = side_files(&source, args.config.as_deref())?;
-    let tokenizer = ClipTokenizer::from_dir(&tok_dir)?;
-    let scheduler = match sched_cfg {
-        Some(p) => {
-            let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p)?)
-                .with_context(|| format!("{} is not JSON", p.display()))?;
-            Ddim::from_config(&json)?
-        }
-        None => Ddim::sd(),
-    };
-    let model = SdModel::load(
-        Ctx {
-            gpu: &gpu,
-            dtype: args.dtype,
-        },
-        &source,
-        args.config.as_deref(),
-    )?;
-    for a in &model.assumed {
-        eprintln!("note: assumed {a} (not recorded in the checkpoint; --config DIR sets it)");
-    }
+    let (model, tokenizer, scheduler) =
+        load_model(&gpu, &args.model, args.config.as_deref(), args.dtype)?;
     let opts = &args.opts;
     if !(0.0..=1.0).contains(&opts.pnp_f_t) || !(0.0..=1.0).contains(&opts.pnp_attn_t) {
         bail!("--pnp-f-t and --pnp-attn-t are fractions of the sampling steps, in [0, 1]");

@@ -520,4 +520,76 @@ impl<'a> Pipeline<'a> {
         self.phase_done("sampling", timer);
         Ok(finals)
     }
+
+    /// Text-to-image DDIM (eta 0) from seeded Gaussian noise, for generated
+    /// guidance images (the paper's generated-image setting). Returns the
+    /// trajectory as an [`Inversion`]: `latents[t]` is the latent the step at
+    /// t started from, so `sample` injects the generation's own features;
+    /// `z0` is the final latent. The noise comes from our own generator
+    /// (splitmix64 + Box-Muller), not PyTorch's, so seeds do not carry over.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn generate(
+        &mut self,
+        c_neg: &[f32],
+        c_pos: &[f32],
+        hw: [usize; 2],
+        seed: u64,
+        steps: usize,
+        guidance: f32,
+        progress: &mut dyn Progress,
+    ) -> Result<Inversion> {
+        let timer = Timer::start();
+        let grid = self.scheduler.timesteps(steps)?;
+        let channels = self.model.unet.config.in_channels;
+        let mut x = gaussian(seed, channels * hw[0] * hw[1]);
+        let p = self.unet_plan(2, hw, None, |_| Hooks::default())?;
+        self.note_peak(p.plan.planned_bytes());
+        let ctx = concat_rows(&[c_neg, c_pos]);
+        let lat = x.len();
+        let mut latents = BTreeMap::new();
+        progress.phase("generation", grid.len());
+        for &t in &grid {
+            latents.insert(t, x.clone());
+            let eps = self.run_unet(&p, &concat_rows(&[&x, &x]), t, &ctx).await?;
+            let (neg, pos) = eps.split_at(lat);
+            let guided: Vec<f32> = neg
+                .iter()
+                .zip(pos)
+                .map(|(u, c)| u + guidance * (c - u))
+                .collect();
+            x = self.scheduler.step(&x, &guided, t, steps);
+            progress.tick();
+        }
+        self.phase_done("generation", timer);
+        Ok(Inversion {
+            hw,
+            z0: x,
+            steps,
+            latents,
+        })
+    }
+}
+
+/// `n` standard normal samples from `seed` (splitmix64, Box-Muller).
+pub fn gaussian(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        // Uniform in (0, 1]: never 0, so the log is finite.
+        let u1 = ((next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let u2 = (next() >> 11) as f64 / (1u64 << 53) as f64;
+        let r = (-2.0 * u1.ln()).sqrt();
+        let a = std::f64::consts::TAU * u2;
+        out.push((r * a.cos()) as f32);
+        out.push((r * a.sin()) as f32);
+    }
+    out.truncate(n);
+    out
 }
