@@ -26,7 +26,11 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs, gpu: Arc<Gpu>) -> Result<()> {
-    if args.width == 0 || args.height == 0 || !args.width.is_multiple_of(64) || !args.height.is_multiple_of(64) {
+    if args.width == 0
+        || args.height == 0
+        || !args.width.is_multiple_of(64)
+        || !args.height.is_multiple_of(64)
+    {
         bail!(
             "--width and --height must be positive multiples of 64, got {}x{}",
             args.width,

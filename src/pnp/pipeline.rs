@@ -452,17 +452,17 @@ impl<'a> Pipeline<'a> {
             progress.phase("source features", n_f.max(n_qk));
             for (i, &t) in grid.iter().enumerate().take(n_f.max(n_qk)) {
                 let what = inject_at(i);
-                if !plans.iter().any(|(w, _)| *w == what) {
-                    let p = self.unet_plan(1, hw, Some(&store), |v| {
-                        capture_hooks(&taps, v.expect("store bound"), what)
-                    })?;
-                    plans.push((what, p));
-                }
-                let p = &plans
-                    .iter()
-                    .find(|(w, _)| *w == what)
-                    .expect("plan just made")
-                    .1;
+                let at = match plans.iter().position(|(w, _)| *w == what) {
+                    Some(at) => at,
+                    None => {
+                        let p = self.unet_plan(1, hw, Some(&store), |v| {
+                            v.map(|v| capture_hooks(&taps, v, what)).unwrap_or_default()
+                        })?;
+                        plans.push((what, p));
+                        plans.len() - 1
+                    }
+                };
+                let p = &plans[at].1;
                 p.plan.set_step(i);
                 let z_t = &inv.latents[&t];
                 let _ = self.run_unet(p, z_t, t, c_src).await?;
@@ -487,17 +487,18 @@ impl<'a> Pipeline<'a> {
             for (i, &t) in grid.iter().enumerate() {
                 let what = inject_at(i);
                 let inline = !use_store && (what.features || what.qk);
-                if !plans.iter().any(|(w, _)| *w == what) {
-                    let batch = if inline { 3 } else { 2 };
-                    let p = self
-                        .unet_plan(batch, hw, store.as_ref(), |v| inject_hooks(&taps, v, what))?;
-                    plans.push((what, p));
-                }
-                let p = &plans
-                    .iter()
-                    .find(|(w, _)| *w == what)
-                    .expect("plan just made")
-                    .1;
+                let at = match plans.iter().position(|(w, _)| *w == what) {
+                    Some(at) => at,
+                    None => {
+                        let batch = if inline { 3 } else { 2 };
+                        let p = self.unet_plan(batch, hw, store.as_ref(), |v| {
+                            inject_hooks(&taps, v, what)
+                        })?;
+                        plans.push((what, p));
+                        plans.len() - 1
+                    }
+                };
+                let p = &plans[at].1;
                 p.plan.set_step(i);
                 let eps = if inline {
                     let xs = concat_rows(&[&inv.latents[&t], &x, &x]);
