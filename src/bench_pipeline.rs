@@ -64,6 +64,8 @@ pub struct PipelineBenchOptions {
     pub iters: usize,
     /// Also run the default translation (999 inversion steps).
     pub full: bool,
+    /// Time the UNet steps only (no VAE, no translations): for slow adapters.
+    pub unet_only: bool,
     /// Weight and activation storage type.
     pub dtype: DType,
 }
@@ -75,6 +77,7 @@ impl Default for PipelineBenchOptions {
             size: 512,
             iters: 5,
             full: false,
+            unet_only: false,
             dtype: DType::F16,
         }
     }
@@ -229,6 +232,10 @@ pub fn run(
             batch as f64 / s,
             mib(planned)
         )?;
+    }
+
+    if opts.unet_only {
+        return Ok(());
     }
 
     // VAE.

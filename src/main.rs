@@ -144,6 +144,9 @@ enum BenchWhat {
         /// Also run the default translation with 999 inversion steps.
         #[arg(long)]
         full: bool,
+        /// Time the UNet steps only (no VAE, no translations), for slow adapters.
+        #[arg(long)]
+        unet_only: bool,
         #[arg(long, value_enum, default_value = "f16")]
         precision: Precision,
     },
@@ -281,6 +284,7 @@ fn run(cli: Cli) -> Result<()> {
                 size,
                 iters,
                 full,
+                unet_only,
                 precision,
             } => {
                 let gpu = open_gpu(cli.adapter)?;
@@ -290,6 +294,7 @@ fn run(cli: Cli) -> Result<()> {
                     size,
                     iters,
                     full,
+                    unet_only,
                     dtype,
                 };
                 pnp::bench_pipeline::run(&gpu, &opts, &mut std::io::stdout())
