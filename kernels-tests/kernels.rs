@@ -1,408 +1,59 @@
 //! Every kernel against PyTorch references (kernels-tests/fixtures, written by
-//! tools/make_kernel_fixtures.py: float64 math on float32 inputs). Each test is
-//! a one-node (or few-node) graph, the same path the models use, run in f32 and,
-//! where the adapter has SHADER_F16, with f16 storage.
-//!
-//! Tolerances, |got - want| <= atol + rtol |want|:
-//! - f32: 1e-4 + 1e-4 rel for reductions over K (gemm, conv, attention, norms);
-//!   1e-5 + 1e-5 rel for elementwise and layout ops (exact up to libm ulps);
-//!   timestep embedding 1.5e-4 absolute against diffusers' own float32 values
-//!   (two ulps of a sin argument near t = 1000).
-//! - f16 storage (inputs rounded to f16 on upload, f32 accumulation): 3e-2 + 2e-2 rel,
-//!   about 30 f16 ulps at O(1) values.
+//! tools/make_kernel_fixtures.py), in f32 and, where the adapter has
+//! SHADER_F16, f16 storage. The cases and their tolerances are in
+//! `kernel_cases.rs`, shared with the browser tests.
 
+#[path = "kernel_cases.rs"]
+mod cases;
 mod common;
 
 use common::*;
-use pnp::gpu::{DType, Tensor};
-use pnp::graph::{Graph, ShapeError, Value};
-use pnp::ops;
-
-fn tol(dtype: DType, f32_tol: Tol) -> Tol {
-    match dtype {
-        DType::F32 => f32_tol,
-        DType::F16 => Tol {
-            atol: 3e-2,
-            rtol: 2e-2,
-        },
-    }
-}
-
-const REDUCE: Tol = Tol {
-    atol: 1e-4,
-    rtol: 1e-4,
-};
-const EXACTISH: Tol = Tol {
-    atol: 1e-5,
-    rtol: 1e-5,
-};
-
-/// Uploads `inputs` in `dtype`, records `build` on them, runs once and reads the result.
-fn run(
-    dtype: DType,
-    inputs: &[(&[usize], &[f32])],
-    build: impl FnOnce(&mut Graph, &[Value]) -> Result<Value, ShapeError>,
-) -> Vec<f32> {
-    let gpu = gpu();
-    let mut g = Graph::new(gpu.clone(), dtype);
-    let vals: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, (shape, data))| {
-            let t = Tensor::from_f32(&gpu, "input", data, shape, dtype);
-            g.external(&format!("input{i}"), &t)
-        })
-        .collect();
-    let y = build(&mut g, &vals).expect("graph construction");
-    run_graph(&mut g, &y)
-}
-
-fn t<'a>(f: &'a Fixture, case: &str, name: &str) -> (&'a [usize], &'a [f32]) {
-    let (s, d) = f.get(&format!("{case}/{name}"));
-    (s.as_slice(), d.as_slice())
-}
 
 #[test]
 fn gemm_matches_torch() {
     let f = Fixture::load("gemm.safetensors");
-    let mut fails = Failures::default();
-    for dtype in dtypes() {
-        for c in f.cases() {
-            let name = p_str(&c, "name");
-            let n = p_usize(&c, "n");
-            let k = p_usize(&c, "k");
-            let trans = p_str(&c, "b_layout") == "nk";
-            let act = match p_str(&c, "act") {
-                "none" => ops::Act::None,
-                "gelu" => ops::Act::Gelu,
-                "quick_gelu" => ops::Act::QuickGelu,
-                "silu" => ops::Act::Silu,
-                "geglu" => ops::Act::Geglu(n),
-                other => panic!("unknown act {other}"),
-            };
-            let a = t(&f, name, "a");
-            let (mut bs, mut bd) = (t(&f, name, "b").0.to_vec(), t(&f, name, "b").1.to_vec());
-            let has_bias = p_bool(&c, "bias");
-            let mut bias = if has_bias {
-                t(&f, name, "bias").1.to_vec()
-            } else {
-                vec![]
-            };
-            if let ops::Act::Geglu(n_out) = act {
-                assert!(trans && has_bias, "geglu fixtures are Linear-shaped");
-                let (w, b) = ops::geglu_interleave(&bd, &bias, n_out, k);
-                bs = vec![w.len() / k, k];
-                bd = w;
-                bias = b;
-            }
-            let mut inputs: Vec<(&[usize], &[f32])> = vec![a, (&bs, &bd)];
-            let bias_shape = [bias.len()];
-            if has_bias {
-                inputs.push((&bias_shape, &bias));
-            }
-            let has_res = p_bool(&c, "residual");
-            if has_res {
-                inputs.push(t(&f, name, "residual"));
-            }
-            let got = run(dtype, &inputs, |g, v| {
-                let mut i = 2;
-                let bias = has_bias.then(|| {
-                    i += 1;
-                    &v[2]
-                });
-                let residual = has_res.then(|| &v[i]);
-                ops::gemm(
-                    g,
-                    &v[0],
-                    &v[1],
-                    trans,
-                    ops::Epilogue {
-                        bias,
-                        act,
-                        residual,
-                    },
-                )
-            });
-            if let Some(r) = fails.check(compare(
-                &format!("gemm {name} {dtype:?}"),
-                &got,
-                t(&f, name, "out").1,
-                tol(dtype, REDUCE),
-            )) {
-                eprintln!("gemm {name} {dtype:?}: max abs {:.2e}", r.max_abs);
-            }
-        }
-    }
-    fails.finish("gemm");
+    pollster::block_on(cases::gemm(&gpu(), &f, &dtypes())).finish("gemm");
 }
 
 #[test]
 fn conv2d_matches_torch() {
     let f = Fixture::load("conv2d.safetensors");
-    let mut fails = Failures::default();
-    for dtype in dtypes() {
-        for c in f.cases() {
-            let name = p_str(&c, "name");
-            let pad = p_shape(&c, "pad");
-            let geo = ops::Conv2d {
-                stride: p_usize(&c, "stride"),
-                pad: [pad[0], pad[1], pad[2], pad[3]],
-            };
-            let has_res = p_bool(&c, "residual");
-            let mut inputs = vec![t(&f, name, "x"), t(&f, name, "weight"), t(&f, name, "bias")];
-            if has_res {
-                inputs.push(t(&f, name, "residual"));
-            }
-            let got = run(dtype, &inputs, |g, v| {
-                ops::conv2d(g, &v[0], &v[1], &v[2], geo, v.get(3))
-            });
-            if let Some(r) = fails.check(compare(
-                &format!("conv2d {name} {dtype:?}"),
-                &got,
-                t(&f, name, "out").1,
-                tol(dtype, REDUCE),
-            )) {
-                eprintln!("conv2d {name} {dtype:?}: max abs {:.2e}", r.max_abs);
-            }
-        }
-    }
-    fails.finish("conv2d");
+    pollster::block_on(cases::conv2d(&gpu(), &f, &dtypes())).finish("conv2d");
 }
 
 #[test]
 fn group_norm_matches_torch() {
     let f = Fixture::load("groupnorm.safetensors");
-    let mut fails = Failures::default();
-    for dtype in dtypes() {
-        for c in f.cases() {
-            let name = p_str(&c, "name");
-            let (groups, eps, silu) = (p_usize(&c, "groups"), p_f32(&c, "eps"), p_bool(&c, "silu"));
-            let inputs = [t(&f, name, "x"), t(&f, name, "weight"), t(&f, name, "bias")];
-            let got = run(dtype, &inputs, |g, v| {
-                ops::group_norm(g, &v[0], &v[1], &v[2], groups, eps, silu)
-            });
-            if let Some(r) = fails.check(compare(
-                &format!("group_norm {name} {dtype:?}"),
-                &got,
-                t(&f, name, "out").1,
-                tol(dtype, REDUCE),
-            )) {
-                eprintln!("group_norm {name} {dtype:?}: max abs {:.2e}", r.max_abs);
-            }
-        }
-    }
-    fails.finish("group_norm");
+    pollster::block_on(cases::group_norm(&gpu(), &f, &dtypes())).finish("group_norm");
 }
 
 #[test]
 fn layer_norm_matches_torch() {
     let f = Fixture::load("layernorm.safetensors");
-    let mut fails = Failures::default();
-    for dtype in dtypes() {
-        for c in f.cases() {
-            let name = p_str(&c, "name");
-            let eps = p_f32(&c, "eps");
-            let inputs = [t(&f, name, "x"), t(&f, name, "weight"), t(&f, name, "bias")];
-            let got = run(dtype, &inputs, |g, v| {
-                ops::layer_norm(g, &v[0], &v[1], &v[2], eps)
-            });
-            if let Some(r) = fails.check(compare(
-                &format!("layer_norm {name} {dtype:?}"),
-                &got,
-                t(&f, name, "out").1,
-                tol(dtype, REDUCE),
-            )) {
-                eprintln!("layer_norm {name} {dtype:?}: max abs {:.2e}", r.max_abs);
-            }
-        }
-    }
-    fails.finish("layer_norm");
+    pollster::block_on(cases::layer_norm(&gpu(), &f, &dtypes())).finish("layer_norm");
 }
 
 #[test]
 fn softmax_matches_torch() {
     let f = Fixture::load("softmax.safetensors");
-    let mut fails = Failures::default();
-    for dtype in dtypes() {
-        for c in f.cases() {
-            let name = p_str(&c, "name");
-            let got = run(dtype, &[t(&f, name, "x")], |g, v| ops::softmax(g, &v[0]));
-            // f16 inputs of magnitude ~100 carry absolute rounding of ~0.03 in the logits.
-            let tl = match dtype {
-                DType::F32 => Tol {
-                    atol: 1e-6,
-                    rtol: 1e-4,
-                },
-                DType::F16 => Tol {
-                    atol: 3e-2,
-                    rtol: 5e-2,
-                },
-            };
-            if let Some(r) = fails.check(compare(
-                &format!("softmax {name} {dtype:?}"),
-                &got,
-                t(&f, name, "out").1,
-                tl,
-            )) {
-                eprintln!("softmax {name} {dtype:?}: max abs {:.2e}", r.max_abs);
-            }
-        }
-    }
-    fails.finish("softmax");
+    pollster::block_on(cases::softmax(&gpu(), &f, &dtypes())).finish("softmax");
 }
 
 #[test]
 fn attention_matches_torch() {
     let f = Fixture::load("attention.safetensors");
-    let mut fails = Failures::default();
-    for dtype in dtypes() {
-        for c in f.cases() {
-            let name = p_str(&c, "name");
-            let (heads, causal, scale) = (
-                p_usize(&c, "heads"),
-                p_bool(&c, "causal"),
-                p_f32(&c, "scale"),
-            );
-            let inputs = [t(&f, name, "q"), t(&f, name, "k"), t(&f, name, "v")];
-            let got = run(dtype, &inputs, |g, v| {
-                ops::attention(g, &v[0], &v[1], &v[2], heads, causal, Some(scale))
-            });
-            if let Some(r) = fails.check(compare(
-                &format!("attention {name} {dtype:?}"),
-                &got,
-                t(&f, name, "out").1,
-                tol(dtype, REDUCE),
-            )) {
-                eprintln!("attention {name} {dtype:?}: max abs {:.2e}", r.max_abs);
-            }
-        }
-    }
-    fails.finish("attention");
+    pollster::block_on(cases::attention(&gpu(), &f, &dtypes())).finish("attention");
 }
 
 #[test]
 fn elementwise_matches_torch() {
     let f = Fixture::load("elementwise.safetensors");
-    let mut fails = Failures::default();
-    for dtype in dtypes() {
-        for c in f.cases() {
-            let name = p_str(&c, "name");
-            let op = p_str(&c, "op").to_string();
-            let a = t(&f, name, "a");
-            let got = match op.as_str() {
-                "add" | "mul" => run(dtype, &[a, t(&f, name, "b")], |g, v| {
-                    if op == "add" {
-                        ops::add(g, &v[0], &v[1])
-                    } else {
-                        ops::mul(g, &v[0], &v[1])
-                    }
-                }),
-                "scale" => {
-                    let alpha = p_f32(&c, "alpha");
-                    run(dtype, &[a], |g, v| Ok(ops::scale(g, &v[0], alpha)))
-                }
-                unary => {
-                    let u = match unary {
-                        "silu" => ops::Unary::Silu,
-                        "gelu" => ops::Unary::Gelu,
-                        "quick_gelu" => ops::Unary::QuickGelu,
-                        other => panic!("unknown op {other}"),
-                    };
-                    run(dtype, &[a], |g, v| Ok(ops::unary(g, &v[0], u)))
-                }
-            };
-            let tl = match dtype {
-                DType::F32 => Tol {
-                    atol: 1e-6,
-                    rtol: 2e-6,
-                },
-                DType::F16 => Tol {
-                    atol: 2e-3,
-                    rtol: 2e-3,
-                },
-            };
-            if let Some(r) = fails.check(compare(
-                &format!("{op} {name} {dtype:?}"),
-                &got,
-                t(&f, name, "out").1,
-                tl,
-            )) {
-                eprintln!("elementwise {name} {dtype:?}: max abs {:.2e}", r.max_abs);
-            }
-        }
-    }
-    fails.finish("elementwise");
+    pollster::block_on(cases::elementwise(&gpu(), &f, &dtypes())).finish("elementwise");
 }
 
 #[test]
 fn layout_and_timestep_match_torch() {
     let f = Fixture::load("misc.safetensors");
-    let mut fails = Failures::default();
-    for dtype in dtypes() {
-        for c in f.cases() {
-            let name = p_str(&c, "name");
-            let op = p_str(&c, "op");
-            let (got, tl) = match op {
-                "upsample2x" => (
-                    run(dtype, &[t(&f, name, "x")], |g, v| {
-                        ops::upsample_nearest2x(g, &v[0])
-                    }),
-                    EXACTISH,
-                ),
-                "concat" => (
-                    run(dtype, &[t(&f, name, "a"), t(&f, name, "b")], |g, v| {
-                        ops::concat(g, &[&v[0], &v[1]], 1)
-                    }),
-                    EXACTISH,
-                ),
-                "transpose" => (
-                    run(dtype, &[t(&f, name, "x")], |g, v| {
-                        ops::transpose_last2(g, &v[0])
-                    }),
-                    EXACTISH,
-                ),
-                "timestep" => {
-                    let (dim, flip, shift) = (
-                        p_usize(&c, "dim"),
-                        p_bool(&c, "flip_sin_to_cos"),
-                        p_f32(&c, "freq_shift"),
-                    );
-                    let (ts, td) = t(&f, name, "t");
-                    let gpu = gpu();
-                    let mut g = Graph::new(gpu.clone(), dtype);
-                    let tt = Tensor::from_f32(&gpu, "t", td, ts, DType::F32);
-                    let tv = g.external("t", &tt);
-                    let y = ops::timestep_embedding(&mut g, &tv, dim, flip, shift).expect("graph");
-                    // PyTorch's vectorised float32 exp is within 1 ulp, not correctly
-                    // rounded, so a frequency may differ by an ulp; at t ~ 1000 an
-                    // ulp of the argument (6e-5) moves sin/cos by as much.
-                    (
-                        run_graph(&mut g, &y),
-                        Tol {
-                            atol: 1.5e-4,
-                            rtol: 0.0,
-                        },
-                    )
-                }
-                other => panic!("unknown op {other}"),
-            };
-            // Exact copies stay exact in f16 up to the input rounding.
-            let tl = match dtype {
-                DType::F32 => tl,
-                DType::F16 => Tol {
-                    atol: 1e-3,
-                    rtol: 1e-3,
-                },
-            };
-            if let Some(r) = fails.check(compare(
-                &format!("{op} {name} {dtype:?}"),
-                &got,
-                t(&f, name, "out").1,
-                tl,
-            )) {
-                eprintln!("misc {name} {dtype:?}: max abs {:.2e}", r.max_abs);
-            }
-        }
-    }
-    fails.finish("misc");
+    pollster::block_on(cases::layout_and_timestep(&gpu(), &f, &dtypes()))
+        .finish("layout_and_timestep");
 }

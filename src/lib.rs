@@ -13,4 +13,5 @@ pub mod gpu;
 pub mod graph;
 pub mod models;
 pub mod ops;
+pub mod picture;
 pub mod pnp;

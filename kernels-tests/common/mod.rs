@@ -1,11 +1,13 @@
-//! Shared test helpers: one device for the whole test binary, fixture files
-//! written by tools/*.py, and a comparison that names the first failing index.
+//! Shared native test helpers: one device for the whole test binary and
+//! fixture files written by tools/*.py. What the browser tests share with
+//! these lives in `check.rs`.
 #![allow(dead_code)]
+
+pub mod check;
+pub use check::*;
 
 use pnp::gpu::{DType, Gpu, GpuOptions};
 use pnp::graph::{Graph, Value};
-use serde_json::Value as Json;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -26,19 +28,12 @@ pub fn gpu() -> Arc<Gpu> {
 
 /// The dtypes the kernels are tested in on this adapter.
 pub fn dtypes() -> Vec<DType> {
-    let mut d = vec![DType::F32];
-    if gpu().caps.shader_f16 {
-        d.push(DType::F16);
-    }
-    d
+    dtypes_of(&gpu())
 }
 
 /// Marks `y` as the graph's output, plans, runs once and reads `y` back.
 pub fn run_graph(g: &mut Graph, y: &Value) -> Vec<f32> {
-    g.output(y);
-    let plan = g.plan().expect("plan");
-    plan.run();
-    pollster::block_on(plan.read(y)).expect("readback")
+    pollster::block_on(read_graph(g, y))
 }
 
 pub fn fixture_path(rel: &str) -> PathBuf {
@@ -47,147 +42,10 @@ pub fn fixture_path(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// A safetensors fixture: f32 tensors by name, plus its metadata.
-pub struct Fixture {
-    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-    pub ints: HashMap<String, Vec<i64>>,
-    pub meta: HashMap<String, String>,
-}
-
 impl Fixture {
     pub fn load(rel: &str) -> Fixture {
         let path = fixture_path(rel);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let (_, md) = safetensors::SafeTensors::read_metadata(&bytes).expect("metadata");
-        let mut tensors = HashMap::new();
-        let mut ints = HashMap::new();
-        for (name, view) in st.tensors() {
-            match view.dtype() {
-                safetensors::Dtype::F32 => {
-                    tensors.insert(
-                        name,
-                        (
-                            view.shape().to_vec(),
-                            bytemuck::pod_collect_to_vec(view.data()),
-                        ),
-                    );
-                }
-                safetensors::Dtype::I64 => {
-                    ints.insert(name, bytemuck::pod_collect_to_vec(view.data()));
-                }
-                other => panic!("{name}: unexpected fixture dtype {other:?}"),
-            }
-        }
-        Fixture {
-            tensors,
-            ints,
-            meta: md.metadata().clone().unwrap_or_default(),
-        }
-    }
-
-    pub fn cases(&self) -> Vec<Json> {
-        serde_json::from_str::<Vec<Json>>(&self.meta["cases"]).expect("cases metadata")
-    }
-
-    pub fn get(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("fixture has no tensor {name}"))
-    }
-}
-
-pub fn p_usize(c: &Json, k: &str) -> usize {
-    c[k].as_u64()
-        .unwrap_or_else(|| panic!("case param {k} missing in {c}")) as usize
-}
-pub fn p_bool(c: &Json, k: &str) -> bool {
-    c[k].as_bool()
-        .unwrap_or_else(|| panic!("case param {k} missing in {c}"))
-}
-pub fn p_f32(c: &Json, k: &str) -> f32 {
-    c[k].as_f64()
-        .unwrap_or_else(|| panic!("case param {k} missing in {c}")) as f32
-}
-pub fn p_str<'a>(c: &'a Json, k: &str) -> &'a str {
-    c[k].as_str()
-        .unwrap_or_else(|| panic!("case param {k} missing in {c}"))
-}
-pub fn p_shape(c: &Json, k: &str) -> Vec<usize> {
-    c[k].as_array()
-        .unwrap_or_else(|| panic!("case param {k} missing in {c}"))
-        .iter()
-        .map(|x| x.as_u64().expect("shape entry") as usize)
-        .collect()
-}
-
-/// Tolerance |got - want| <= atol + rtol * |want|.
-#[derive(Clone, Copy, Debug)]
-pub struct Tol {
-    pub atol: f32,
-    pub rtol: f32,
-}
-
-/// Errors of one comparison.
-#[derive(Debug)]
-pub struct Report {
-    pub max_abs: f32,
-    pub max_rel: f32,
-}
-
-/// Checks every element; on failure the message names the first failing
-/// index, both values, and how many elements failed.
-pub fn compare(what: &str, got: &[f32], want: &[f32], tol: Tol) -> Result<Report, String> {
-    if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
-    }
-    let mut first = None;
-    let mut bad = 0usize;
-    let (mut max_abs, mut max_rel) = (0f32, 0f32);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let d = (g - w).abs();
-        let ok = d <= tol.atol + tol.rtol * w.abs();
-        if !ok || !g.is_finite() {
-            bad += 1;
-            first.get_or_insert((i, g, w));
-        }
-        max_abs = max_abs.max(d);
-        max_rel = max_rel.max(d / w.abs().max(1e-6));
-    }
-    match first {
-        None => Ok(Report { max_abs, max_rel }),
-        Some((i, g, w)) => Err(format!(
-            "{what}: {bad} of {} values out of tolerance {tol:?}; first at index {i}: got {g}, want {w}; max abs error {max_abs}",
-            got.len()
-        )),
-    }
-}
-
-/// Collects failures across cases so one run reports all of them.
-#[derive(Default)]
-pub struct Failures(pub Vec<String>);
-
-impl Failures {
-    pub fn check(&mut self, r: Result<Report, String>) -> Option<Report> {
-        match r {
-            Ok(rep) => Some(rep),
-            Err(e) => {
-                self.0.push(e);
-                None
-            }
-        }
-    }
-    pub fn finish(self, what: &str) {
-        assert!(
-            self.0.is_empty(),
-            "{what}: {} failure(s):\n{}",
-            self.0.len(),
-            self.0.join("\n")
-        );
+        Fixture::from_bytes(&path.display().to_string(), &bytes)
     }
 }

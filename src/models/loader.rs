@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Weight file names diffusers writes, in order of preference.
-const WEIGHT_NAMES: &[&str] = &[
+pub const WEIGHT_NAMES: &[&str] = &[
     "diffusion_pytorch_model.safetensors",
     "model.safetensors",
     "diffusion_pytorch_model.fp16.safetensors",

@@ -35,13 +35,16 @@ pub struct SdModel {
     pub assumed: Vec<String>,
 }
 
-fn report(name: &'static str, w: &Weights) -> ComponentReport {
-    ComponentReport {
-        name,
-        source: w.source.clone(),
-        parameters: w.parameter_count(),
-        stored_dtype: w.stored_dtype(),
-        unused: w.unused(),
+impl ComponentReport {
+    /// What `w` held and what of it was read, after a network loaded from it.
+    pub fn of(name: &'static str, w: &Weights) -> Self {
+        ComponentReport {
+            name,
+            source: w.source.clone(),
+            parameters: w.parameter_count(),
+            stored_dtype: w.stored_dtype(),
+            unused: w.unused(),
+        }
     }
 }
 
@@ -96,26 +99,38 @@ impl SdModel {
         unet: (Weights, UnetConfig),
         vae: (Weights, VaeConfig),
     ) -> Result<Self, WeightError> {
-        let family = if unet.1.use_linear_projection {
+        let t = ClipText::load(cx, &text.0, text.1)?;
+        let u = Unet::load(cx, &unet.0, unet.1)?;
+        let v = Vae::load(cx, &vae.0, vae.1)?;
+        Ok(Self::assemble(
+            root,
+            (t, ComponentReport::of("text_encoder", &text.0)),
+            (u, ComponentReport::of("unet", &unet.0)),
+            (v, ComponentReport::of("vae", &vae.0)),
+        ))
+    }
+
+    /// A model from networks loaded one at a time, so that a caller reading
+    /// files on demand (the browser) holds one file's bytes at once.
+    pub fn assemble(
+        root: PathBuf,
+        text: (ClipText, ComponentReport),
+        unet: (Unet, ComponentReport),
+        vae: (Vae, ComponentReport),
+    ) -> Self {
+        let family = if unet.0.config.use_linear_projection {
             Family::Sd2
         } else {
             Family::Sd1
         };
-        let t = ClipText::load(cx, &text.0, text.1)?;
-        let u = Unet::load(cx, &unet.0, unet.1)?;
-        let v = Vae::load(cx, &vae.0, vae.1)?;
-        Ok(SdModel {
+        SdModel {
             family,
             root,
-            text: t,
-            unet: u,
-            vae: v,
-            report: vec![
-                report("text_encoder", &text.0),
-                report("unet", &unet.0),
-                report("vae", &vae.0),
-            ],
+            text: text.0,
+            unet: unet.0,
+            vae: vae.0,
+            report: vec![text.1, unet.1, vae.1],
             assumed: Vec::new(),
-        })
+        }
     }
 }

@@ -91,6 +91,9 @@ impl Encoded {
     }
 }
 
+/// Reads one file of a tokenizer folder by name; `Ok(None)`: not there.
+pub type TokenizerFiles<'a> = dyn Fn(&str) -> Result<Option<String>, TokenizerError> + 'a;
+
 pub struct ClipTokenizer {
     tokenizer: Tokenizer,
     bos: u32,
@@ -105,8 +108,33 @@ impl ClipTokenizer {
         if !dir.is_dir() {
             return Err(TokenizerError::NoFolder(dir.to_path_buf()));
         }
-        let config = read_json_opt(&dir.join("tokenizer_config.json"))?;
-        let special_map = read_json_opt(&dir.join("special_tokens_map.json"))?;
+        Self::from_files(dir, &|name| {
+            let path = dir.join(name);
+            if path.is_file() {
+                read_text(&path).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+    }
+
+    /// Loads a tokenizer from the files of a `tokenizer/` folder as `read`
+    /// returns them by name (None: absent), wherever they live (a browser's
+    /// file inputs, say). `dir` only names the folder in messages.
+    pub fn from_files(dir: &Path, read: &TokenizerFiles<'_>) -> Result<Self, TokenizerError> {
+        let json_opt = |name: &str| -> Result<Option<Value>, TokenizerError> {
+            let Some(text) = read(name)? else {
+                return Ok(None);
+            };
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| TokenizerError::Invalid {
+                    path: dir.join(name),
+                    msg: format!("not JSON: {e}"),
+                })
+        };
+        let config = json_opt("tokenizer_config.json")?;
+        let special_map = json_opt("special_tokens_map.json")?;
         // transformers lets special_tokens_map.json override tokenizer_config.json.
         let special = |role: &str, default: &str| {
             [&special_map, &config]
@@ -121,13 +149,14 @@ impl ClipTokenizer {
         let unk_tok = special("unk_token", "<|endoftext|>");
 
         let json = dir.join("tokenizer.json");
-        let mut tokenizer = if json.is_file() {
-            Tokenizer::from_file(&json).map_err(|e| TokenizerError::Invalid {
-                path: json.clone(),
-                msg: e.to_string(),
-            })?
-        } else {
-            build_clip_bpe(dir, &unk_tok)?
+        let mut tokenizer = match read("tokenizer.json")? {
+            Some(text) => text
+                .parse::<Tokenizer>()
+                .map_err(|e| TokenizerError::Invalid {
+                    path: json.clone(),
+                    msg: e.to_string(),
+                })?,
+            None => build_clip_bpe(dir, read, &unk_tok)?,
         };
         // BOS/EOS, truncation and padding are applied in `encode`, not by a
         // tokenizer.json's own settings.
@@ -239,23 +268,24 @@ impl ClipTokenizer {
 /// transformers' CLIPConverter: BPE with the "</w>" word-end suffix; NFC,
 /// whitespace runs to one space, lowercase; CLIP's word regex (keeping the
 /// matches, dropping the whitespace between them), then byte-level mapping.
-fn build_clip_bpe(dir: &Path, unk: &str) -> Result<Tokenizer, TokenizerError> {
+fn build_clip_bpe(
+    dir: &Path,
+    read: &TokenizerFiles<'_>,
+    unk: &str,
+) -> Result<Tokenizer, TokenizerError> {
     let (vocab_path, merges_path) = (dir.join("vocab.json"), dir.join("merges.txt"));
-    for p in [&vocab_path, &merges_path] {
-        if !p.is_file() {
-            return Err(TokenizerError::MissingFile {
-                dir: dir.to_path_buf(),
-                missing: p
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-            });
-        }
-    }
+    let required = |name: &str| {
+        read(name)?.ok_or_else(|| TokenizerError::MissingFile {
+            dir: dir.to_path_buf(),
+            missing: name.to_string(),
+        })
+    };
+    let (vocab_text, merges_text) = (required("vocab.json")?, required("merges.txt")?);
     let invalid = |path: &Path, msg: String| TokenizerError::Invalid {
         path: path.to_path_buf(),
         msg,
     };
-    let vocab_json: Value = serde_json::from_str(&read_text(&vocab_path)?)
+    let vocab_json: Value = serde_json::from_str(&vocab_text)
         .map_err(|e| invalid(&vocab_path, format!("not JSON: {e}")))?;
     let obj = vocab_json
         .as_object()
@@ -274,7 +304,7 @@ fn build_clip_bpe(dir: &Path, unk: &str) -> Result<Tokenizer, TokenizerError> {
         vocab.insert(tok.clone(), id);
     }
     let mut merges = Merges::new();
-    for (n, line) in read_text(&merges_path)?.lines().enumerate() {
+    for (n, line) in merges_text.lines().enumerate() {
         if line.starts_with("#version") || line.trim().is_empty() {
             continue;
         }
@@ -350,19 +380,6 @@ fn read_text(path: &Path) -> Result<String, TokenizerError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// A JSON file that may be absent.
-fn read_json_opt(path: &Path) -> Result<Option<Value>, TokenizerError> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    serde_json::from_str(&read_text(path)?)
-        .map(Some)
-        .map_err(|e| TokenizerError::Invalid {
-            path: path.to_path_buf(),
-            msg: format!("not JSON: {e}"),
-        })
 }
 
 /// A special token as written in a config: a string, or an AddedToken

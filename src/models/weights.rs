@@ -167,7 +167,16 @@ impl Weights {
             path: path.to_path_buf(),
             source,
         })?;
-        let bytes = Arc::new(bytes);
+        Self::parse_safetensors(path, Arc::new(bytes))
+    }
+
+    /// The tensors of a safetensors file already in memory (a browser's
+    /// file input, say). They borrow `bytes`: nothing is copied until upload.
+    /// `path` names the file in messages.
+    pub fn parse_safetensors(
+        path: &Path,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<BTreeMap<String, HostTensor>, WeightError> {
         let st =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| WeightError::Corrupt {
                 path: path.to_path_buf(),

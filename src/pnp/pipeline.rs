@@ -115,9 +115,13 @@ pub struct Inversion {
     pub latents: BTreeMap<usize, Vec<f32>>,
 }
 
+/// Wall-clock seconds of a phase (wasm32 in a browser has no `Instant`: it
+/// reads `Date.now()`'s milliseconds).
 struct Timer {
     #[cfg(not(target_arch = "wasm32"))]
     start: std::time::Instant,
+    #[cfg(target_arch = "wasm32")]
+    start_ms: f64,
 }
 
 impl Timer {
@@ -125,13 +129,15 @@ impl Timer {
         Timer {
             #[cfg(not(target_arch = "wasm32"))]
             start: std::time::Instant::now(),
+            #[cfg(target_arch = "wasm32")]
+            start_ms: js_sys::Date::now(),
         }
     }
     fn seconds(&self) -> f64 {
         #[cfg(not(target_arch = "wasm32"))]
         return self.start.elapsed().as_secs_f64();
         #[cfg(target_arch = "wasm32")]
-        0.0
+        return (js_sys::Date::now() - self.start_ms) / 1000.0;
     }
 }
 
@@ -567,6 +573,75 @@ impl<'a> Pipeline<'a> {
             z0: x,
             steps,
             latents,
+        })
+    }
+}
+
+/// What [`Pipeline::translate`] made, per target prompt.
+pub struct Translation {
+    /// Final latents (1, 4, H/8, W/8).
+    pub finals: Vec<Vec<f32>>,
+    /// Decoded images (3, H, W) in [0, 1].
+    pub images: Vec<Vec<f32>>,
+    pub inversion: Inversion,
+}
+
+impl Pipeline<'_> {
+    /// The whole translation of PNP-SPEC.md for one image (pixels (3, H, W)
+    /// in [0, 1], `size` = [H, W]) and every prompt in `prompts`: text
+    /// embeddings, VAE encode, DDIM inversion, the injected sampling sharing
+    /// one inversion and one feature store, and VAE decode. Options are
+    /// checked before any GPU work.
+    pub async fn translate(
+        &mut self,
+        pixels: &[f32],
+        size: [usize; 2],
+        prompts: &[&str],
+        opts: &PnpOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Translation> {
+        if prompts.is_empty() {
+            return Err(PnpError::Input("give at least one target prompt".into()));
+        }
+        if !(0.0..=1.0).contains(&opts.pnp_f_t) || !(0.0..=1.0).contains(&opts.pnp_attn_t) {
+            return Err(PnpError::Input(
+                "pnp_f_t and pnp_attn_t are fractions of the sampling steps, in [0, 1]".into(),
+            ));
+        }
+        if !self
+            .scheduler
+            .inversion_grid_contains(opts.inversion_steps, opts.steps)
+        {
+            return Err(PnpError::Input(format!(
+                "a {}-step inversion does not store a latent at every timestep of {} sampling steps; use inversion steps in {:?}",
+                opts.inversion_steps,
+                opts.steps,
+                self.scheduler.compatible_inversion_steps(opts.steps)
+            )));
+        }
+        let hw = [size[0] / 8, size[1] / 8];
+        let mut texts: Vec<&str> = vec![&opts.inversion_prompt, "", &opts.negative_prompt];
+        texts.extend_from_slice(prompts);
+        let emb = self.embed(&texts, progress).await?;
+        progress.phase("encode", 1);
+        let z0 = self.encode_image(pixels, size).await?;
+        progress.tick();
+        let inversion = self
+            .invert(&z0, hw, &emb[0], opts.inversion_steps, progress)
+            .await?;
+        let finals = self
+            .sample(&inversion, &emb[1], &emb[2], &emb[3..], opts, progress)
+            .await?;
+        progress.phase("decode", finals.len());
+        let mut images = Vec::with_capacity(finals.len());
+        for z in &finals {
+            images.push(self.decode(z, hw).await?);
+            progress.tick();
+        }
+        Ok(Translation {
+            finals,
+            images,
+            inversion,
         })
     }
 }

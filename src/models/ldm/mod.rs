@@ -108,7 +108,16 @@ pub fn split_ldm(path: &Path) -> Result<LdmCheckpoint, WeightError> {
 
 /// [`split_ldm`] with config entries taken from `overrides`.
 pub fn split_ldm_with(path: &Path, overrides: &LdmOverrides) -> Result<LdmCheckpoint, WeightError> {
-    let all = Weights::read_safetensors(path)?;
+    split_ldm_tensors(path, Weights::read_safetensors(path)?, overrides)
+}
+
+/// [`split_ldm_with`] on a checkpoint's tensors already read (from memory,
+/// say); `path` names the file in messages.
+pub fn split_ldm_tensors(
+    path: &Path,
+    all: BTreeMap<String, HostTensor>,
+    overrides: &LdmOverrides,
+) -> Result<LdmCheckpoint, WeightError> {
     let layout = |msg: String| WeightError::Layout {
         path: path.to_path_buf(),
         msg,

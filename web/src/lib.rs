@@ -1,0 +1,198 @@
+//! The pnp library in a browser tab. `web/index.html` imports the
+//! wasm-bindgen output of this crate (`web/build.sh`) and drives a
+//! [`Session`]: open WebGPU, load a model from file inputs or a URL,
+//! translate images. Everything runs on the user's own GPU; nothing leaves
+//! the tab.
+#![cfg(target_arch = "wasm32")]
+
+pub mod app;
+pub mod source;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
+use pnp::gpu::Gpu;
+use pnp::pnp::pipeline::Progress;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use app::{Loaded, Report, WebOptions};
+use source::Source;
+
+/// Sends progress to the page as `on_event({kind, ...})` objects:
+/// `{kind: "phase", name, total}`, `{kind: "tick"}`, `{kind: "note", message}`,
+/// `{kind: "bytes", name, done, total}`.
+struct JsReport(Function);
+
+impl JsReport {
+    fn emit(&self, kind: &str, fields: &[(&str, JsValue)]) {
+        let o = Object::new();
+        let _ = Reflect::set(&o, &"kind".into(), &kind.into());
+        for (k, v) in fields {
+            let _ = Reflect::set(&o, &(*k).into(), v);
+        }
+        // A throwing callback must not abort the run.
+        let _ = self.0.call1(&JsValue::NULL, &o);
+    }
+}
+
+impl Progress for JsReport {
+    fn phase(&mut self, name: &str, total: usize) {
+        self.emit("phase", &[("name", name.into()), ("total", total.into())]);
+    }
+    fn tick(&mut self) {
+        self.emit("tick", &[]);
+    }
+    fn note(&mut self, msg: &str) {
+        self.emit("note", &[("message", msg.into())]);
+    }
+}
+
+impl Report for JsReport {
+    fn bytes(&mut self, file: &str, done: usize, total: usize) {
+        self.emit(
+            "bytes",
+            &[
+                ("name", file.into()),
+                ("done", (done as f64).into()),
+                ("total", (total as f64).into()),
+            ],
+        );
+    }
+}
+
+struct Inner {
+    gpu: Arc<Gpu>,
+    loaded: Option<Loaded>,
+}
+
+/// An open WebGPU device and, once loaded, a model.
+#[wasm_bindgen]
+pub struct Session {
+    inner: Rc<RefCell<Inner>>,
+}
+
+fn busy() -> JsValue {
+    JsError::new("busy: a model load or translation is still running").into()
+}
+
+fn err(msg: String) -> JsValue {
+    JsError::new(&msg).into()
+}
+
+#[wasm_bindgen]
+impl Session {
+    /// Opens WebGPU (f16 storage where the adapter has shader-f16, unless
+    /// `force_f32`). Rejects with a message when WebGPU is missing.
+    pub async fn open(force_f32: bool) -> Result<Session, JsError> {
+        std::panic::set_hook(Box::new(|info| {
+            web_sys::console::error_1(&format!("pnp panicked: {info}").into());
+        }));
+        let gpu = app::open(force_f32).await.map_err(|e| JsError::new(&e))?;
+        Ok(Session {
+            inner: Rc::new(RefCell::new(Inner { gpu, loaded: None })),
+        })
+    }
+
+    /// The adapter's name, backend, features and binding limit.
+    pub fn adapter(&self) -> String {
+        self.inner.borrow().gpu.describe()
+    }
+
+    /// "f16" or "f32": the storage type weights and activations use.
+    pub fn precision(&self) -> String {
+        format!("{:?}", app::dtype(&self.inner.borrow().gpu)).to_lowercase()
+    }
+
+    /// The largest storage binding, in bytes (the page checks sizes against it).
+    pub fn max_binding(&self) -> f64 {
+        self.inner.borrow().gpu.max_binding() as f64
+    }
+
+    /// Loads a model from picked files: `files[i]` (a File or Blob) at
+    /// relative path `paths[i]` (`webkitRelativePath` for a folder pick).
+    /// Resolves to a one-line summary.
+    pub fn load_files(&self, files: Array, paths: Vec<String>, on_event: Function) -> Promise {
+        let map: BTreeMap<String, web_sys::Blob> = paths
+            .into_iter()
+            .zip(files.iter().map(JsCast::unchecked_into))
+            .collect();
+        self.load(Source::Files(map), on_event)
+    }
+
+    /// Loads a diffusers folder served at `url` (its base, holding
+    /// model_index.json). Resolves to a one-line summary.
+    pub fn load_url(&self, url: String, on_event: Function) -> Promise {
+        self.load(Source::Url(url), on_event)
+    }
+
+    fn load(&self, source: Source, on_event: Function) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let mut st = inner.try_borrow_mut().map_err(|_| busy())?;
+            st.loaded = None; // free the old model's buffers first
+            let gpu = st.gpu.clone();
+            let mut rep = JsReport(on_event);
+            let loaded = app::load(&gpu, &source, app::dtype(&gpu), &mut rep)
+                .await
+                .map_err(err)?;
+            for n in &loaded.notes {
+                rep.note(n);
+            }
+            let summary = loaded.summary();
+            st.loaded = Some(loaded);
+            Ok(summary.into())
+        })
+    }
+
+    /// Translates `image` (PNG or JPEG bytes named `name`) with the options
+    /// in `options_json` (see `app::WebOptions`; `prompts` is required).
+    /// Resolves to `{width, height, images: [Uint8Array PNG], phases:
+    /// [[name, seconds]], unet_evals, used_store, peak_bytes}`.
+    pub fn translate(
+        &self,
+        image: Vec<u8>,
+        name: String,
+        options_json: String,
+        on_event: Function,
+    ) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let st = inner.try_borrow_mut().map_err(|_| busy())?;
+            let loaded = st
+                .loaded
+                .as_ref()
+                .ok_or_else(|| err("load a model first".into()))?;
+            let opts: WebOptions = serde_json::from_str(&options_json)
+                .map_err(|e| err(format!("bad options: {e}")))?;
+            let mut rep = JsReport(on_event);
+            let out = app::translate(&st.gpu, loaded, &name, &image, &opts, &mut rep)
+                .await
+                .map_err(err)?;
+            let o = Object::new();
+            let set = |k: &str, v: JsValue| Reflect::set(&o, &k.into(), &v);
+            set("width", out.width.into())?;
+            set("height", out.height.into())?;
+            let images: Array = out
+                .pngs
+                .iter()
+                .map(|p| Uint8Array::from(p.as_slice()))
+                .collect();
+            set("images", images.into())?;
+            let phases: Array = out
+                .stats
+                .phases
+                .iter()
+                .map(|(n, s)| Array::of2(&n.into(), &(*s).into()))
+                .collect();
+            set("phases", phases.into())?;
+            set("unet_evals", out.stats.unet_evals.into())?;
+            set("used_store", out.stats.used_store.into())?;
+            set("peak_bytes", (out.stats.peak_bytes as f64).into())?;
+            Ok(o.into())
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! Where a model's files come from in the browser: the files of a file input
+//! (a picked diffusers folder, or a single checkpoint with its tokenizer
+//! files), or a URL (a diffusers folder served over HTTP, Hugging Face's
+//! `resolve/main` included). Files are read on demand, one at a time, in
+//! chunks straight into their final buffer: a file's bytes are held once in
+//! wasm memory and dropped when its network is on the GPU.
+
+use std::collections::BTreeMap;
+
+use js_sys::{Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{Blob, ReadableStreamDefaultReader, Response};
+
+/// Bytes read per `Blob.slice` (so no JS ArrayBuffer holds a whole file).
+const CHUNK: usize = 32 << 20;
+
+/// Reports bytes read of a file: (file, bytes so far, total or 0 if unknown).
+pub type ReadProgress<'a> = dyn FnMut(&str, usize, usize) + 'a;
+
+pub enum Source {
+    /// Picked files by relative path ("sd15/unet/config.json" or "model.safetensors").
+    Files(BTreeMap<String, Blob>),
+    /// The base URL of a diffusers folder.
+    Url(String),
+}
+
+/// A JS exception or rejection as text.
+pub fn js_text(e: JsValue) -> String {
+    e.as_string()
+        .or_else(|| {
+            e.dyn_ref::<js_sys::Error>()
+                .map(|e| String::from(e.message()))
+        })
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+impl Source {
+    /// The model's root inside the picked files: the folder holding
+    /// `unet/config.json` ("" when the paths start there), or None when
+    /// there is no diffusers folder among them.
+    pub fn folder_root(&self) -> Option<String> {
+        match self {
+            Source::Url(_) => Some(String::new()),
+            Source::Files(files) => files.keys().find_map(|p| {
+                let p = format!("/{p}");
+                p.strip_suffix("/unet/config.json")
+                    .map(|root| root.trim_start_matches('/').to_string())
+            }),
+        }
+    }
+
+    /// The one `.safetensors` file among the picked files, for a single-file checkpoint.
+    pub fn single_checkpoint(&self) -> Result<String, String> {
+        let Source::Files(files) = self else {
+            return Err("a URL must point at a diffusers folder (the folder holding model_index.json, unet/, vae/, text_encoder/ and tokenizer/)".into());
+        };
+        let found: Vec<&String> = files
+            .keys()
+            .filter(|p| p.ends_with(".safetensors"))
+            .collect();
+        match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!(
+                "no model among the picked files ({}): pick a diffusers folder, or one .safetensors checkpoint",
+                files.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+            _ => Err("several .safetensors files but no diffusers folder (no unet/config.json): pick the folder itself, or a single checkpoint".into()),
+        }
+    }
+
+    /// A file picked by base name anywhere in the selection (tokenizer files
+    /// beside a single checkpoint).
+    pub fn find_by_name(&self, name: &str) -> Option<String> {
+        let Source::Files(files) = self else {
+            return None;
+        };
+        files
+            .keys()
+            .find(|p| p.rsplit('/').next() == Some(name))
+            .cloned()
+    }
+
+    pub fn describe(&self, rel: &str) -> String {
+        match self {
+            Source::Files(_) => rel.to_string(),
+            Source::Url(base) => format!("{}/{rel}", base.trim_end_matches('/')),
+        }
+    }
+
+    /// A text file, or None when it is not there.
+    pub async fn text(&self, rel: &str) -> Result<Option<String>, String> {
+        let Some(bytes) = self.bytes(rel, &mut |_, _, _| {}).await? else {
+            return Ok(None);
+        };
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| format!("{} is not UTF-8 text", self.describe(rel)))
+    }
+
+    /// A whole file, or None when it is not there.
+    pub async fn bytes(
+        &self,
+        rel: &str,
+        progress: &mut ReadProgress<'_>,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let what = self.describe(rel);
+        match self {
+            Source::Files(files) => match files.get(rel) {
+                None => Ok(None),
+                Some(blob) => read_blob(blob, &what, progress).await.map(Some),
+            },
+            Source::Url(_) => fetch(&what, progress).await,
+        }
+    }
+}
+
+/// Room for `n` bytes, or a message that says the tab has no room.
+fn buffer(n: usize, what: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| {
+        format!(
+            "{what} ({} MiB) does not fit in this tab's memory (wasm32 allows 4 GiB in all): use the fp16 weights",
+            n >> 20
+        )
+    })?;
+    Ok(out)
+}
+
+async fn read_blob(
+    blob: &Blob,
+    what: &str,
+    progress: &mut ReadProgress<'_>,
+) -> Result<Vec<u8>, String> {
+    let n = blob.size() as usize;
+    let mut out = buffer(n, what)?;
+    out.resize(n, 0);
+    let mut at = 0;
+    while at < n {
+        let end = (at + CHUNK).min(n);
+        let part = blob
+            .slice_with_f64_and_f64(at as f64, end as f64)
+            .map_err(js_text)?;
+        let ab = JsFuture::from(part.array_buffer())
+            .await
+            .map_err(|e| format!("cannot read {what}: {}", js_text(e)))?;
+        Uint8Array::new(&ab).copy_to(&mut out[at..end]);
+        at = end;
+        progress(what, at, n);
+    }
+    Ok(out)
+}
+
+/// GET `url` as a stream into one buffer; None on 404.
+async fn fetch(url: &str, progress: &mut ReadProgress<'_>) -> Result<Option<Vec<u8>>, String> {
+    let window = web_sys::window().ok_or("no window: the page must run in a browser tab")?;
+    let fail = |e: JsValue| format!("cannot fetch {url}: {}", js_text(e));
+    let resp: Response = JsFuture::from(window.fetch_with_str(url))
+        .await
+        .map_err(fail)?
+        .dyn_into()
+        .map_err(fail)?;
+    if resp.status() == 404 {
+        return Ok(None);
+    }
+    if !resp.ok() {
+        return Err(format!(
+            "cannot fetch {url}: HTTP {} {}",
+            resp.status(),
+            resp.status_text()
+        ));
+    }
+    let total = resp
+        .headers()
+        .get("content-length")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut out = buffer(total, url)?;
+    let Some(body) = resp.body() else {
+        return Ok(Some(out));
+    };
+    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    loop {
+        let chunk = JsFuture::from(reader.read()).await.map_err(fail)?;
+        if Reflect::get(&chunk, &"done".into())
+            .map_err(fail)?
+            .is_truthy()
+        {
+            break;
+        }
+        let value: Uint8Array = Reflect::get(&chunk, &"value".into())
+            .map_err(fail)?
+            .unchecked_into();
+        let (at, len) = (out.len(), value.length() as usize);
+        if out.try_reserve(len).is_err() {
+            return Err(buffer(at + len, url).err().unwrap_or_default());
+        }
+        out.resize(at + len, 0);
+        value.copy_to(&mut out[at..]);
+        progress(url, out.len(), total);
+    }
+    Ok(Some(out))
+}
