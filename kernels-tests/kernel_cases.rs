@@ -88,11 +88,11 @@ pub async fn gemm(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failures {
                 "geglu" => ops::Act::Geglu(n),
                 other => panic!("unknown act {other}"),
             };
-            let a = t(&f, name, "a");
-            let (mut bs, mut bd) = (t(&f, name, "b").0.to_vec(), t(&f, name, "b").1.to_vec());
+            let a = t(f, name, "a");
+            let (mut bs, mut bd) = (t(f, name, "b").0.to_vec(), t(f, name, "b").1.to_vec());
             let has_bias = p_bool(&c, "bias");
             let mut bias = if has_bias {
-                t(&f, name, "bias").1.to_vec()
+                t(f, name, "bias").1.to_vec()
             } else {
                 vec![]
             };
@@ -110,7 +110,7 @@ pub async fn gemm(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failures {
             }
             let has_res = p_bool(&c, "residual");
             if has_res {
-                inputs.push(t(&f, name, "residual"));
+                inputs.push(t(f, name, "residual"));
             }
             let got = run!(gpu, dtype, &inputs, |g, v| {
                 let mut i = 2;
@@ -134,7 +134,7 @@ pub async fn gemm(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failures {
             if let Some(r) = fails.check(compare(
                 &format!("gemm {name} {dtype:?}"),
                 &got,
-                t(&f, name, "out").1,
+                t(f, name, "out").1,
                 tol(dtype, REDUCE),
             )) {
                 eprintln!("gemm {name} {dtype:?}: max abs {:.2e}", r.max_abs);
@@ -155,9 +155,9 @@ pub async fn conv2d(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failures {
                 pad: [pad[0], pad[1], pad[2], pad[3]],
             };
             let has_res = p_bool(&c, "residual");
-            let mut inputs = vec![t(&f, name, "x"), t(&f, name, "weight"), t(&f, name, "bias")];
+            let mut inputs = vec![t(f, name, "x"), t(f, name, "weight"), t(f, name, "bias")];
             if has_res {
-                inputs.push(t(&f, name, "residual"));
+                inputs.push(t(f, name, "residual"));
             }
             let got = run!(gpu, dtype, &inputs, |g, v| {
                 ops::conv2d(g, &v[0], &v[1], &v[2], geo, v.get(3))
@@ -165,7 +165,7 @@ pub async fn conv2d(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failures {
             if let Some(r) = fails.check(compare(
                 &format!("conv2d {name} {dtype:?}"),
                 &got,
-                t(&f, name, "out").1,
+                t(f, name, "out").1,
                 tol(dtype, REDUCE),
             )) {
                 eprintln!("conv2d {name} {dtype:?}: max abs {:.2e}", r.max_abs);
@@ -181,14 +181,14 @@ pub async fn group_norm(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failur
         for c in f.cases() {
             let name = p_str(&c, "name");
             let (groups, eps, silu) = (p_usize(&c, "groups"), p_f32(&c, "eps"), p_bool(&c, "silu"));
-            let inputs = [t(&f, name, "x"), t(&f, name, "weight"), t(&f, name, "bias")];
+            let inputs = [t(f, name, "x"), t(f, name, "weight"), t(f, name, "bias")];
             let got = run!(gpu, dtype, &inputs, |g, v| {
                 ops::group_norm(g, &v[0], &v[1], &v[2], groups, eps, silu)
             });
             if let Some(r) = fails.check(compare(
                 &format!("group_norm {name} {dtype:?}"),
                 &got,
-                t(&f, name, "out").1,
+                t(f, name, "out").1,
                 tol(dtype, REDUCE),
             )) {
                 eprintln!("group_norm {name} {dtype:?}: max abs {:.2e}", r.max_abs);
@@ -204,14 +204,14 @@ pub async fn layer_norm(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failur
         for c in f.cases() {
             let name = p_str(&c, "name");
             let eps = p_f32(&c, "eps");
-            let inputs = [t(&f, name, "x"), t(&f, name, "weight"), t(&f, name, "bias")];
+            let inputs = [t(f, name, "x"), t(f, name, "weight"), t(f, name, "bias")];
             let got = run!(gpu, dtype, &inputs, |g, v| {
                 ops::layer_norm(g, &v[0], &v[1], &v[2], eps)
             });
             if let Some(r) = fails.check(compare(
                 &format!("layer_norm {name} {dtype:?}"),
                 &got,
-                t(&f, name, "out").1,
+                t(f, name, "out").1,
                 tol(dtype, REDUCE),
             )) {
                 eprintln!("layer_norm {name} {dtype:?}: max abs {:.2e}", r.max_abs);
@@ -226,7 +226,7 @@ pub async fn softmax(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failures 
     for &dtype in dtypes {
         for c in f.cases() {
             let name = p_str(&c, "name");
-            let got = run!(gpu, dtype, &[t(&f, name, "x")], |g, v| ops::softmax(
+            let got = run!(gpu, dtype, &[t(f, name, "x")], |g, v| ops::softmax(
                 g, &v[0]
             ));
             // f16 inputs of magnitude ~100 carry absolute rounding of ~0.03 in the logits.
@@ -243,7 +243,7 @@ pub async fn softmax(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failures 
             if let Some(r) = fails.check(compare(
                 &format!("softmax {name} {dtype:?}"),
                 &got,
-                t(&f, name, "out").1,
+                t(f, name, "out").1,
                 tl,
             )) {
                 eprintln!("softmax {name} {dtype:?}: max abs {:.2e}", r.max_abs);
@@ -263,14 +263,14 @@ pub async fn attention(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failure
                 p_bool(&c, "causal"),
                 p_f32(&c, "scale"),
             );
-            let inputs = [t(&f, name, "q"), t(&f, name, "k"), t(&f, name, "v")];
+            let inputs = [t(f, name, "q"), t(f, name, "k"), t(f, name, "v")];
             let got = run!(gpu, dtype, &inputs, |g, v| {
                 ops::attention(g, &v[0], &v[1], &v[2], heads, causal, Some(scale))
             });
             if let Some(r) = fails.check(compare(
                 &format!("attention {name} {dtype:?}"),
                 &got,
-                t(&f, name, "out").1,
+                t(f, name, "out").1,
                 tol(dtype, REDUCE),
             )) {
                 eprintln!("attention {name} {dtype:?}: max abs {:.2e}", r.max_abs);
@@ -286,9 +286,9 @@ pub async fn elementwise(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failu
         for c in f.cases() {
             let name = p_str(&c, "name");
             let op = p_str(&c, "op").to_string();
-            let a = t(&f, name, "a");
+            let a = t(f, name, "a");
             let got = match op.as_str() {
-                "add" | "mul" => run!(gpu, dtype, &[a, t(&f, name, "b")], |g, v| {
+                "add" | "mul" => run!(gpu, dtype, &[a, t(f, name, "b")], |g, v| {
                     if op == "add" {
                         ops::add(g, &v[0], &v[1])
                     } else {
@@ -322,7 +322,7 @@ pub async fn elementwise(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failu
             if let Some(r) = fails.check(compare(
                 &format!("{op} {name} {dtype:?}"),
                 &got,
-                t(&f, name, "out").1,
+                t(f, name, "out").1,
                 tl,
             )) {
                 eprintln!("elementwise {name} {dtype:?}: max abs {:.2e}", r.max_abs);
@@ -340,19 +340,19 @@ pub async fn layout_and_timestep(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) 
             let op = p_str(&c, "op");
             let (got, tl) = match op {
                 "upsample2x" => (
-                    run!(gpu, dtype, &[t(&f, name, "x")], |g, v| {
+                    run!(gpu, dtype, &[t(f, name, "x")], |g, v| {
                         ops::upsample_nearest2x(g, &v[0])
                     }),
                     EXACTISH,
                 ),
                 "concat" => (
-                    run!(gpu, dtype, &[t(&f, name, "a"), t(&f, name, "b")], |g, v| {
+                    run!(gpu, dtype, &[t(f, name, "a"), t(f, name, "b")], |g, v| {
                         ops::concat(g, &[&v[0], &v[1]], 1)
                     }),
                     EXACTISH,
                 ),
                 "transpose" => (
-                    run!(gpu, dtype, &[t(&f, name, "x")], |g, v| {
+                    run!(gpu, dtype, &[t(f, name, "x")], |g, v| {
                         ops::transpose_last2(g, &v[0])
                     }),
                     EXACTISH,
@@ -363,7 +363,7 @@ pub async fn layout_and_timestep(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) 
                         p_bool(&c, "flip_sin_to_cos"),
                         p_f32(&c, "freq_shift"),
                     );
-                    let (ts, td) = t(&f, name, "t");
+                    let (ts, td) = t(f, name, "t");
                     let mut g = Graph::new(gpu.clone(), dtype);
                     let tt = Tensor::from_f32(gpu, "t", td, ts, DType::F32);
                     let tv = g.external("t", &tt);
@@ -392,7 +392,7 @@ pub async fn layout_and_timestep(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) 
             if let Some(r) = fails.check(compare(
                 &format!("{op} {name} {dtype:?}"),
                 &got,
-                t(&f, name, "out").1,
+                t(f, name, "out").1,
                 tl,
             )) {
                 eprintln!("misc {name} {dtype:?}: max abs {:.2e}", r.max_abs);

@@ -147,9 +147,15 @@ impl Gpu {
         if self.caps.timestamps {
             feats.push("timestamps");
         }
+        // Browsers do not expose the adapter's name to WebGPU.
+        let name = match (self.info.name.as_str(), self.info.driver_info.as_str()) {
+            ("", "") => "(name not exposed)",
+            ("", d) => d,
+            (n, _) => n,
+        };
         format!(
             "{} ({:?}, {:?}; {}; max binding {} MiB)",
-            self.info.name,
+            name,
             self.info.backend,
             self.info.device_type,
             if feats.is_empty() {

@@ -65,7 +65,13 @@ pub async fn open(force_f32: bool) -> Result<Arc<Gpu>, String> {
         ..Default::default()
     })
     .await
-    .map_err(|e| format!("WebGPU gave no usable adapter: {e}"))
+    .map_err(|e| match e {
+        pnp::gpu::GpuError::NoAdapter { .. } => "this browser has WebGPU but gave no adapter: \
+             the GPU or its driver may be blocklisted (see chrome://gpu), or WebGPU is disabled; \
+             on Linux, Chrome needs --enable-unsafe-webgpu"
+            .to_string(),
+        e => format!("WebGPU could not open a device: {e}"),
+    })
 }
 
 /// The storage type on this adapter.
@@ -164,43 +170,42 @@ async fn component<C: for<'de> Deserialize<'de>>(
     if dtype == DType::F16 {
         names.sort_by_key(|n| !n.contains("fp16"));
     }
-    let mut files: Vec<String> = Vec::new();
+    let mut tensors = BTreeMap::new();
+    let mut sources = Vec::new();
+    // One file, else the shards a `<name>.index.json` names.
     for name in &names {
-        let index = format!("{dir}/{name}.index.json");
-        if let Some(idx) = source.text(&index).await? {
-            let v: serde_json::Value = serde_json::from_str(&idx)
-                .map_err(|e| format!("{} is not JSON: {e}", source.describe(&index)))?;
-            let map = v["weight_map"]
-                .as_object()
-                .ok_or_else(|| format!("{} has no weight_map", source.describe(&index)))?;
-            let mut shards: Vec<String> = map
-                .values()
-                .filter_map(|s| s.as_str().map(|s| format!("{dir}/{s}")))
-                .collect();
-            shards.sort();
-            shards.dedup();
-            files = shards;
+        let rel = format!("{dir}/{name}");
+        if let Some(bytes) = source
+            .bytes(&rel, &mut |f, d, t| rep.bytes(f, d, t))
+            .await?
+        {
+            let label = source.describe(&rel);
+            tensors =
+                Weights::parse_safetensors(Path::new(&label), Arc::new(bytes)).map_err(text)?;
+            sources.push(label);
             break;
         }
     }
-    let mut tensors = BTreeMap::new();
-    let mut sources = Vec::new();
-    if files.is_empty() {
-        for name in &names {
-            let rel = format!("{dir}/{name}");
-            if let Some(bytes) = source
-                .bytes(&rel, &mut |f, d, t| rep.bytes(f, d, t))
-                .await?
-            {
-                let label = source.describe(&rel);
-                tensors =
-                    Weights::parse_safetensors(Path::new(&label), Arc::new(bytes)).map_err(text)?;
-                sources.push(label);
-                break;
-            }
+    for name in &names {
+        if !sources.is_empty() {
+            break;
         }
-    } else {
-        for rel in &files {
+        let index = format!("{dir}/{name}.index.json");
+        let Some(idx) = source.text(&index).await? else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&idx)
+            .map_err(|e| format!("{} is not JSON: {e}", source.describe(&index)))?;
+        let map = v["weight_map"]
+            .as_object()
+            .ok_or_else(|| format!("{} has no weight_map", source.describe(&index)))?;
+        let mut shards: Vec<String> = map
+            .values()
+            .filter_map(|s| s.as_str().map(|s| format!("{dir}/{s}")))
+            .collect();
+        shards.sort();
+        shards.dedup();
+        for rel in &shards {
             let label = source.describe(rel);
             let bytes = source
                 .bytes(rel, &mut |f, d, t| rep.bytes(f, d, t))
@@ -293,7 +298,8 @@ async fn load_single(
 ) -> Result<Loaded, String> {
     let path = source.single_checkpoint()?;
     let has = |n: &str| source.find_by_name(n).is_some();
-    if !has("tokenizer.json") && !(has("vocab.json") && has("merges.txt")) {
+    let has_tokenizer = has("tokenizer.json") || (has("vocab.json") && has("merges.txt"));
+    if !has_tokenizer {
         return Err(format!(
             "{path} is a single-file checkpoint, which carries no tokenizer: pick vocab.json and \
              merges.txt (from the tokenizer/ folder of a diffusers copy of the same family) \
