@@ -401,3 +401,128 @@ pub async fn layout_and_timestep(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) 
     }
     fails
 }
+
+/// Deterministic values in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Tensors larger than the binding limit: each op runs once with every tensor
+/// bound whole (the path the fixtures check against PyTorch) and once with
+/// the graph's binding limit lowered so that the op splits its work over
+/// windows (batch rows, row, channel and group chunks, input-channel
+/// accumulation, attention scores by query rows;
+/// odd sizes, so windows start off the device's binding alignment and the
+/// kernels skip a lead). The two must agree, and the split graph must really
+/// have split.
+pub async fn split_bindings(gpu: &Arc<Gpu>, dtypes: &[DType]) -> Failures {
+    type Build = fn(&mut Graph, &[Value]) -> Result<Value, ShapeError>;
+    let conv3: Build =
+        |g, v| ops::conv2d(g, &v[0], &v[1], &v[2], ops::Conv2d::same(1), Some(&v[3]));
+    let conv_s2: Build = |g, v| {
+        let geo = ops::Conv2d {
+            stride: 2,
+            pad: [0, 1, 0, 1],
+        };
+        ops::conv2d(g, &v[0], &v[1], &v[2], geo, None)
+    };
+    let conv1: Build = |g, v| ops::conv2d(g, &v[0], &v[1], &v[2], ops::Conv2d::same(0), None);
+    let gn: Build = |g, v| ops::group_norm(g, &v[0], &v[1], &v[2], 8, 1e-6, true);
+    let ln: Build = |g, v| ops::layer_norm(g, &v[0], &v[1], &v[2], 1e-5);
+    let up: Build = |g, v| ops::upsample_nearest2x(g, &v[0]);
+    let add: Build = |g, v| ops::add(g, &v[0], &v[1]);
+    let add_bias: Build = |g, v| {
+        let b = g.reshape(&v[1], &[1, v[1].numel(), 1, 1])?;
+        ops::add(g, &v[0], &b)
+    };
+    let silu: Build = |g, v| Ok(ops::unary(g, &v[0], ops::Unary::Silu));
+    let linear: Build = |g, v| {
+        let epi = ops::Epilogue {
+            bias: Some(&v[2]),
+            act: ops::Act::Gelu,
+            residual: Some(&v[3]),
+        };
+        ops::linear(g, &v[0], &v[1], epi)
+    };
+    let bmm: Build = |g, v| ops::gemm(g, &v[0], &v[1], false, ops::Epilogue::NONE);
+    let attn512: Build = |g, v| ops::attention(g, &v[0], &v[1], &v[2], 1, false, None);
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<Vec<usize>>, Build, u64)> = vec![
+        ("conv3x3 +res", vec![vec![2, 24, 19, 19], vec![16, 24, 3, 3], vec![16], vec![2, 16, 19, 19]], conv3, 16 << 10),
+        ("conv3x3 stride 2", vec![vec![1, 20, 21, 21], vec![12, 20, 3, 3], vec![12]], conv_s2, 12 << 10),
+        ("conv1x1", vec![vec![2, 40, 17, 17], vec![24, 40, 1, 1], vec![24]], conv1, 8 << 10),
+        ("group_norm+silu", vec![vec![2, 24, 13, 13], vec![24], vec![24]], gn, 6 << 10),
+        ("layer_norm", vec![vec![3, 50, 37], vec![37], vec![37]], ln, 2 << 10),
+        ("upsample2x", vec![vec![2, 6, 9, 9]], up, 2 << 10),
+        ("add", vec![vec![3, 5000], vec![3, 5000]], add, 8 << 10),
+        ("add per-channel", vec![vec![2, 12, 30, 30], vec![12]], add_bias, 4 << 10),
+        ("silu", vec![vec![7, 3001]], silu, 8 << 10),
+        ("linear +bias +gelu +res", vec![vec![1, 301, 41], vec![56, 41], vec![56], vec![1, 301, 56]], linear, 16 << 10),
+        ("batched gemm", vec![vec![3, 70, 21], vec![3, 21, 33]], bmm, 4 << 10),
+        // One 512-wide head: its 600x600 scores outgrow the limit, q, k, v do not.
+        ("attention d512 by query rows", vec![vec![1, 600, 512]; 3], attn512, 1_300_000),
+    ];
+    let mut fails = Failures::default();
+    for &dtype in dtypes {
+        for (name, shapes, build, limit) in &cases {
+            let data: Vec<Vec<f32>> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| noise(s.iter().product(), i as u64 + 1))
+                .collect();
+            let mut outs = Vec::new();
+            for split in [false, true] {
+                let mut g = Graph::new(gpu.clone(), dtype);
+                if split {
+                    g.set_max_binding(*limit);
+                }
+                let vals: Vec<Value> = shapes
+                    .iter()
+                    .zip(&data)
+                    .enumerate()
+                    .map(|(i, (s, d))| {
+                        let t = Tensor::from_f32(gpu, "input", d, s, dtype);
+                        g.external(&format!("input{i}"), &t)
+                    })
+                    .collect();
+                let y = build(&mut g, &vals).expect("graph construction");
+                let nodes = g.len();
+                if split && nodes < 2 {
+                    fails.0.push(format!(
+                        "{name} {dtype:?}: did not split under a {limit}-byte limit"
+                    ));
+                }
+                outs.push(read_graph(&mut g, &y).await);
+                if split {
+                    eprintln!("{name} {dtype:?}: {nodes} dispatches under a {limit}-byte limit");
+                }
+            }
+            let tl = match dtype {
+                DType::F32 => Tol {
+                    atol: 1e-5,
+                    rtol: 1e-5,
+                },
+                // f16 storage: input-channel chunks accumulate through f16 y.
+                DType::F16 => Tol {
+                    atol: 1e-2,
+                    rtol: 1e-2,
+                },
+            };
+            fails.check(compare(
+                &format!("{name} {dtype:?} split vs whole"),
+                &outs[1],
+                &outs[0],
+                tl,
+            ));
+        }
+    }
+    fails
+}

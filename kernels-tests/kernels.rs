@@ -57,3 +57,8 @@ fn layout_and_timestep_match_torch() {
     pollster::block_on(cases::layout_and_timestep(&gpu(), &f, &dtypes()))
         .finish("layout_and_timestep");
 }
+
+#[test]
+fn tensors_larger_than_a_binding_are_split() {
+    pollster::block_on(cases::split_bindings(&gpu(), &dtypes())).finish("split bindings");
+}

@@ -455,3 +455,48 @@ fn hub_repo_ids_resolve_in_the_local_cache() {
         "{err}"
     );
 }
+
+/// At 512x512 in f32 the SD VAE decoder's last up block holds (1, 256, 512,
+/// 512) tensors, 256 MiB, twice lavapipe's 128 MiB binding limit (and
+/// WebGPU's default); at 768x768 the encoder's 128-channel maps (288 MiB) and
+/// its mid-block attention scores (9216 x 9216, 324 MiB) are over it too.
+/// Under a 128 MiB limit the real-shape VAE must still plan: each op that
+/// meets such a tensor splits its work over windows, and the planner refuses
+/// any binding over the limit. (Split results are checked against unsplit
+/// ones in the kernel tests; running these graphs on lavapipe would take many
+/// minutes.)
+#[test]
+fn sd_vae_at_512_and_768_plans_under_a_128_mib_binding_limit() {
+    let gpu = gpu();
+    let (_, _, config) = pnp::models::presets::sd15();
+    let w = pnp::models::weights::Weights::synthetic("synthetic sd15 vae", 0);
+    let dtype = DType::F32;
+    let vae = Vae::load(Ctx { gpu: &gpu, dtype }, &w, config).expect("synthetic vae");
+    let limit = 128u64 << 20;
+    for size in [512, 768] {
+        for decode in [true, false] {
+            let mut g = Graph::new(gpu.clone(), dtype);
+            g.set_max_binding(limit);
+            let y = if decode {
+                let z = g.input("latent", &[1, 4, size / 8, size / 8], dtype);
+                vae.decode(&mut g, &z).expect("decoder graph")
+            } else {
+                let x = g.input("image", &[1, 3, size, size], dtype);
+                vae.encode_moments(&mut g, &x).expect("encoder graph")
+            };
+            g.output(&y);
+            let what = format!(
+                "{} at {size}x{size}",
+                if decode { "decoder" } else { "encoder" }
+            );
+            let plan = g
+                .plan()
+                .unwrap_or_else(|e| panic!("the f32 VAE {what} must plan: {e}"));
+            eprintln!(
+                "VAE {what}, f32, 128 MiB binding limit: {} dispatches, {:.0} MiB planned",
+                plan.len(),
+                plan.planned_bytes() as f64 / (1 << 20) as f64
+            );
+        }
+    }
+}

@@ -4,12 +4,26 @@
 // Padding is given per side (top, left); taps outside the image read 0, which
 // also covers diffusers' asymmetric (0, 1, 0, 1) pad before the VAE's strided conv.
 // Epilogue: + bias[c_out], + residual (a ResNet's shortcut) when HAS_RES.
+//
+// A tensor larger than one binding is done in chunks, one batch row at a
+// time: output channels m_base .. m_base + m, input channels ci_base ..
+// ci_base + cin (of k_full / (KH*KW) in all). x, y and res are bound through
+// windows that begin x_lead, y_lead and res_lead elements before the chunk;
+// the weight and bias are bound whole. Input-channel chunks after the first
+// add to y (ACCUMULATE); the bias goes in with the first, the residual with
+// the last (flags).
 
 struct Params {
     m: u32, n: u32, k: u32, cin: u32,
     h: u32, w: u32, wo: u32, kh: u32,
     kw: u32, stride: u32, pad_t: u32, pad_l: u32,
+    x_lead: u32, y_lead: u32, res_lead: u32, m_base: u32,
+    ci_base: u32, k_full: u32, flags: u32,
 }
+
+const ADD_BIAS: u32 = 1u;
+const ADD_RES: u32 = 2u;
+const ACCUMULATE: u32 = 4u;
 
 const B_N_FAST: u32 = 1u;
 
@@ -23,7 +37,7 @@ const B_N_FAST: u32 = 1u;
 #endif
 
 fn load_a(bt: u32, m: u32, k: u32) -> f32 {
-    return f32(wt[m * p.k + k]);
+    return f32(wt[(p.m_base + m) * p.k_full + p.ci_base * p.kh * p.kw + k]);
 }
 
 fn load_b(bt: u32, k: u32, n: u32) -> f32 {
@@ -39,20 +53,28 @@ fn load_b(bt: u32, k: u32, n: u32) -> f32 {
     if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
         return 0.0;
     }
-    return f32(x[((bt * p.cin + ci) * p.h + u32(iy)) * p.w + u32(ix)]);
+    return f32(x[p.x_lead + ((bt * p.cin + ci) * p.h + u32(iy)) * p.w + u32(ix)]);
 }
 
 fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
-    let b = f32(bias[m]);
+    var b = 0.0;
+    if ((p.flags & ADD_BIAS) != 0u) {
+        b = f32(bias[p.m_base + m]);
+    }
     for (var j = 0u; j < 4u; j++) {
         let n = n0 + 16u * j;
         if (n < p.n) {
             let i = (bt * p.m + m) * p.n + n;
             var v = acc[j] + b;
+            if ((p.flags & ACCUMULATE) != 0u) {
+                v += f32(y[p.y_lead + i]);
+            }
 #if HAS_RES
-            v += f32(res[i]);
+            if ((p.flags & ADD_RES) != 0u) {
+                v += f32(res[p.res_lead + i]);
+            }
 #endif
-            y[i] = T(v);
+            y[p.y_lead + i] = T(v);
         }
     }
 }

@@ -1,9 +1,12 @@
 // Elementwise ops. OP: 0 add, 1 mul (binary), 2 silu, 3 gelu (erf),
 // 4 quick_gelu, 5 scale (unary).
 // The second operand of a binary op broadcasts by index arithmetic:
-// b index = b_off + (i / b_div) % b_mod. Same shape: div 1, mod n. A per-channel
-// vector on NCHW: div H*W, mod C. A (B, C) time embedding added to a
+// b index = b_off + ((i_base + i) / b_div) % b_mod. Same shape: div 1, mod n. A
+// per-channel vector on NCHW: div H*W, mod C. A (B, C) time embedding added to a
 // (B, C, H, W) map: div H*W, mod B*C. A last-dim vector: div 1, mod D.
+// A tensor larger than one binding is done in chunks: this dispatch covers
+// elements i_base .. i_base + n, and a and y are bound through windows that
+// begin a_lead and y_lead elements before the chunk.
 
 struct Params {
     n: u32,
@@ -11,6 +14,9 @@ struct Params {
     b_mod: u32,
     alpha: f32,
     b_off: u32, // where b starts (a feature-store slot, say)
+    i_base: u32,
+    a_lead: u32,
+    y_lead: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,10 +33,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (i >= p.n) {
         return;
     }
-    let x = f32(a[i]);
+    let x = f32(a[p.a_lead + i]);
     var r = x;
 #if BINARY
-    let bv = f32(b[p.b_off + (i / p.b_div) % p.b_mod]);
+    let bv = f32(b[p.b_off + ((p.i_base + i) / p.b_div) % p.b_mod]);
     if (OP == 0u) {
         r = x + bv;
     } else {
@@ -47,5 +53,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         r = x * p.alpha;
     }
 #endif
-    y[i] = T(r);
+    y[p.y_lead + i] = T(r);
 }

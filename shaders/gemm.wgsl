@@ -11,10 +11,15 @@
 // thread holding columns tx + 16j then owns the pair (h, g) for j = (0, 1)
 // and (2, 3) and writes h * gelu(g) at half the column index.
 
+// A tensor larger than one binding is done in chunks of rows of one batch
+// row at a time: a, c and res (and a batched b) are bound through windows,
+// and a_off, b_off and c_off say where the chunk begins inside them.
+
 struct Params {
     m: u32, n: u32, k: u32, n_out: u32,
     a_bs: u32, a_rs: u32, a_cs: u32, b_bs: u32,
     b_ks: u32, b_ns: u32, c_bs: u32, c_rs: u32,
+    a_off: u32, b_off: u32, c_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,11 +34,11 @@ struct Params {
 #endif
 
 fn load_a(bt: u32, m: u32, k: u32) -> f32 {
-    return f32(a[bt * p.a_bs + m * p.a_rs + k * p.a_cs]);
+    return f32(a[p.a_off + bt * p.a_bs + m * p.a_rs + k * p.a_cs]);
 }
 
 fn load_b(bt: u32, k: u32, n: u32) -> f32 {
-    return f32(b[bt * p.b_bs + k * p.b_ks + n * p.b_ns]);
+    return f32(b[p.b_off + bt * p.b_bs + k * p.b_ks + n * p.b_ns]);
 }
 
 fn activate(x: f32) -> f32 {
@@ -50,9 +55,9 @@ fn activate(x: f32) -> f32 {
 fn finish(bt: u32, m: u32, n: u32, x: f32) {
     var v = x;
 #if HAS_RES
-    v += f32(res[bt * p.c_bs + m * p.c_rs + n]);
+    v += f32(res[p.c_off + bt * p.c_bs + m * p.c_rs + n]);
 #endif
-    c[bt * p.c_bs + m * p.c_rs + n] = T(v);
+    c[p.c_off + bt * p.c_bs + m * p.c_rs + n] = T(v);
 }
 
 fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {

@@ -5,6 +5,9 @@
 // one group per row.
 // Mean and variance are computed in two passes (mean first, then the mean of
 // squared deviations) so large offsets do not cancel. Optional fused SiLU.
+// A tensor larger than one binding is done in chunks of whole groups: this
+// dispatch covers groups gid_base.., and x and y are bound through windows
+// that begin x_lead and y_lead elements before its first group.
 
 struct Params {
     n: u32,      // elements per group
@@ -12,6 +15,9 @@ struct Params {
     cpg: u32,    // channels per group
     groups: u32, // groups per batch row (G); 1 for a layer norm
     eps: f32,
+    gid_base: u32,
+    x_lead: u32,
+    y_lead: u32,
 }
 
 const WG: u32 = 256u;
@@ -41,8 +47,10 @@ fn workgroup_sum(v: f32, tid: u32) -> f32 {
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
-    let gid = wg.y * nwg.x + wg.x;
-    let base = gid * p.n;
+    let local = wg.y * nwg.x + wg.x;
+    let gid = p.gid_base + local;
+    let base = p.x_lead + local * p.n;
+    let out = p.y_lead + local * p.n;
 
     var s = 0.0;
     for (var i = tid; i < p.n; i += WG) {
@@ -64,6 +72,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         if (SILU == 1u) {
             v = v / (1.0 + exp(-v));
         }
-        y[base + i] = T(v);
+        y[out + i] = T(v);
     }
 }

@@ -1,9 +1,15 @@
 // Nearest-neighbour 2x upsampling of (B, C, H, W), as F.interpolate(scale_factor=2.0, mode="nearest").
 
+// A tensor larger than one binding is done in chunks of whole (b, c) planes,
+// x and y bound through windows that begin x_lead and y_lead elements before
+// the chunk.
+
 struct Params {
-    total: u32, // B * C * 2H * 2W
+    total: u32, // planes in this dispatch * 2H * 2W
     h: u32,
     w: u32,
+    x_lead: u32,
+    y_lead: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,5 +27,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let ox = i % w2;
     let oy = (i / w2) % (2u * p.h);
     let bc = i / (w2 * 2u * p.h);
-    y[i] = x[(bc * p.h + oy / 2u) * p.w + ox / 2u];
+    y[p.y_lead + i] = x[p.x_lead + (bc * p.h + oy / 2u) * p.w + ox / 2u];
 }

@@ -151,6 +151,9 @@ ATTENTION_CASES = [
     ("tiny", A(2, 2, 5, 3, 4)),
     ("heads20", A(1, 20, 64, 77, 64)),
     ("causal_300", A(1, 1, 300, 300, 8, causal=True)),
+    # The VAE's mid-block attention: one head of 512 (the score-matrix path).
+    ("vae_mid_d512", A(1, 1, 64, 64, 512)),
+    ("vae_d512_odd", A(2, 1, 19, 19, 512)),
 ]
 
 ELEMENTWISE_CASES = [

@@ -37,9 +37,17 @@ pub enum GpuError {
     #[error("reading back from the GPU failed: {0}")]
     Readback(String),
     #[error(
-        "{what} needs a {bytes}-byte storage binding but this adapter allows at most {limit} bytes per binding"
+        "{what} needs a {bytes}-byte storage binding but this adapter allows at most {limit} bytes per binding. Use a smaller image size or --precision f16"
     )]
     BindingTooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error(
+        "{what} needs a {bytes}-byte buffer but this adapter allows at most {limit} bytes per buffer. Use a smaller image size or --precision f16"
+    )]
+    BufferTooLarge {
         what: String,
         bytes: u64,
         limit: u64,

@@ -62,10 +62,30 @@ pub(crate) struct Node {
     pub key: KernelKey,
     /// 32-bit words of the uniform block (shapes, strides, f32 bit patterns).
     pub params: Vec<u32>,
-    /// The value bound at each of `key.bindings`, in the same order.
-    pub binds: Vec<ValueId>,
+    /// The value bound at each of `key.bindings`, in the same order, whole
+    /// or through a window.
+    pub binds: Vec<(ValueId, Option<Window>)>,
     pub workgroups: [u32; 3],
     pub label: String,
+}
+
+/// Part of a value bound on its own: elements `start .. start + len`, with
+/// `start` aligned for a storage-binding offset. How a tensor larger than the
+/// device's largest binding is still used: ops split their work so that each
+/// dispatch binds windows that fit (see [`Graph::window`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// A window from [`Graph::window`] and where the wanted range begins inside it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Windowed {
+    pub window: Window,
+    /// Elements from the window's start to the first wanted element (the
+    /// binding offset is rounded down to the device's alignment).
+    pub lead: usize,
 }
 
 /// A shape error, found while the graph is built rather than mid-run.
@@ -98,6 +118,9 @@ pub struct Graph {
     pub(crate) values: Vec<ValueInfo>,
     pub(crate) nodes: Vec<Node>,
     pub(crate) dynamic: Vec<StepParam>,
+    /// Largest storage binding, in bytes: the device's, unless lowered with
+    /// [`Graph::set_max_binding`]. Ops split their work to stay under it.
+    pub(crate) max_binding: u64,
 }
 
 /// An element offset into a tensor that may move with the step:
@@ -125,12 +148,51 @@ pub(crate) struct StepParam {
 impl Graph {
     pub fn new(gpu: Arc<Gpu>, dtype: DType) -> Self {
         Graph {
+            max_binding: gpu.max_binding(),
             gpu,
             dtype,
             values: Vec::new(),
             nodes: Vec::new(),
             dynamic: Vec::new(),
         }
+    }
+
+    /// Lowers the largest binding ops may use (never above the device's), so
+    /// tests can exercise the split paths at small sizes.
+    pub fn set_max_binding(&mut self, bytes: u64) {
+        self.max_binding = bytes.min(self.gpu.max_binding());
+    }
+
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// Whether `elems` elements of `dtype` fit one binding.
+    pub(crate) fn fits(&self, elems: usize, dtype: DType) -> bool {
+        (elems * dtype.size()) as u64 <= self.max_binding
+    }
+
+    /// Elements `start .. start + len` of `v` as a window to bind: its start is
+    /// rounded down to the device's storage-offset alignment, and `lead` says
+    /// how far into the window the range begins.
+    pub(crate) fn window(&self, v: &Value, start: usize, len: usize) -> Windowed {
+        let elem = v.dtype.size();
+        let align = (self.gpu.limits.min_storage_buffer_offset_alignment as usize).max(elem);
+        let aligned = start * elem / align * align / elem;
+        Windowed {
+            window: Window {
+                start: aligned,
+                len: len + (start - aligned),
+            },
+            lead: start - aligned,
+        }
+    }
+
+    /// Elements a window may hold so that its binding fits, allowing for the
+    /// alignment slack at its start.
+    pub(crate) fn window_capacity(&self, dtype: DType) -> usize {
+        let align = self.gpu.limits.min_storage_buffer_offset_alignment as u64;
+        (self.max_binding.saturating_sub(align) / dtype.size() as u64) as usize
     }
 
     fn add_value(&mut self, shape: &[usize], dtype: DType, storage: Storage, name: &str) -> Value {
@@ -201,15 +263,36 @@ impl Graph {
         params: Vec<u32>,
         workgroups: [u32; 3],
     ) -> usize {
+        let outputs: Vec<(&Value, Option<Window>)> = outputs.iter().map(|v| (*v, None)).collect();
+        let inputs: Vec<(u32, &Value, Option<Window>)> =
+            inputs.iter().map(|(b, v)| (*b, *v, None)).collect();
+        self.push_windowed(
+            family, entry, dtype, consts, &outputs, &inputs, params, workgroups,
+        )
+    }
+
+    /// [`Graph::push`] with some values bound through windows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push_windowed(
+        &mut self,
+        family: &'static str,
+        entry: &'static str,
+        dtype: DType,
+        consts: Vec<(&'static str, u32)>,
+        outputs: &[(&Value, Option<Window>)],
+        inputs: &[(u32, &Value, Option<Window>)],
+        params: Vec<u32>,
+        workgroups: [u32; 3],
+    ) -> usize {
         let mut bindings = Vec::new();
         let mut binds = Vec::new();
-        for (i, v) in outputs.iter().enumerate() {
+        for (i, (v, w)) in outputs.iter().enumerate() {
             bindings.push((i as u32 + 1, Access::ReadWrite));
-            binds.push(v.id);
+            binds.push((v.id, *w));
         }
-        for (b, v) in inputs {
+        for (b, v, w) in inputs {
             bindings.push((*b, Access::Read));
-            binds.push(v.id);
+            binds.push((v.id, *w));
         }
         self.nodes.push(Node {
             key: KernelKey {

@@ -41,7 +41,7 @@ impl Graph {
         let mut first = vec![usize::MAX; n_values];
         let mut last = vec![0usize; n_values];
         for (i, node) in self.nodes.iter().enumerate() {
-            for v in &node.binds {
+            for (v, _) in &node.binds {
                 let v = v.0 as usize;
                 first[v] = first[v].min(i);
                 last[v] = last[v].max(i);
@@ -93,23 +93,44 @@ impl Graph {
             }
         }
 
-        let max_binding = gpu.max_binding();
+        // A value must fit one buffer; each binding of it must fit the binding
+        // limit, which ops meet by binding windows of large values.
+        let name_of = |v: usize| {
+            let info = &self.values[v];
+            format!(
+                "tensor {:?} of shape {:?}",
+                if info.name.is_empty() {
+                    "(intermediate)"
+                } else {
+                    &info.name
+                },
+                info.shape
+            )
+        };
+        let max_buffer = gpu.limits.max_buffer_size;
         for (v, info) in self.values.iter().enumerate() {
             let bytes = (info.shape.iter().product::<usize>() * info.dtype.size()) as u64;
-            if first[v] != usize::MAX && bytes > max_binding {
-                return Err(GpuError::BindingTooLarge {
-                    what: format!(
-                        "tensor {:?} of shape {:?}",
-                        if info.name.is_empty() {
-                            "(intermediate)"
-                        } else {
-                            &info.name
-                        },
-                        info.shape
-                    ),
+            if first[v] != usize::MAX && bytes > max_buffer {
+                return Err(GpuError::BufferTooLarge {
+                    what: name_of(v),
                     bytes,
-                    limit: max_binding,
+                    limit: max_buffer,
                 });
+            }
+        }
+        for node in &self.nodes {
+            for (id, w) in &node.binds {
+                let v = id.0 as usize;
+                let info = &self.values[v];
+                let elems = w.map_or(info.shape.iter().product(), |w| w.len);
+                let bytes = (elems * info.dtype.size()) as u64;
+                if bytes > self.max_binding {
+                    return Err(GpuError::BindingTooLarge {
+                        what: format!("{} ({})", name_of(v), node.label),
+                        bytes,
+                        limit: self.max_binding,
+                    });
+                }
             }
         }
 
@@ -181,12 +202,21 @@ impl Graph {
             let resolved: Vec<(Arc<wgpu::Buffer>, u64, u64)> = node
                 .binds
                 .iter()
-                .map(|id| {
+                .map(|(id, window)| {
                     let v = id.0 as usize;
-                    match (pinned.get(id), slot_of[v]) {
+                    let (buf, off, size) = match (pinned.get(id), slot_of[v]) {
                         (Some(t), _) => (t.buffer.clone(), t.offset, t.bytes().div_ceil(4) * 4),
                         (None, Some(s)) => (slots[s].clone(), 0, size_of(v)),
                         (None, None) => unreachable!("value {v} bound but never planned"),
+                    };
+                    match window {
+                        None => (buf, off, size),
+                        Some(w) => {
+                            let elem = self.values[v].dtype.size() as u64;
+                            let start = w.start as u64 * elem;
+                            let len = (w.len as u64 * elem).div_ceil(4) * 4;
+                            (buf, off + start, len.min(size - start))
+                        }
                     }
                 })
                 .collect();

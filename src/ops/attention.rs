@@ -1,11 +1,16 @@
-//! Fused multi-head attention (`shaders/attention.wgsl`).
+//! Fused multi-head attention (`shaders/attention.wgsl`), and the
+//! score-matrix path for heads too wide for it.
 
+use super::layout::copy4;
 use super::{same_dtype, u};
 use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, shape_err};
 
 /// Keys per tile in attention.wgsl (BC): k and v tiles take 2 * BC * D floats
 /// of workgroup memory.
 const KEY_TILE: usize = 16;
+
+/// Widest head the fused kernel takes (its registers hold 2 * D floats per row).
+const MAX_FUSED_HEAD_DIM: usize = 256;
 
 /// Rows of width C read from a tensor through strides: row r of batch b is
 /// `value[offset + b * batch_stride + r * row_stride ..][..C]`. A batch stride
@@ -132,19 +137,20 @@ pub fn attention_views(
         ));
     }
     let d = c / heads;
-    // The head dimension is a compile-time variant: it sizes the per-row registers.
-    let shared = 2 * KEY_TILE * d * 4;
-    let limit = g.gpu.limits.max_compute_workgroup_storage_size as usize;
-    if shared > limit {
-        return Err(shape_err(
-            op,
-            format!(
-                "head dimension {d} needs {shared} bytes of workgroup memory; this adapter has {limit}"
-            ),
-        ));
-    }
     same_dtype(op, &[q.value, k.value, v.value])?;
     let scale = scale.unwrap_or(1.0 / (d as f32).sqrt());
+    // The head dimension is a compile-time variant: it sizes the per-row
+    // registers and the k/v tiles in workgroup memory. Wider heads (the VAE's
+    // single 512-wide head) go through the score matrix instead: past 256 the
+    // per-row registers would spill even where the tiles fit.
+    let shared = 2 * KEY_TILE * d * 4;
+    let limit = g.gpu.limits.max_compute_workgroup_storage_size as usize;
+    if shared > limit || d > MAX_FUSED_HEAD_DIM {
+        let why = format!(
+            "head dimension {d} is too wide for the fused kernel (it needs {shared} bytes of workgroup memory; this adapter has {limit})"
+        );
+        return through_scores(g, q, k, v, batch, heads, causal, scale, why);
+    }
     let o = g.temp(&[batch, lq, c], q.value.dtype);
     // Keys per dispatch: all of them, unless the driver bounds an invocation's
     // loop iterations (about 2D + 8 per key, see attention.wgsl).
@@ -195,6 +201,90 @@ pub fn attention_views(
         g.step_param(node, 12, q.offset);
         g.step_param(node, 13, k.offset);
         g.step_param(node, 14, v.offset);
+    }
+    Ok(o)
+}
+
+/// softmax(q k^T * scale) v with the score matrix in memory: a GEMM, a
+/// softmax and a GEMM, for heads too wide for the fused kernel's workgroup
+/// memory (the VAE's mid-block attention: one head of 512 over every latent
+/// pixel). Queries go in chunks of rows so that each chunk's scores fit one
+/// binding. Takes one head of whole, contiguous (B, L, C) tensors.
+#[allow(clippy::too_many_arguments)]
+fn through_scores(
+    g: &mut Graph,
+    q: View,
+    k: View,
+    v: View,
+    batch: usize,
+    heads: usize,
+    causal: bool,
+    scale: f32,
+    why: String,
+) -> Result<Value, ShapeError> {
+    let op = "attention";
+    let c = q.value.dim(-1);
+    let (lq, lk) = (q.rows, k.rows);
+    let whole = |w: &View| {
+        w.offset == Offset::default()
+            && w.row_stride == c
+            && w.batch_stride == w.rows * c
+            && w.value.numel() == batch * w.rows * c
+    };
+    if heads != 1 || causal || !whole(&q) || !whole(&k) || !whole(&v) {
+        return Err(shape_err(
+            op,
+            format!("{why}, and the score-matrix path takes one non-causal head of whole q, k, v"),
+        ));
+    }
+    let dtype = q.value.dtype;
+    let qv = g.reshape(q.value, &[batch, lq, c])?;
+    let kv = g.reshape(k.value, &[batch, lk, c])?;
+    let vv = g.reshape(v.value, &[batch, lk, c])?;
+    let rows = (g.window_capacity(dtype) / (batch * lk).max(1)).min(lq);
+    if rows == 0 {
+        return Err(shape_err(
+            op,
+            format!(
+                "{why}, and one row of {lk} scores per batch row exceeds the {}-byte binding limit",
+                g.max_binding()
+            ),
+        ));
+    }
+    let scores_of = |g: &mut Graph, qc: &Value| -> Result<Value, ShapeError> {
+        let qs = super::scale(g, qc, scale);
+        let s = super::gemm(g, &qs, &kv, true, super::Epilogue::NONE)?;
+        let p = super::softmax(g, &s)?;
+        super::gemm(g, &p, &vv, false, super::Epilogue::NONE)
+    };
+    if rows == lq {
+        return scores_of(g, &qv);
+    }
+    let o = g.temp(&[batch, lq, c], dtype);
+    for r0 in (0..lq).step_by(rows) {
+        let rc = rows.min(lq - r0);
+        let qc = g.temp(&[batch, rc, c], dtype);
+        copy4(
+            g,
+            &qc,
+            &qv,
+            [1, batch, rc, c],
+            [0, lq * c, c, 1],
+            r0 * c,
+            [0, rc * c, c, 1],
+            Offset::default(),
+        );
+        let oc = scores_of(g, &qc)?;
+        copy4(
+            g,
+            &o,
+            &oc,
+            [1, batch, rc, c],
+            [0, rc * c, c, 1],
+            0,
+            [0, lq * c, c, 1],
+            Offset::fixed(r0 * c),
+        );
     }
     Ok(o)
 }

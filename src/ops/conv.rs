@@ -65,35 +65,93 @@ pub fn conv2d(
     all.extend(residual);
     same_dtype(op, &all)?;
     let y = g.temp(&out_shape, x.dtype);
-    let (m, n, k) = (cout, ho * wo, cin * kh * kw);
-    let mut inputs = vec![(2, x), (3, w), (4, bias)];
-    if let Some(r) = residual {
-        inputs.push((5, r));
+    let taps = kh * kw;
+    let (plane_in, plane_out) = (h * wd, ho * wo);
+    let fits = g.fits(x.numel(), x.dtype)
+        && g.fits(y.numel(), y.dtype)
+        && residual.is_none_or(|r| g.fits(r.numel(), r.dtype));
+    // Tensors larger than one binding: one batch row at a time, in chunks of
+    // input channels (accumulated into y) and of output channels.
+    let (rows, ci_per, m_per) = if fits {
+        (1, cin, cout)
+    } else {
+        let cap = g.window_capacity(x.dtype);
+        let (ci_per, m_per) = (cap / plane_in.max(1), cap / plane_out.max(1));
+        if ci_per == 0 || m_per == 0 {
+            return Err(shape_err(
+                op,
+                format!(
+                    "one channel of {} or {} exceeds the device's {}-byte binding limit",
+                    ShapeFmt(&x.shape),
+                    ShapeFmt(&out_shape),
+                    g.max_binding()
+                ),
+            ));
+        }
+        (b, ci_per, m_per)
+    };
+    let consts = vec![("HAS_RES", residual.is_some() as u32)];
+    for bt in 0..rows {
+        for m0 in (0..cout).step_by(m_per) {
+            let mc = m_per.min(cout - m0);
+            let ci_chunks: Vec<usize> = (0..cin).step_by(ci_per).collect();
+            for (j, &c0) in ci_chunks.iter().enumerate() {
+                let cc = ci_per.min(cin - c0);
+                let (first, last) = (j == 0, j + 1 == ci_chunks.len());
+                let flags = first as u32
+                    | ((last && residual.is_some()) as u32) << 1
+                    | (!first as u32) << 2;
+                let (mut x_lead, mut y_lead, mut res_lead) = (0, 0, 0);
+                let (mut xw, mut yw, mut rw) = (None, None, None);
+                if !fits {
+                    let wx = g.window(x, (bt * cin + c0) * plane_in, cc * plane_in);
+                    let wy = g.window(&y, (bt * cout + m0) * plane_out, mc * plane_out);
+                    (x_lead, xw) = (wx.lead, Some(wx.window));
+                    (y_lead, yw) = (wy.lead, Some(wy.window));
+                    if let Some(r) = residual {
+                        let wr = g.window(r, (bt * cout + m0) * plane_out, mc * plane_out);
+                        (res_lead, rw) = (wr.lead, Some(wr.window));
+                    }
+                }
+                let mut inputs = vec![(2, x, xw), (3, w, None), (4, bias, None)];
+                if let Some(r) = residual {
+                    inputs.push((5, r, rw));
+                }
+                let params = vec![
+                    u(mc),
+                    u(plane_out),
+                    u(cc * taps),
+                    u(cc),
+                    u(h),
+                    u(wd),
+                    u(wo),
+                    u(kh),
+                    u(kw),
+                    u(s),
+                    u(pt),
+                    u(pl),
+                    u(x_lead),
+                    u(y_lead),
+                    u(res_lead),
+                    u(m0),
+                    u(c0),
+                    u(cin * taps),
+                    flags,
+                ];
+                let batches = if fits { b } else { 1 };
+                let wg = [u(plane_out.div_ceil(64)), u(mc.div_ceil(64)), u(batches)];
+                g.push_windowed(
+                    "conv",
+                    "main",
+                    x.dtype,
+                    consts.clone(),
+                    &[(&y, yw)],
+                    &inputs,
+                    params,
+                    wg,
+                );
+            }
+        }
     }
-    let params = vec![
-        u(m),
-        u(n),
-        u(k),
-        u(cin),
-        u(h),
-        u(wd),
-        u(wo),
-        u(kh),
-        u(kw),
-        u(s),
-        u(pt),
-        u(pl),
-    ];
-    let wg = [u(n.div_ceil(64)), u(m.div_ceil(64)), u(b)];
-    g.push(
-        "conv",
-        "main",
-        x.dtype,
-        vec![("HAS_RES", residual.is_some() as u32)],
-        &[&y],
-        &inputs,
-        params,
-        wg,
-    );
     Ok(y)
 }

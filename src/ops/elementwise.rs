@@ -20,21 +20,52 @@ fn record(
 ) -> Value {
     let y = g.temp(&a.shape, a.dtype);
     let n = a.numel();
-    let (inputs, div, modulo, b_off): (Vec<(u32, &Value)>, u32, u32, Offset) = match b {
-        Some((b, div, modulo, off)) => (vec![(2, a), (3, b)], div, modulo, off),
-        None => (vec![(2, a)], 1, u(n), Offset::default()),
+    let consts = vec![("OP", op), ("BINARY", b.is_some() as u32)];
+    // b is windowed with a when it is an a-shaped operand too large to bind
+    // whole; any other b is bound whole (the planner refuses one too large).
+    let b_whole = b.is_none_or(|(b, div, modulo, off)| {
+        g.fits(b.numel(), b.dtype) || (div, modulo as usize, off) != (1, n, Offset::default())
+    });
+    let chunk = if g.fits(n, a.dtype) && b_whole {
+        n.max(1)
+    } else {
+        g.window_capacity(a.dtype).max(1)
     };
-    let node = g.push(
-        "elementwise",
-        "main",
-        a.dtype,
-        vec![("OP", op), ("BINARY", b.is_some() as u32)],
-        &[&y],
-        &inputs,
-        vec![u(n), div, modulo, alpha.to_bits(), 0],
-        grid_1d(n, 256),
-    );
-    g.step_param(node, 4, b_off);
+    for start in (0..n.max(1)).step_by(chunk) {
+        let len = chunk.min(n - start);
+        let whole = len == n;
+        let (wa, wy) = (g.window(a, start, len), g.window(&y, start, len));
+        let win = |w: crate::graph::Windowed| (!whole).then_some(w.window);
+        let mut inputs = vec![(2, a, win(wa))];
+        let mut words = vec![u(len), 1, u(len), alpha.to_bits(), 0, 0, 0, 0];
+        let mut b_off = Offset::default();
+        if let Some((b, div, modulo, off)) = b {
+            if b_whole {
+                inputs.push((3, b, None));
+                (words[1], words[2], words[5]) = (div, modulo, u(start));
+                b_off = off;
+            } else {
+                // Same shape as a: b[lead + i] in b's window.
+                let wb = g.window(b, start, len);
+                inputs.push((3, b, Some(wb.window)));
+                b_off = Offset::fixed(wb.lead);
+            }
+        }
+        if !whole {
+            (words[6], words[7]) = (u(wa.lead), u(wy.lead));
+        }
+        let node = g.push_windowed(
+            "elementwise",
+            "main",
+            a.dtype,
+            consts.clone(),
+            &[(&y, win(wy))],
+            &inputs,
+            words,
+            grid_1d(len, 256),
+        );
+        g.step_param(node, 4, b_off);
+    }
     y
 }
 

@@ -79,53 +79,98 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
         Act::Geglu(n_out) => n_out,
         _ => s.n,
     };
-    let out = g.temp(&s.out_shape, s.a.dtype);
+    let dtype = s.a.dtype;
+    let out = g.temp(&s.out_shape, dtype);
     let c_rs = n_out;
     let c_bs = s.m * n_out;
-    let mut inputs = vec![(2, s.a), (3, s.b)];
-    if let Some(b) = s.bias {
-        inputs.push((4, b));
-    }
-    if let Some(r) = s.residual {
-        inputs.push((5, r));
-    }
-    let b_n_fast = (s.b_strides[2] == 1) as u32;
-    let params = vec![
-        u(s.m),
-        u(s.n),
-        u(s.k),
-        u(n_out),
-        u(s.a_strides[0]),
-        u(s.a_strides[1]),
-        u(s.a_strides[2]),
-        u(s.b_strides[0]),
-        u(s.b_strides[1]),
-        u(s.b_strides[2]),
-        u(c_bs),
-        u(c_rs),
+    let b_batched = s.b_strides[0] != 0;
+    let fits = [s.a, s.b, &out]
+        .into_iter()
+        .chain(s.residual)
+        .all(|v| g.fits(v.numel(), v.dtype));
+    // Tensors larger than one binding: one batch row at a time, in chunks of
+    // rows of a, c and the residual (a is contiguous here; see `gemm`).
+    let (rows, row_chunk) = if fits {
+        (1, s.m.max(1))
+    } else {
+        let per = g.window_capacity(dtype) / s.k.max(n_out).max(1);
+        if per == 0 || (b_batched && !g.fits(s.b_strides[0], dtype)) {
+            return Err(shape_err(
+                "gemm",
+                format!(
+                    "a row of {} or a batch row of {} exceeds the device's {}-byte binding limit",
+                    ShapeFmt(&s.a.shape),
+                    ShapeFmt(&s.b.shape),
+                    g.max_binding()
+                ),
+            ));
+        }
+        (s.batch, per)
+    };
+    let consts = vec![
+        ("ACT", s.act.code()),
+        ("HAS_BIAS", s.bias.is_some() as u32),
+        ("HAS_RES", s.residual.is_some() as u32),
+        ("B_N_FAST", (s.b_strides[2] == 1) as u32),
     ];
-    let wg = [u(s.n.div_ceil(64)), u(s.m.div_ceil(64)), u(s.batch)];
-    if wg.iter().any(|&x| x > 65535) {
-        return Err(shape_err(
-            "gemm",
-            format!("grid {wg:?} exceeds 65535 workgroups per dimension"),
-        ));
+    for bt in 0..rows {
+        for m0 in (0..s.m.max(1)).step_by(row_chunk) {
+            let mc = row_chunk.min(s.m - m0);
+            let (mut offs, mut wins) = ([0usize; 3], [None; 3]);
+            if !fits {
+                let wa = g.window(s.a, (bt * s.m + m0) * s.k, mc * s.k);
+                let wc = g.window(&out, (bt * s.m + m0) * n_out, mc * n_out);
+                (offs[0], wins[0]) = (wa.lead, Some(wa.window));
+                (offs[2], wins[2]) = (wc.lead, Some(wc.window));
+                if b_batched {
+                    let wb = g.window(s.b, bt * s.b_strides[0], s.b_strides[0]);
+                    (offs[1], wins[1]) = (wb.lead, Some(wb.window));
+                }
+            }
+            let mut inputs = vec![(2, s.a, wins[0]), (3, s.b, wins[1])];
+            if let Some(b) = s.bias {
+                inputs.push((4, b, None));
+            }
+            if let Some(r) = s.residual {
+                inputs.push((5, r, wins[2]));
+            }
+            let params = vec![
+                u(mc),
+                u(s.n),
+                u(s.k),
+                u(n_out),
+                u(s.a_strides[0]),
+                u(s.a_strides[1]),
+                u(s.a_strides[2]),
+                u(s.b_strides[0]),
+                u(s.b_strides[1]),
+                u(s.b_strides[2]),
+                u(c_bs),
+                u(c_rs),
+                u(offs[0]),
+                u(offs[1]),
+                u(offs[2]),
+            ];
+            let batches = if fits { s.batch } else { 1 };
+            let wg = [u(s.n.div_ceil(64)), u(mc.div_ceil(64)), u(batches)];
+            if wg.iter().any(|&x| x > 65535) {
+                return Err(shape_err(
+                    "gemm",
+                    format!("grid {wg:?} exceeds 65535 workgroups per dimension"),
+                ));
+            }
+            g.push_windowed(
+                "gemm",
+                "main",
+                dtype,
+                consts.clone(),
+                &[(&out, wins[2])],
+                &inputs,
+                params,
+                wg,
+            );
+        }
     }
-    g.push(
-        "gemm",
-        "main",
-        s.a.dtype,
-        vec![
-            ("ACT", s.act.code()),
-            ("HAS_BIAS", s.bias.is_some() as u32),
-            ("HAS_RES", s.residual.is_some() as u32),
-            ("B_N_FAST", b_n_fast),
-        ],
-        &[&out],
-        &inputs,
-        params,
-        wg,
-    );
     Ok(out)
 }
 

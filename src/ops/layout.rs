@@ -7,7 +7,7 @@ use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, grid_1d, shape_er
 /// Copies the 4-d index space `n` from `src` (strides `s`, offset `so`) into
 /// `dst` (strides `d`, offset `dof`).
 #[allow(clippy::too_many_arguments)]
-fn copy4(
+pub(crate) fn copy4(
     g: &mut Graph,
     dst: &Value,
     src: &Value,
@@ -155,16 +155,48 @@ pub fn upsample_nearest2x(g: &mut Graph, x: &Value) -> Result<Value, ShapeError>
     }
     let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
     let y = g.temp(&[b, c, 2 * h, 2 * w], x.dtype);
-    let total = y.numel();
-    g.push(
-        "upsample",
-        "main",
-        x.dtype,
-        vec![],
-        &[&y],
-        &[(2, x)],
-        vec![u(total), u(h), u(w)],
-        grid_1d(total, 256),
-    );
+    // Tensors larger than one binding: chunks of whole (b, c) planes.
+    let planes = b * c;
+    let plane = 4 * h * w;
+    let per = if g.fits(y.numel(), y.dtype) {
+        planes.max(1)
+    } else {
+        let per = g.window_capacity(y.dtype) / plane.max(1);
+        if per == 0 {
+            return Err(shape_err(
+                "upsample",
+                format!(
+                    "one {}x{} plane exceeds the device's {}-byte binding limit",
+                    2 * h,
+                    2 * w,
+                    g.max_binding()
+                ),
+            ));
+        }
+        per
+    };
+    for first in (0..planes.max(1)).step_by(per) {
+        let count = per.min(planes - first);
+        let whole = count == planes;
+        let wx = g.window(x, first * h * w, count * h * w);
+        let wy = g.window(&y, first * plane, count * plane);
+        let total = count * plane;
+        g.push_windowed(
+            "upsample",
+            "main",
+            x.dtype,
+            vec![],
+            &[(&y, (!whole).then_some(wy.window))],
+            &[(2, x, (!whole).then_some(wx.window))],
+            vec![
+                u(total),
+                u(h),
+                u(w),
+                if whole { 0 } else { u(wx.lead) },
+                if whole { 0 } else { u(wy.lead) },
+            ],
+            grid_1d(total, 256),
+        );
+    }
     Ok(y)
 }

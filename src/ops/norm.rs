@@ -3,9 +3,12 @@
 use super::{expect_shape, same_dtype, u};
 use crate::graph::{Graph, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
 
+/// `runs` normalised runs of `n` elements each; tensors larger than one
+/// binding are done in chunks of whole runs.
 #[allow(clippy::too_many_arguments)]
 fn record(
     g: &mut Graph,
+    op: &str,
     x: &Value,
     gamma: &Value,
     beta: &Value,
@@ -16,19 +19,56 @@ fn record(
     groups: usize,
     eps: f32,
     silu: bool,
-) -> Value {
+) -> Result<Value, ShapeError> {
     let y = g.temp(&x.shape, x.dtype);
-    g.push(
-        "norm",
-        "main",
-        x.dtype,
-        vec![("SILU", silu as u32)],
-        &[&y],
-        &[(2, x), (3, gamma), (4, beta)],
-        vec![u(n), u(hw), u(cpg), u(groups), eps.to_bits()],
-        grid_1d(runs, 1),
-    );
-    y
+    let per = if g.fits(x.numel(), x.dtype) {
+        runs.max(1)
+    } else {
+        let per = g.window_capacity(x.dtype) / n.max(1);
+        if per == 0 {
+            return Err(shape_err(
+                op,
+                format!(
+                    "one group of {n} elements of {} exceeds the device's {}-byte binding limit",
+                    ShapeFmt(&x.shape),
+                    g.max_binding()
+                ),
+            ));
+        }
+        per
+    };
+    for first in (0..runs.max(1)).step_by(per) {
+        let count = per.min(runs - first);
+        let whole = count == runs;
+        let (wx, wy) = (
+            g.window(x, first * n, count * n),
+            g.window(&y, first * n, count * n),
+        );
+        g.push_windowed(
+            "norm",
+            "main",
+            x.dtype,
+            vec![("SILU", silu as u32)],
+            &[(&y, (!whole).then_some(wy.window))],
+            &[
+                (2, x, (!whole).then_some(wx.window)),
+                (3, gamma, None),
+                (4, beta, None),
+            ],
+            vec![
+                u(n),
+                u(hw),
+                u(cpg),
+                u(groups),
+                eps.to_bits(),
+                u(first),
+                if whole { 0 } else { u(wx.lead) },
+                if whole { 0 } else { u(wy.lead) },
+            ],
+            grid_1d(count, 1),
+        );
+    }
+    Ok(y)
 }
 
 /// torch.nn.GroupNorm over x (B, C, ...) with `groups` groups, then SiLU if `silu`.
@@ -57,8 +97,9 @@ pub fn group_norm(
     same_dtype(op, &[x, gamma, beta])?;
     let hw: usize = x.shape[2..].iter().product();
     let cpg = c / groups;
-    Ok(record(
+    record(
         g,
+        op,
         x,
         gamma,
         beta,
@@ -69,7 +110,7 @@ pub fn group_norm(
         groups,
         eps,
         silu,
-    ))
+    )
 }
 
 /// torch.nn.LayerNorm over the last dimension.
@@ -88,17 +129,5 @@ pub fn layer_norm(
     expect_shape(op, "weight", gamma, &[d])?;
     expect_shape(op, "bias", beta, &[d])?;
     same_dtype(op, &[x, gamma, beta])?;
-    Ok(record(
-        g,
-        x,
-        gamma,
-        beta,
-        x.numel() / d,
-        d,
-        1,
-        d,
-        1,
-        eps,
-        false,
-    ))
+    record(g, op, x, gamma, beta, x.numel() / d, d, 1, d, 1, eps, false)
 }

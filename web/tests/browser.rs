@@ -119,6 +119,14 @@ async fn layout_and_timestep_match_torch() {
     .await;
 }
 
+#[wasm_bindgen_test]
+async fn tensors_larger_than_a_binding_are_split() {
+    let g = gpu().await;
+    cases::split_bindings(&g, &dtypes_of(&g))
+        .await
+        .finish("split bindings");
+}
+
 /// A Blob holding `bytes`, as a file input would give.
 fn blob(bytes: &[u8]) -> web_sys::Blob {
     let parts = Array::of1(&Uint8Array::from(bytes));
