@@ -500,3 +500,38 @@ fn sd_vae_at_512_and_768_plans_under_a_128_mib_binding_limit() {
         }
     }
 }
+
+/// `Pipeline::preflight` records every graph a translation needs and checks
+/// it against the device's limits before any work. The real SD2.1-base
+/// network (synthetic weights) at 768x768 in f32, batch 3, must pass under
+/// lavapipe's 128 MiB bindings (the UNet's feed-forward activations, 141 MiB,
+/// and the VAE's 288 MiB maps are split); a 4096x4096 image, whose VAE maps
+/// exceed a whole buffer, must be refused with a message, not a panic.
+#[test]
+fn preflight_passes_768_in_f32_and_refuses_what_cannot_fit() {
+    use pnp::pnp::pipeline::Pipeline;
+    use pnp::pnp::scheduler::Ddim;
+    let gpu = gpu();
+    let dtype = DType::F32;
+    let (tc, uc, vc) = pnp::models::presets::sd21_base();
+    let synthetic = |name: &str, seed| pnp::models::weights::Weights::synthetic(name, seed);
+    let model = pnp::models::sd::SdModel::from_parts(
+        Ctx { gpu: &gpu, dtype },
+        PathBuf::from("synthetic:sd21-base"),
+        (synthetic("text_encoder", 1), tc),
+        (synthetic("unet", 2), uc),
+        (synthetic("vae", 3), vc),
+    )
+    .expect("synthetic model");
+    let pipe = Pipeline::from_embeddings(gpu.clone(), &model, Ddim::sd(), dtype);
+    pipe.preflight([768, 768], 3)
+        .unwrap_or_else(|e| panic!("768x768 f32 must fit under 128 MiB bindings: {e}"));
+    let limit = gpu.limits.max_buffer_size;
+    if 128 * 4096 * 4096 * 4 > limit {
+        let err = pipe
+            .preflight([4096, 4096], 2)
+            .expect_err("4096x4096 exceeds a buffer");
+        eprintln!("4096x4096: {err}");
+        assert!(err.to_string().contains("4096x4096"), "{err}");
+    }
+}

@@ -235,6 +235,14 @@ pub fn run(args: TranslateArgs, gpu: Arc<Gpu>) -> Result<()> {
     }
 
     let mut pipe = Pipeline::new(gpu.clone(), &model, &tokenizer, scheduler, args.dtype);
+    // Refuse a size this adapter cannot take before any work (the inline
+    // source row makes the sampling batch 3, the store's 2).
+    let batch = if opts.store == StoreMode::Inline {
+        3
+    } else {
+        2
+    };
+    pipe.preflight([pixels.height, pixels.width], batch)?;
     let mut bars = Bars { bar: None };
     let mut texts: Vec<&str> = vec![&opts.inversion_prompt, "", &opts.negative_prompt];
     texts.extend(args.prompts.iter().map(String::as_str));

@@ -32,6 +32,50 @@ pub struct Plan {
 }
 
 impl Graph {
+    /// The device limits [`Graph::plan`] needs met, checked without
+    /// allocating anything: every bound value fits one buffer, and every
+    /// binding (whole, or a window of a value an op split) fits the binding
+    /// limit. Callers use it to refuse a size before any work starts.
+    pub fn check_limits(&self) -> Result<(), GpuError> {
+        let name_of = |v: usize| {
+            let info = &self.values[v];
+            format!(
+                "tensor {:?} of shape {:?}",
+                if info.name.is_empty() {
+                    "(intermediate)"
+                } else {
+                    &info.name
+                },
+                info.shape
+            )
+        };
+        let max_buffer = self.gpu.limits.max_buffer_size;
+        for node in &self.nodes {
+            for (id, w) in &node.binds {
+                let v = id.0 as usize;
+                let info = &self.values[v];
+                let elems: usize = info.shape.iter().product();
+                let bytes = (elems * info.dtype.size()) as u64;
+                if bytes > max_buffer {
+                    return Err(GpuError::BufferTooLarge {
+                        what: name_of(v),
+                        bytes,
+                        limit: max_buffer,
+                    });
+                }
+                let bound = (w.map_or(elems, |w| w.len) * info.dtype.size()) as u64;
+                if bound > self.max_binding {
+                    return Err(GpuError::BindingTooLarge {
+                        what: format!("{} ({})", name_of(v), node.label),
+                        bytes: bound,
+                        limit: self.max_binding,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Assigns storage, creates pipelines, uniform blocks and bind groups.
     pub fn plan(&self) -> Result<Plan, GpuError> {
         let gpu = self.gpu.clone();
@@ -93,46 +137,7 @@ impl Graph {
             }
         }
 
-        // A value must fit one buffer; each binding of it must fit the binding
-        // limit, which ops meet by binding windows of large values.
-        let name_of = |v: usize| {
-            let info = &self.values[v];
-            format!(
-                "tensor {:?} of shape {:?}",
-                if info.name.is_empty() {
-                    "(intermediate)"
-                } else {
-                    &info.name
-                },
-                info.shape
-            )
-        };
-        let max_buffer = gpu.limits.max_buffer_size;
-        for (v, info) in self.values.iter().enumerate() {
-            let bytes = (info.shape.iter().product::<usize>() * info.dtype.size()) as u64;
-            if first[v] != usize::MAX && bytes > max_buffer {
-                return Err(GpuError::BufferTooLarge {
-                    what: name_of(v),
-                    bytes,
-                    limit: max_buffer,
-                });
-            }
-        }
-        for node in &self.nodes {
-            for (id, w) in &node.binds {
-                let v = id.0 as usize;
-                let info = &self.values[v];
-                let elems = w.map_or(info.shape.iter().product(), |w| w.len);
-                let bytes = (elems * info.dtype.size()) as u64;
-                if bytes > self.max_binding {
-                    return Err(GpuError::BindingTooLarge {
-                        what: format!("{} ({})", name_of(v), node.label),
-                        bytes,
-                        limit: self.max_binding,
-                    });
-                }
-            }
-        }
+        self.check_limits()?;
 
         let alloc = |label: &str, size: u64| {
             Arc::new(gpu.device.create_buffer(&wgpu::BufferDescriptor {

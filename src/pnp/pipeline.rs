@@ -262,11 +262,7 @@ impl<'a> Pipeline<'a> {
     pub async fn encode_image(&mut self, pixels: &[f32], hw: [usize; 2]) -> Result<Vec<f32>> {
         let timer = Timer::start();
         let [h, w] = hw;
-        if h % 64 != 0 || w % 64 != 0 || h == 0 || w == 0 {
-            return Err(PnpError::Input(format!(
-                "image size {w}x{h} is not a multiple of 64 on both sides; resize it (the command line's --width/--height do)"
-            )));
-        }
+        check_size(hw)?;
         let vae = &self.model.vae;
         let mut g = Graph::new(self.gpu.clone(), self.dtype);
         let x = g.input("image", &[1, 3, h, w], self.dtype);
@@ -577,6 +573,62 @@ impl<'a> Pipeline<'a> {
     }
 }
 
+fn check_size([h, w]: [usize; 2]) -> Result<()> {
+    if h % 64 != 0 || w % 64 != 0 || h == 0 || w == 0 {
+        return Err(PnpError::Input(format!(
+            "image size {w}x{h} is not a multiple of 64 on both sides; resize it (the command line's --width/--height do)"
+        )));
+    }
+    Ok(())
+}
+
+impl Pipeline<'_> {
+    /// Records the largest graphs a translation of an image of `size` = [H,
+    /// W] pixels needs (the VAE encoder and decoder, the UNet at `batch`
+    /// rows) and checks them against the device's limits without running or
+    /// allocating anything, so that a size this adapter cannot take is
+    /// refused before minutes of work, not at the final decode.
+    pub fn preflight(&self, size: [usize; 2], batch: usize) -> Result<()> {
+        check_size(size)?;
+        let [h, w] = size;
+        self.record_all(size, batch).map_err(|e| {
+            // Device-limit errors carry their own advice; shape errors do not.
+            let advice = match e {
+                PnpError::Gpu(_) => "",
+                _ if self.dtype == DType::F32 => "; use a smaller size or f16",
+                _ => "; use a smaller size",
+            };
+            PnpError::Input(format!(
+                "this adapter cannot translate a {w}x{h} image: {e}{advice}"
+            ))
+        })
+    }
+
+    fn record_all(&self, [h, w]: [usize; 2], batch: usize) -> Result<()> {
+        let vae = &self.model.vae;
+        let unet = &self.model.unet;
+        let mut g = Graph::new(self.gpu.clone(), self.dtype);
+        let x = g.input("image", &[1, 3, h, w], self.dtype);
+        vae.encode_moments(&mut g, &x)?;
+        let lat = [1, vae.config.latent_channels, h / 8, w / 8];
+        let z = g.input("latent", &lat, self.dtype);
+        vae.decode(&mut g, &z)?;
+        let x = g.input(
+            "latents",
+            &[batch, unet.config.in_channels, h / 8, w / 8],
+            self.dtype,
+        );
+        let t = Unet::timestep_input(&mut g, batch);
+        let ctx = g.input(
+            "text",
+            &[batch, self.text_len(), unet.config.cross_attention_dim],
+            self.dtype,
+        );
+        unet.forward_hooked(&mut g, &x, &t, &ctx, &Hooks::default())?;
+        Ok(g.check_limits()?)
+    }
+}
+
 /// What [`Pipeline::translate`] made, per target prompt.
 pub struct Translation {
     /// Final latents (1, 4, H/8, W/8).
@@ -619,6 +671,15 @@ impl Pipeline<'_> {
                 self.scheduler.compatible_inversion_steps(opts.steps)
             )));
         }
+        // The inline source row makes the sampling batch 3, the store's 2.
+        self.preflight(
+            size,
+            if opts.store == StoreMode::Inline {
+                3
+            } else {
+                2
+            },
+        )?;
         let hw = [size[0] / 8, size[1] / 8];
         let mut texts: Vec<&str> = vec![&opts.inversion_prompt, "", &opts.negative_prompt];
         texts.extend_from_slice(prompts);
