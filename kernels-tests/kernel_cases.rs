@@ -402,19 +402,6 @@ pub async fn layout_and_timestep(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) 
     fails
 }
 
-/// Deterministic values in [-1, 1).
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 /// Tensors larger than the binding limit: each op runs once with every tensor
 /// bound whole (the path the fixtures check against PyTorch) and once with
 /// the graph's binding limit lowered so that the op splits its work over
@@ -476,7 +463,7 @@ pub async fn split_bindings(gpu: &Arc<Gpu>, dtypes: &[DType]) -> Failures {
             let data: Vec<Vec<f32>> = shapes
                 .iter()
                 .enumerate()
-                .map(|(i, s)| noise(s.iter().product(), i as u64 + 1))
+                .map(|(i, s)| pnp::pnp::pipeline::gaussian(i as u64 + 1, s.iter().product()))
                 .collect();
             let mut outs = Vec::new();
             for split in [false, true] {

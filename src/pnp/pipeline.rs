@@ -305,6 +305,24 @@ impl<'a> Pipeline<'a> {
             .collect())
     }
 
+    /// The UNet's inputs for `batch` rows of latents of size `hw`: latents,
+    /// timesteps, text embeddings.
+    fn unet_inputs(&self, g: &mut Graph, batch: usize, hw: [usize; 2]) -> (Value, Value, Value) {
+        let unet = &self.model.unet;
+        let x = g.input(
+            "latents",
+            &[batch, unet.config.in_channels, hw[0], hw[1]],
+            self.dtype,
+        );
+        let t = Unet::timestep_input(g, batch);
+        let ctx = g.input(
+            "text",
+            &[batch, self.text_len(), unet.config.cross_attention_dim],
+            self.dtype,
+        );
+        (x, t, ctx)
+    }
+
     fn unet_plan(
         &self,
         batch: usize,
@@ -314,17 +332,7 @@ impl<'a> Pipeline<'a> {
     ) -> Result<UnetPlan> {
         let unet = &self.model.unet;
         let mut g = Graph::new(self.gpu.clone(), self.dtype);
-        let x = g.input(
-            "latents",
-            &[batch, unet.config.in_channels, hw[0], hw[1]],
-            self.dtype,
-        );
-        let t = Unet::timestep_input(&mut g, batch);
-        let ctx = g.input(
-            "text",
-            &[batch, self.text_len(), unet.config.cross_attention_dim],
-            self.dtype,
-        );
+        let (x, t, ctx) = self.unet_inputs(&mut g, batch, hw);
         let values = store.map(|s| s.bind(&mut g));
         let hooks = hooks(values.as_ref());
         let eps = unet.forward_hooked(&mut g, &x, &t, &ctx, &hooks)?;
@@ -613,17 +621,7 @@ impl Pipeline<'_> {
         let lat = [1, vae.config.latent_channels, h / 8, w / 8];
         let z = g.input("latent", &lat, self.dtype);
         vae.decode(&mut g, &z)?;
-        let x = g.input(
-            "latents",
-            &[batch, unet.config.in_channels, h / 8, w / 8],
-            self.dtype,
-        );
-        let t = Unet::timestep_input(&mut g, batch);
-        let ctx = g.input(
-            "text",
-            &[batch, self.text_len(), unet.config.cross_attention_dim],
-            self.dtype,
-        );
+        let (x, t, ctx) = self.unet_inputs(&mut g, batch, [h / 8, w / 8]);
         unet.forward_hooked(&mut g, &x, &t, &ctx, &Hooks::default())?;
         Ok(g.check_limits()?)
     }

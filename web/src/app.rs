@@ -227,6 +227,30 @@ async fn component<C: for<'de> Deserialize<'de>>(
     Ok((Weights::new(sources.join(", "), tensors), config))
 }
 
+/// Reads component folder `name` of the model at `root`, loads its network
+/// onto the GPU with `load`, and drops the file's bytes.
+async fn network<C: for<'de> Deserialize<'de>, N>(
+    gpu: &Arc<Gpu>,
+    source: &Source,
+    root: &str,
+    name: &'static str,
+    dtype: DType,
+    rep: &mut dyn Report,
+    load: impl FnOnce(Ctx, &Weights, C) -> Result<N, pnp::models::weights::WeightError>,
+) -> Result<(N, ComponentReport), String> {
+    rep.phase(&format!("{name} weights"), 1);
+    let (w, c) = component(source, &join(root, name), dtype, rep).await?;
+    let net = gpu
+        .scoped(&format!("uploading the {name}"), || {
+            load(Ctx { gpu, dtype }, &w, c)
+        })
+        .await
+        .map_err(text)?
+        .map_err(text)?;
+    rep.tick();
+    Ok((net, ComponentReport::of(name, &w)))
+}
+
 async fn load_folder(
     gpu: &Arc<Gpu>,
     source: &Source,
@@ -248,38 +272,19 @@ async fn load_folder(
         }
         None => Ddim::sd(),
     };
-    let cx = Ctx { gpu, dtype };
     // One network at a time: its file's bytes are dropped once it is on the GPU.
-    rep.phase("text encoder weights", 1);
-    let (w, c) = component(source, &join(root, "text_encoder"), dtype, rep).await?;
-    let text_enc = gpu
-        .scoped("uploading the text encoder", || ClipText::load(cx, &w, c))
-        .await
-        .map_err(text)?
-        .map_err(text)?;
-    let text_enc = (text_enc, ComponentReport::of("text_encoder", &w));
-    drop(w);
-    rep.tick();
-    rep.phase("unet weights", 1);
-    let (w, c) = component(source, &join(root, "unet"), dtype, rep).await?;
-    let unet = gpu
-        .scoped("uploading the UNet", || Unet::load(cx, &w, c))
-        .await
-        .map_err(text)?
-        .map_err(text)?;
-    let unet = (unet, ComponentReport::of("unet", &w));
-    drop(w);
-    rep.tick();
-    rep.phase("vae weights", 1);
-    let (w, c) = component(source, &join(root, "vae"), dtype, rep).await?;
-    let vae = gpu
-        .scoped("uploading the VAE", || Vae::load(cx, &w, c))
-        .await
-        .map_err(text)?
-        .map_err(text)?;
-    let vae = (vae, ComponentReport::of("vae", &w));
-    drop(w);
-    rep.tick();
+    let text_enc = network(
+        gpu,
+        source,
+        root,
+        "text_encoder",
+        dtype,
+        rep,
+        ClipText::load,
+    )
+    .await?;
+    let unet = network(gpu, source, root, "unet", dtype, rep, Unet::load).await?;
+    let vae = network(gpu, source, root, "vae", dtype, rep, Vae::load).await?;
     let model = SdModel::assemble(PathBuf::from(source.describe(root)), text_enc, unet, vae);
     Ok(Loaded {
         model,
