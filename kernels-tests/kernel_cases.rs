@@ -406,7 +406,7 @@ pub async fn layout_and_timestep(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) 
 /// bound whole (the path the fixtures check against PyTorch) and once with
 /// the graph's binding limit lowered so that the op splits its work over
 /// windows (batch rows, row, channel and group chunks, input-channel
-/// accumulation, attention scores by query rows;
+/// accumulation, copies by blocks, attention scores by query rows;
 /// odd sizes, so windows start off the device's binding alignment and the
 /// kernels skip a lead). The two must agree, and the split graph must really
 /// have split.
@@ -440,6 +440,8 @@ pub async fn split_bindings(gpu: &Arc<Gpu>, dtypes: &[DType]) -> Failures {
         ops::linear(g, &v[0], &v[1], epi)
     };
     let bmm: Build = |g, v| ops::gemm(g, &v[0], &v[1], false, ops::Epilogue::NONE);
+    let cat: Build = |g, v| ops::concat(g, &[&v[0], &v[1]], 1);
+    let transpose: Build = |g, v| ops::transpose_last2(g, &v[0]);
     let attn512: Build = |g, v| ops::attention(g, &v[0], &v[1], &v[2], 1, false, None);
     #[rustfmt::skip]
     let cases: Vec<(&str, Vec<Vec<usize>>, Build, u64)> = vec![
@@ -453,6 +455,8 @@ pub async fn split_bindings(gpu: &Arc<Gpu>, dtypes: &[DType]) -> Failures {
         ("add per-channel", vec![vec![2, 12, 30, 30], vec![12]], add_bias, 4 << 10),
         ("silu", vec![vec![7, 3001]], silu, 8 << 10),
         ("linear +bias +gelu +res", vec![vec![1, 301, 41], vec![56, 41], vec![56], vec![1, 301, 56]], linear, 16 << 10),
+        ("concat channels", vec![vec![2, 5, 13, 13], vec![2, 7, 13, 13]], cat, 2 << 10),
+        ("transpose", vec![vec![4, 30, 19]], transpose, 3 << 10),
         ("batched gemm", vec![vec![3, 70, 21], vec![3, 21, 33]], bmm, 4 << 10),
         // One 512-wide head: its 600x600 scores outgrow the limit, q, k, v do not.
         ("attention d512 by query rows", vec![vec![1, 600, 512]; 3], attn512, 1_300_000),

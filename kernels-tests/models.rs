@@ -503,10 +503,12 @@ fn sd_vae_at_512_and_768_plans_under_a_128_mib_binding_limit() {
 
 /// `Pipeline::preflight` records every graph a translation needs and checks
 /// it against the device's limits before any work. The real SD2.1-base
-/// network (synthetic weights) at 768x768 in f32, batch 3, must pass under
-/// lavapipe's 128 MiB bindings (the UNet's feed-forward activations, 141 MiB,
-/// and the VAE's 288 MiB maps are split); a 4096x4096 image, whose VAE maps
-/// exceed a whole buffer, must be refused with a message, not a panic.
+/// network (synthetic weights) at 768x768 and 1024x1024 in f32, batch 3,
+/// must pass under lavapipe's 128 MiB bindings (at 1024: the UNet's 251 MiB
+/// feed-forward activations and 188 MiB skip concatenations, the VAE's 512
+/// MiB maps and 1 GiB attention scores are split); a 4096x4096 image, one of
+/// whose groups alone outgrows a binding, must be refused with a message,
+/// not a panic.
 #[test]
 fn preflight_passes_768_in_f32_and_refuses_what_cannot_fit() {
     use pnp::pnp::pipeline::Pipeline;
@@ -524,8 +526,10 @@ fn preflight_passes_768_in_f32_and_refuses_what_cannot_fit() {
     )
     .expect("synthetic model");
     let pipe = Pipeline::from_embeddings(gpu.clone(), &model, Ddim::sd(), dtype);
-    pipe.preflight([768, 768], 3)
-        .unwrap_or_else(|e| panic!("768x768 f32 must fit under 128 MiB bindings: {e}"));
+    for size in [768, 1024] {
+        pipe.preflight([size, size], 3)
+            .unwrap_or_else(|e| panic!("{size}x{size} f32 must fit under 128 MiB bindings: {e}"));
+    }
     let limit = gpu.limits.max_buffer_size;
     if 128 * 4096 * 4096 * 4 > limit {
         let err = pipe

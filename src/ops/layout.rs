@@ -2,10 +2,13 @@
 //! upsampling (`shaders/upsample.wgsl`).
 
 use super::{same_dtype, u};
-use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
+use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, Window, grid_1d, shape_err};
 
 /// Copies the 4-d index space `n` from `src` (strides `s`, offset `so`) into
-/// `dst` (strides `d`, offset `dof`).
+/// `dst` (strides `d`, offset `dof`). Tensors larger than one binding are
+/// copied per index of dimension 1 (the batch row, for every caller) and in
+/// chunks of dimension 2, each binding the windows it touches; a destination
+/// offset that moves with the step (a feature-store slot) binds whole.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy4(
     g: &mut Graph,
@@ -17,20 +20,51 @@ pub(crate) fn copy4(
     d: [usize; 4],
     dof: Offset,
 ) {
-    let total: usize = n.iter().product();
-    let mut params: Vec<u32> = n.iter().chain(&s).chain(&d).map(|&x| u(x)).collect();
-    params.extend([u(so), 0, u(total), 0]);
-    let node = g.push(
-        "copy",
-        "main",
-        src.dtype,
-        vec![],
-        &[dst],
-        &[(2, src)],
-        params,
-        grid_1d(total, 256),
-    );
-    g.step_param(node, 13, dof);
+    let record = |g: &mut Graph, n: [usize; 4], wins: [Option<Window>; 2], so: usize, dof| {
+        let total: usize = n.iter().product();
+        let mut params: Vec<u32> = n.iter().chain(&s).chain(&d).map(|&x| u(x)).collect();
+        params.extend([u(so), 0, u(total), 0]);
+        let node = g.push_windowed(
+            "copy",
+            "main",
+            src.dtype,
+            vec![],
+            &[(dst, wins[1])],
+            &[(2, src, wins[0])],
+            params,
+            grid_1d(total, 256),
+        );
+        g.step_param(node, 13, dof);
+    };
+    // Elements one (i1, i2 chunk of `c`) block spans in a tensor of strides `st`.
+    let span = |st: [usize; 4], c: usize| {
+        (n[0].max(1) - 1) * st[0] + (c.max(1) - 1) * st[2] + (n[3].max(1) - 1) * st[3] + 1
+    };
+    let cap = g.window_capacity(src.dtype);
+    let most = |st: [usize; 4]| match st[2] {
+        0 => n[2],
+        s2 => (cap.saturating_sub(span(st, 1)) / s2 + 1).min(n[2]),
+    };
+    let whole = g.fits(src.numel(), src.dtype) && g.fits(dst.numel(), dst.dtype);
+    let chunk = most(s).min(most(d));
+    if whole || dof.per_step != 0 || span(s, 1) > cap || span(d, 1) > cap || chunk == 0 {
+        record(g, n, [None, None], so, dof);
+        return;
+    }
+    for i1 in 0..n[1] {
+        for c0 in (0..n[2]).step_by(chunk) {
+            let c = chunk.min(n[2] - c0);
+            let ws = g.window(src, so + i1 * s[1] + c0 * s[2], span(s, c));
+            let wd = g.window(dst, dof.base + i1 * d[1] + c0 * d[2], span(d, c));
+            record(
+                g,
+                [n[0], 1, c, n[3]],
+                [Some(ws.window), Some(wd.window)],
+                ws.lead,
+                Offset::fixed(wd.lead),
+            );
+        }
+    }
 }
 
 /// Copies all of `src` into `dst` (an external tensor, e.g. a feature-store
