@@ -126,12 +126,14 @@ pub fn kernels(
         )?);
     }
 
-    // Self-attention at SD1.5's widths (8 heads); cross-attention against 77 keys.
+    // Self-attention at SD1.5's widths (8 heads); cross-attention against 77
+    // keys; the VAE's mid-block attention (one head of 512, the score-matrix path).
     for (lq, lk, c, heads, label) in [
         (4096, 4096, 320, 8, "self"),
         (1024, 1024, 640, 8, "self"),
         (256, 256, 1280, 8, "self"),
         (4096, 77, 320, 8, "cross"),
+        (4096, 4096, 512, 1, "self"),
     ] {
         let lq = tok(lq);
         let lk = if label == "self" { lq } else { lk };
