@@ -66,6 +66,8 @@ pub struct PipelineBenchOptions {
     pub full: bool,
     /// Time the UNet steps only (no VAE, no translations): for slow adapters.
     pub unet_only: bool,
+    /// Time the VAE encode and decode only (no UNet, no translations).
+    pub vae_only: bool,
     /// Weight and activation storage type.
     pub dtype: DType,
 }
@@ -78,6 +80,7 @@ impl Default for PipelineBenchOptions {
             iters: 5,
             full: false,
             unet_only: false,
+            vae_only: false,
             dtype: DType::F16,
         }
     }
@@ -196,7 +199,8 @@ pub fn run(
     let text_len = model.text.config.max_position_embeddings;
     let lhw = [size / 8, size / 8];
     let mut peak = 0u64;
-    for batch in 1..=3 {
+    let batches = if opts.vae_only { 0 } else { 3 };
+    for batch in 1..=batches {
         let start = Instant::now();
         let mut g = Graph::new(gpu.clone(), dtype);
         let x = g.input(
@@ -281,6 +285,9 @@ pub fn run(
         mib(weight_bytes),
         mib(peak + weight_bytes)
     )?;
+    if opts.vae_only {
+        return Ok(());
+    }
 
     // Whole translations through the real pipeline, one target prompt.
     let d = model.text.config.hidden_size;

@@ -145,8 +145,11 @@ enum BenchWhat {
         #[arg(long)]
         full: bool,
         /// Time the UNet steps only (no VAE, no translations), for slow adapters.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "vae_only")]
         unet_only: bool,
+        /// Time the VAE encode and decode only (no UNet, no translations).
+        #[arg(long)]
+        vae_only: bool,
         #[arg(long, value_enum, default_value = "f16")]
         precision: Precision,
     },
@@ -285,6 +288,7 @@ fn run(cli: Cli) -> Result<()> {
                 iters,
                 full,
                 unet_only,
+                vae_only,
                 precision,
             } => {
                 let gpu = open_gpu(cli.adapter)?;
@@ -295,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
                     iters,
                     full,
                     unet_only,
+                    vae_only,
                     dtype,
                 };
                 pnp::bench_pipeline::run(&gpu, &opts, &mut std::io::stdout())
