@@ -115,15 +115,18 @@ impl Source {
     }
 }
 
+/// What to say when `n` bytes of `what` do not fit in the tab's memory.
+fn no_room(n: usize, what: &str) -> String {
+    format!(
+        "{what} ({} MiB) does not fit in this tab's memory (wasm32 allows 4 GiB in all): use the fp16 weights",
+        n >> 20
+    )
+}
+
 /// Room for `n` bytes, or a message that says the tab has no room.
 fn buffer(n: usize, what: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    out.try_reserve_exact(n).map_err(|_| {
-        format!(
-            "{what} ({} MiB) does not fit in this tab's memory (wasm32 allows 4 GiB in all): use the fp16 weights",
-            n >> 20
-        )
-    })?;
+    out.try_reserve_exact(n).map_err(|_| no_room(n, what))?;
     Ok(out)
 }
 
@@ -194,9 +197,7 @@ async fn fetch(url: &str, progress: &mut ReadProgress<'_>) -> Result<Option<Vec<
             .map_err(fail)?
             .unchecked_into();
         let (at, len) = (out.len(), value.length() as usize);
-        if out.try_reserve(len).is_err() {
-            return Err(buffer(at + len, url).err().unwrap_or_default());
-        }
+        out.try_reserve(len).map_err(|_| no_room(at + len, url))?;
         out.resize(at + len, 0);
         value.copy_to(&mut out[at..]);
         progress(url, out.len(), total);
