@@ -188,6 +188,22 @@ impl Graph {
         }
     }
 
+    /// Units of `unit` elements one window holds (0: not even one).
+    pub(crate) fn units_per_window(&self, unit: usize, dtype: DType) -> usize {
+        self.window_capacity(dtype) / unit.max(1)
+    }
+
+    /// The error of an op whose smallest piece, `what`, alone outgrows a binding.
+    pub(crate) fn unsplittable(&self, op: &str, what: String) -> ShapeError {
+        shape_err(
+            op,
+            format!(
+                "{what} exceeds the device's {}-byte binding limit",
+                self.max_binding
+            ),
+        )
+    }
+
     /// Elements a window may hold so that its binding fits, allowing for the
     /// alignment slack at its start.
     pub(crate) fn window_capacity(&self, dtype: DType) -> usize {

@@ -241,15 +241,10 @@ fn through_scores(
     let qv = g.reshape(q.value, &[batch, lq, c])?;
     let kv = g.reshape(k.value, &[batch, lk, c])?;
     let vv = g.reshape(v.value, &[batch, lk, c])?;
-    let rows = (g.window_capacity(dtype) / (batch * lk).max(1)).min(lq);
+    let rows = g.units_per_window(batch * lk, dtype).min(lq);
     if rows == 0 {
-        return Err(shape_err(
-            op,
-            format!(
-                "{why}, and one row of {lk} scores per batch row exceeds the {}-byte binding limit",
-                g.max_binding()
-            ),
-        ));
+        let what = format!("{why}, and one row of {lk} scores per batch row");
+        return Err(g.unsplittable(op, what));
     }
     let scores_of = |g: &mut Graph, qc: &Value| -> Result<Value, ShapeError> {
         let qs = super::scale(g, qc, scale);

@@ -75,18 +75,15 @@ pub fn conv2d(
     let (rows, ci_per, m_per) = if fits {
         (1, cin, cout)
     } else {
-        let cap = g.window_capacity(x.dtype);
-        let (ci_per, m_per) = (cap / plane_in.max(1), cap / plane_out.max(1));
+        let ci_per = g.units_per_window(plane_in, x.dtype);
+        let m_per = g.units_per_window(plane_out, x.dtype);
         if ci_per == 0 || m_per == 0 {
-            return Err(shape_err(
-                op,
-                format!(
-                    "one channel of {} or {} exceeds the device's {}-byte binding limit",
-                    ShapeFmt(&x.shape),
-                    ShapeFmt(&out_shape),
-                    g.max_binding()
-                ),
-            ));
+            let what = format!(
+                "one channel of {} or {}",
+                ShapeFmt(&x.shape),
+                ShapeFmt(&out_shape)
+            );
+            return Err(g.unsplittable(op, what));
         }
         (b, ci_per, m_per)
     };

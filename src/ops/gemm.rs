@@ -93,17 +93,14 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
     let (rows, row_chunk) = if fits {
         (1, s.m.max(1))
     } else {
-        let per = g.window_capacity(dtype) / s.k.max(n_out).max(1);
+        let per = g.units_per_window(s.k.max(n_out), dtype);
         if per == 0 || (b_batched && !g.fits(s.b_strides[0], dtype)) {
-            return Err(shape_err(
-                "gemm",
-                format!(
-                    "a row of {} or a batch row of {} exceeds the device's {}-byte binding limit",
-                    ShapeFmt(&s.a.shape),
-                    ShapeFmt(&s.b.shape),
-                    g.max_binding()
-                ),
-            ));
+            let what = format!(
+                "a row of {} or a batch row of {}",
+                ShapeFmt(&s.a.shape),
+                ShapeFmt(&s.b.shape)
+            );
+            return Err(g.unsplittable("gemm", what));
         }
         (s.batch, per)
     };

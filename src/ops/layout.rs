@@ -195,19 +195,13 @@ pub fn upsample_nearest2x(g: &mut Graph, x: &Value) -> Result<Value, ShapeError>
     let per = if g.fits(y.numel(), y.dtype) {
         planes.max(1)
     } else {
-        let per = g.window_capacity(y.dtype) / plane.max(1);
-        if per == 0 {
-            return Err(shape_err(
-                "upsample",
-                format!(
-                    "one {}x{} plane exceeds the device's {}-byte binding limit",
-                    2 * h,
-                    2 * w,
-                    g.max_binding()
-                ),
-            ));
+        match g.units_per_window(plane, y.dtype) {
+            0 => {
+                let what = format!("one {}x{} plane", 2 * h, 2 * w);
+                return Err(g.unsplittable("upsample", what));
+            }
+            per => per,
         }
-        per
     };
     for first in (0..planes.max(1)).step_by(per) {
         let count = per.min(planes - first);

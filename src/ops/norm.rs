@@ -24,18 +24,13 @@ fn record(
     let per = if g.fits(x.numel(), x.dtype) {
         runs.max(1)
     } else {
-        let per = g.window_capacity(x.dtype) / n.max(1);
-        if per == 0 {
-            return Err(shape_err(
-                op,
-                format!(
-                    "one group of {n} elements of {} exceeds the device's {}-byte binding limit",
-                    ShapeFmt(&x.shape),
-                    g.max_binding()
-                ),
-            ));
+        match g.units_per_window(n, x.dtype) {
+            0 => {
+                let what = format!("one group of {n} elements of {}", ShapeFmt(&x.shape));
+                return Err(g.unsplittable(op, what));
+            }
+            per => per,
         }
-        per
     };
     for first in (0..runs.max(1)).step_by(per) {
         let count = per.min(runs - first);
