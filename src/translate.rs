@@ -8,7 +8,7 @@ use pnp::models::loader::{ModelSource, resolve};
 use pnp::models::nn::Ctx;
 use pnp::models::sd::SdModel;
 use pnp::models::tokenizer::ClipTokenizer;
-use pnp::pnp::pipeline::{Inversion, Pipeline, PnpOptions, Progress, StoreMode};
+use pnp::pnp::pipeline::{Inversion, Pipeline, PnpError, PnpOptions, Progress, StoreMode};
 use pnp::pnp::scheduler::Ddim;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -219,62 +219,52 @@ pub fn run(args: TranslateArgs, gpu: Arc<Gpu>) -> Result<()> {
     let (model, tokenizer, scheduler) =
         load_model(&gpu, &args.model, args.config.as_deref(), args.dtype)?;
     let opts = &args.opts;
-    if !(0.0..=1.0).contains(&opts.pnp_f_t) || !(0.0..=1.0).contains(&opts.pnp_attn_t) {
-        bail!("--pnp-f-t and --pnp-attn-t are fractions of the sampling steps, in [0, 1]");
-    }
-    if !scheduler.inversion_grid_contains(opts.inversion_steps, opts.steps)
-        && args.load_inversion.is_none()
-    {
-        bail!(
-            "a {}-step inversion does not store a latent at every timestep of {} sampling steps; with --steps {} use --inversion-steps in {:?}",
-            opts.inversion_steps,
-            opts.steps,
-            opts.steps,
-            scheduler.compatible_inversion_steps(opts.steps)
-        );
-    }
-
+    let loaded = match &args.load_inversion {
+        Some(p) => Some(load_inversion(p, hw)?),
+        None => None,
+    };
     let mut pipe = Pipeline::new(gpu.clone(), &model, &tokenizer, scheduler, args.dtype);
-    // Refuse a size this adapter cannot take before any work (the inline
-    // source row makes the sampling batch 3, the store's 2).
-    let batch = if opts.store == StoreMode::Inline {
-        3
-    } else {
-        2
-    };
-    pipe.preflight([pixels.height, pixels.width], batch)?;
     let mut bars = Bars { bar: None };
-    let mut texts: Vec<&str> = vec![&opts.inversion_prompt, "", &opts.negative_prompt];
-    texts.extend(args.prompts.iter().map(String::as_str));
-    let emb = pollster::block_on(pipe.embed(&texts, &mut bars))?;
-
-    let inv = match &args.load_inversion {
-        Some(p) => load_inversion(p, hw)?,
-        None => {
-            let z0 =
-                pollster::block_on(pipe.encode_image(&pixels.data, [pixels.height, pixels.width]))?;
-            pollster::block_on(pipe.invert(&z0, hw, &emb[0], opts.inversion_steps, &mut bars))?
+    let prompts: Vec<&str> = args.prompts.iter().map(String::as_str).collect();
+    let size = [pixels.height, pixels.width];
+    let prepared = match pollster::block_on(pipe.prepare(
+        &pixels.data,
+        size,
+        &prompts,
+        opts,
+        loaded,
+        &mut bars,
+    )) {
+        Ok(p) => p,
+        // The library's wording, in the command line's flags.
+        Err(PnpError::Fractions) => {
+            bail!("--pnp-f-t and --pnp-attn-t are fractions of the sampling steps, in [0, 1]")
         }
+        Err(PnpError::InversionGrid {
+            inversion_steps,
+            steps,
+            compatible,
+        }) => bail!(
+            "a {inversion_steps}-step inversion does not store a latent at every timestep of {steps} sampling steps; with --steps {steps} use --inversion-steps in {compatible:?}"
+        ),
+        Err(e) => return Err(e.into()),
     };
+    // Saved before sampling, so a failure there does not lose the inversion.
     if let Some(p) = &args.save_inversion {
-        save_inversion(p, &inv)?;
+        save_inversion(p, &prepared.inversion)?;
     }
-    let finals =
-        pollster::block_on(pipe.sample(&inv, &emb[1], &emb[2], &emb[3..], opts, &mut bars))?;
-    bars.phase("decode", finals.len());
+    let (finals, images) = pollster::block_on(pipe.finish(&prepared, opts, &mut bars))?;
     let mut written = Vec::new();
-    for (i, z) in finals.iter().enumerate() {
-        let img = pollster::block_on(pipe.decode(z, hw))?;
+    for (i, img) in images.iter().enumerate() {
         let path = imageio::numbered(&args.out, i, n);
-        imageio::save(&path, &img, pixels.height, pixels.width)?;
+        imageio::save(&path, img, pixels.height, pixels.width)?;
         written.push(path);
-        bars.tick();
     }
     if let Some(b) = bars.bar.take() {
         b.finish();
     }
     if let Some(p) = &args.latents_out {
-        let start = inv.latents[&pipe.scheduler.timesteps(opts.steps)?[0]].clone();
+        let start = prepared.inversion.latents[&pipe.scheduler.timesteps(opts.steps)?[0]].clone();
         let shape = vec![1, 4, hw[0], hw[1]];
         let mut fin_shape = shape.clone();
         fin_shape[0] = n;

@@ -29,6 +29,16 @@ pub enum PnpError {
     Scheduler(#[from] SchedulerError),
     #[error("{0}")]
     Input(String),
+    #[error("pnp_f_t and pnp_attn_t are fractions of the sampling steps, in [0, 1]")]
+    Fractions,
+    #[error(
+        "a {inversion_steps}-step inversion does not store a latent at every timestep of {steps} sampling steps; use inversion steps in {compatible:?}"
+    )]
+    InversionGrid {
+        inversion_steps: usize,
+        steps: usize,
+        compatible: Vec<usize>,
+    },
 }
 
 type Result<T> = std::result::Result<T, PnpError>;
@@ -627,6 +637,16 @@ impl Pipeline<'_> {
     }
 }
 
+/// Stages 1 and 2 of a translation, from [`Pipeline::prepare`].
+pub struct Prepared {
+    /// Text embeddings (77 x D) of the inversion prompt, "", the negative
+    /// prompt, then each target prompt.
+    pub embeddings: Vec<Vec<f32>>,
+    pub inversion: Inversion,
+    /// Latent size (h, w).
+    pub hw: [usize; 2],
+}
+
 /// What [`Pipeline::translate`] made, per target prompt.
 pub struct Translation {
     /// Final latents (1, 4, H/8, W/8).
@@ -636,12 +656,22 @@ pub struct Translation {
     pub inversion: Inversion,
 }
 
+impl PnpOptions {
+    /// Rows of the sampling batch: the inline source row makes it 3, the
+    /// feature store's path 2.
+    pub fn sampling_batch(&self) -> usize {
+        if self.store == StoreMode::Inline {
+            3
+        } else {
+            2
+        }
+    }
+}
+
 impl Pipeline<'_> {
     /// The whole translation of PNP-SPEC.md for one image (pixels (3, H, W)
-    /// in [0, 1], `size` = [H, W]) and every prompt in `prompts`: text
-    /// embeddings, VAE encode, DDIM inversion, the injected sampling sharing
-    /// one inversion and one feature store, and VAE decode. Options are
-    /// checked before any GPU work.
+    /// in [0, 1], `size` = [H, W]) and every prompt in `prompts`:
+    /// [`Pipeline::prepare`], then [`Pipeline::finish`].
     pub async fn translate(
         &mut self,
         pixels: &[f32],
@@ -650,58 +680,94 @@ impl Pipeline<'_> {
         opts: &PnpOptions,
         progress: &mut dyn Progress,
     ) -> Result<Translation> {
+        let prepared = self
+            .prepare(pixels, size, prompts, opts, None, progress)
+            .await?;
+        let (finals, images) = self.finish(&prepared, opts, progress).await?;
+        Ok(Translation {
+            finals,
+            images,
+            inversion: prepared.inversion,
+        })
+    }
+
+    /// Checks the options and the size against this adapter before any GPU
+    /// work, then makes the text embeddings and the inversion: VAE encode and
+    /// DDIM inversion of the image, or `inversion` when one is given (a saved
+    /// one, or a generation's own trajectory).
+    pub async fn prepare(
+        &mut self,
+        pixels: &[f32],
+        size: [usize; 2],
+        prompts: &[&str],
+        opts: &PnpOptions,
+        inversion: Option<Inversion>,
+        progress: &mut dyn Progress,
+    ) -> Result<Prepared> {
         if prompts.is_empty() {
             return Err(PnpError::Input("give at least one target prompt".into()));
         }
         if !(0.0..=1.0).contains(&opts.pnp_f_t) || !(0.0..=1.0).contains(&opts.pnp_attn_t) {
-            return Err(PnpError::Input(
-                "pnp_f_t and pnp_attn_t are fractions of the sampling steps, in [0, 1]".into(),
-            ));
+            return Err(PnpError::Fractions);
         }
-        if !self
+        let grid_ok = self
             .scheduler
-            .inversion_grid_contains(opts.inversion_steps, opts.steps)
-        {
-            return Err(PnpError::Input(format!(
-                "a {}-step inversion does not store a latent at every timestep of {} sampling steps; use inversion steps in {:?}",
-                opts.inversion_steps,
-                opts.steps,
-                self.scheduler.compatible_inversion_steps(opts.steps)
-            )));
+            .inversion_grid_contains(opts.inversion_steps, opts.steps);
+        if inversion.is_none() && !grid_ok {
+            return Err(PnpError::InversionGrid {
+                inversion_steps: opts.inversion_steps,
+                steps: opts.steps,
+                compatible: self.scheduler.compatible_inversion_steps(opts.steps),
+            });
         }
-        // The inline source row makes the sampling batch 3, the store's 2.
-        self.preflight(
-            size,
-            if opts.store == StoreMode::Inline {
-                3
-            } else {
-                2
-            },
-        )?;
+        self.preflight(size, opts.sampling_batch())?;
         let hw = [size[0] / 8, size[1] / 8];
         let mut texts: Vec<&str> = vec![&opts.inversion_prompt, "", &opts.negative_prompt];
         texts.extend_from_slice(prompts);
-        let emb = self.embed(&texts, progress).await?;
-        progress.phase("encode", 1);
-        let z0 = self.encode_image(pixels, size).await?;
-        progress.tick();
-        let inversion = self
-            .invert(&z0, hw, &emb[0], opts.inversion_steps, progress)
-            .await?;
+        let embeddings = self.embed(&texts, progress).await?;
+        let inversion = match inversion {
+            Some(inv) => inv,
+            None => {
+                progress.phase("encode", 1);
+                let z0 = self.encode_image(pixels, size).await?;
+                progress.tick();
+                self.invert(&z0, hw, &embeddings[0], opts.inversion_steps, progress)
+                    .await?
+            }
+        };
+        Ok(Prepared {
+            embeddings,
+            inversion,
+            hw,
+        })
+    }
+
+    /// Stage 3 for every target prompt, sharing one inversion and one
+    /// feature store, and VAE decode: the final latents and the images.
+    pub async fn finish(
+        &mut self,
+        prepared: &Prepared,
+        opts: &PnpOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let emb = &prepared.embeddings;
         let finals = self
-            .sample(&inversion, &emb[1], &emb[2], &emb[3..], opts, progress)
+            .sample(
+                &prepared.inversion,
+                &emb[1],
+                &emb[2],
+                &emb[3..],
+                opts,
+                progress,
+            )
             .await?;
         progress.phase("decode", finals.len());
         let mut images = Vec::with_capacity(finals.len());
         for z in &finals {
-            images.push(self.decode(z, hw).await?);
+            images.push(self.decode(z, prepared.hw).await?);
             progress.tick();
         }
-        Ok(Translation {
-            finals,
-            images,
-            inversion,
-        })
+        Ok((finals, images))
     }
 }
 
