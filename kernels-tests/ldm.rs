@@ -93,7 +93,9 @@ fn check_model(model: &str, family: Family) {
     let folder = models().join(model);
 
     // With the folder's configs as overrides, the configs are the folder's.
-    let overrides = LdmOverrides::from_diffusers_dir(&folder).expect("folder configs");
+    let dir = folder.to_str().expect("utf-8 path");
+    let read = pnp::models::loader::ldm_overrides(&pnp::models::files::Disk, dir);
+    let overrides = pollster::block_on(read).expect("folder configs");
     let ckpt = split_ldm_with(&path, &overrides).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ckpt.family, family);
     assert!(ckpt.assumed.is_empty(), "{:?}", ckpt.assumed);

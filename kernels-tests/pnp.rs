@@ -14,8 +14,9 @@ use pnp::gpu::DType;
 use pnp::models::nn::Ctx;
 use pnp::models::sd::SdModel;
 use pnp::models::tokenizer::ClipTokenizer;
-use pnp::pnp::pipeline::{Pipeline, PnpOptions, Quiet, StoreMode};
-use pnp::pnp::scheduler::Ddim;
+use pnp::pipeline::scheduler::Ddim;
+use pnp::pipeline::{Pipeline, PnpOptions, StoreMode};
+use pnp::progress::Quiet;
 use serde_json::Value as Json;
 
 fn load_png(name: &str) -> (Vec<f32>, [usize; 2]) {
@@ -69,22 +70,26 @@ fn run_case(case: &str, fails: &mut Failures) {
             steps: p_usize(&c, "steps"),
             inversion_steps: p_usize(&c, "inversion_steps"),
             guidance: p_f32(&c, "guidance"),
-            pnp_f_t: p_f32(&c, "pnp_f_t"),
-            pnp_attn_t: p_f32(&c, "pnp_attn_t"),
+            pnp_f_t: p_f64(&c, "pnp_f_t"),
+            pnp_attn_t: p_f64(&c, "pnp_attn_t"),
             store: mode,
             ..Default::default()
         };
         let mut pipe = Pipeline::new(gpu.clone(), &model, &tok, sched.clone(), dtype);
-        let mut texts: Vec<&str> = vec![&opts.inversion_prompt, "", &opts.negative_prompt];
-        texts.extend(prompts.iter().map(String::as_str));
-        let emb = pollster::block_on(pipe.embed(&texts, &mut Quiet)).expect("embed");
+        let targets: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let emb = pollster::block_on(pipe.embeddings(&opts, &targets, &mut Quiet)).expect("embed");
         let z0 = pollster::block_on(pipe.encode_image(&pixels, hw)).expect("encode");
         let want = &f.get("z0").1;
         fails.check(compare(&format!("{case} z0"), &z0, want, tol_for(want)));
         let lhw = [hw[0] / 8, hw[1] / 8];
-        let inv =
-            pollster::block_on(pipe.invert(&z0, lhw, &emb[0], opts.inversion_steps, &mut Quiet))
-                .expect("invert");
+        let inv = pollster::block_on(pipe.invert(
+            &z0,
+            lhw,
+            &emb.inversion,
+            opts.inversion_steps,
+            &mut Quiet,
+        ))
+        .expect("invert");
         for t in sched.timesteps(opts.steps).expect("grid") {
             let want = &f.get(&format!("inverted/{t}")).1;
             fails.check(compare(
@@ -95,8 +100,7 @@ fn run_case(case: &str, fails: &mut Failures) {
             ));
         }
         let finals =
-            pollster::block_on(pipe.sample(&inv, &emb[1], &emb[2], &emb[3..], &opts, &mut Quiet))
-                .expect("sample");
+            pollster::block_on(pipe.sample(&inv, &emb, &opts, &mut Quiet)).expect("sample");
         assert_eq!(pipe.stats.used_store, mode == StoreMode::Resident);
         let (_, want) = f.get("final");
         let per = want.len() / prompts.len();

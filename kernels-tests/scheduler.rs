@@ -8,7 +8,7 @@
 mod common;
 
 use common::{Failures, Fixture, Tol, compare, p_usize};
-use pnp::pnp::scheduler::Ddim;
+use pnp::pipeline::scheduler::Ddim;
 
 fn fixture() -> Fixture {
     Fixture::load("scheduler.safetensors")

@@ -29,9 +29,9 @@ fn round64(x: f64) -> usize {
 }
 
 /// The size the image is processed at: by default the shorter side becomes
-/// 512 keeping the aspect ratio (PNP-SPEC.md, stage 1), both sides rounded to
-/// multiples of 64; `width`/`height` set it (one of them alone keeps the
-/// aspect ratio). Returns (width, height).
+/// 512 keeping the aspect ratio (docs/ALGORITHM.md, "Image preprocessing"),
+/// both sides rounded to multiples of 64; `width`/`height` set it (one of
+/// them alone keeps the aspect ratio). Returns (width, height).
 pub fn target_size(
     w: u32,
     h: u32,

@@ -7,9 +7,9 @@ Writes kernels-tests/fixtures/scheduler.safetensors with:
   * "timesteps/<n>" int64 for n in STEP_COUNTS (scheduler.set_timesteps(n));
   * "step/<n>/x", "step/<n>/eps" float32 [1,4,8,8] and "step/<n>/t<t>" =
     scheduler.step(eps, t, x).prev_sample, float32 as diffusers computes it;
-  * "invert/<n>/i<i>": the PnP inversion update of PNP-SPEC.md (stage 2) for
-    the same x/eps at timestep t_i of the ascending grid, computed in float64
-    from the float32 alphas and cast to float32.
+  * "invert/<n>/i<i>": the PnP inversion update of docs/ALGORITHM.md
+    ("DDIM inversion") for the same x/eps at timestep t_i of the ascending
+    grid, computed in float64 from the float32 alphas and cast to float32.
 Metadata: "generator", "torch", "diffusers", "python", "seed", "config"
 (JSON) and "cases" (JSON list, one dict per step/invert case).
 

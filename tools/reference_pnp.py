@@ -7,7 +7,7 @@ Writes kernels-tests/fixtures/pnp/:
   square.png, wide.png            deterministic RGB8 guidance images (64x64, 128x64)
   <case>.safetensors              per-case references (all tensors float32)
 
-The algorithm is docs' PNP-SPEC.md (the authors' diffusers implementation,
+The algorithm is docs/ALGORITHM.md, "Stages" (the authors' diffusers implementation,
 MichalGeyer/pnp-diffusers): VAE posterior mean * scaling_factor; DDIM inversion
 with "" (no guidance) over the inversion grid ascending, keeping z_t; sampling on
 a batch of 3 [source z_t | x, c_neg | x, c_pos] with (a) the residual-branch

@@ -66,8 +66,12 @@ impl Fixture {
         }
     }
 
+    /// The fixture's cases; an empty list fails, so a loop over it cannot
+    /// pass by checking nothing.
     pub fn cases(&self) -> Vec<Json> {
-        serde_json::from_str::<Vec<Json>>(&self.meta["cases"]).expect("cases metadata")
+        let cases = serde_json::from_str::<Vec<Json>>(&self.meta["cases"]).expect("cases metadata");
+        assert!(!cases.is_empty(), "the fixture lists no cases");
+        cases
     }
 
     pub fn get(&self, name: &str) -> &(Vec<usize>, Vec<f32>) {
@@ -88,6 +92,10 @@ pub fn p_bool(c: &Json, k: &str) -> bool {
 pub fn p_f32(c: &Json, k: &str) -> f32 {
     c[k].as_f64()
         .unwrap_or_else(|| panic!("case param {k} missing in {c}")) as f32
+}
+pub fn p_f64(c: &Json, k: &str) -> f64 {
+    c[k].as_f64()
+        .unwrap_or_else(|| panic!("case param {k} missing in {c}"))
 }
 pub fn p_str<'a>(c: &'a Json, k: &str) -> &'a str {
     c[k].as_str()

@@ -127,6 +127,13 @@ pub struct PipelineCache {
 }
 
 impl PipelineCache {
+    /// Every key a pipeline was made for so far: the variants the ops
+    /// really requested (the shader test validates exactly these).
+    pub fn keys(&self) -> Vec<KernelKey> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+
     pub fn get(&self, device: &wgpu::Device, key: &KernelKey) -> Arc<Pipeline> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = map.get(key) {

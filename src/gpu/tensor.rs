@@ -97,25 +97,6 @@ impl Tensor {
         }
     }
 
-    /// Uploads bytes already in the device's format.
-    pub fn from_bytes(gpu: &Gpu, label: &str, bytes: &[u8], shape: &[usize], dtype: DType) -> Self {
-        let mut padded = bytes.to_vec();
-        padded.resize(padded_bytes(shape.iter().product(), dtype) as usize, 0);
-        let buffer = gpu
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: &padded,
-                usage: STORAGE_USAGE,
-            });
-        Tensor {
-            buffer: Arc::new(buffer),
-            offset: 0,
-            shape: shape.to_vec(),
-            dtype,
-        }
-    }
-
     /// An uninitialised device tensor.
     pub fn empty(gpu: &Gpu, label: &str, shape: &[usize], dtype: DType) -> Self {
         let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {

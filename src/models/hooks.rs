@@ -56,6 +56,8 @@ pub struct Hooks<'a> {
 }
 
 impl<'a> Hooks<'a> {
+    /// The hook at `up_blocks[up].resnets[resnet]`; none when no tap names
+    /// it (a tap that names no layer is refused by the UNet before this).
     pub fn resnet(&self, up: usize, resnet: usize) -> ResnetHook<'a> {
         let tap = ResnetTap { up, resnet };
         self.resnets
@@ -65,6 +67,7 @@ impl<'a> Hooks<'a> {
             .unwrap_or_default()
     }
 
+    /// The hook at `up_blocks[up].attentions[attn]`'s attn1, as [`Self::resnet`].
     pub fn attn(&self, up: usize, attn: usize) -> QkHook<'a> {
         let tap = AttnTap { up, attn };
         self.attn1

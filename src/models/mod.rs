@@ -3,9 +3,11 @@
 
 pub mod clip;
 pub mod config;
+pub mod files;
 pub mod hooks;
 pub mod ldm;
 pub mod loader;
+pub mod locate;
 pub mod nn;
 pub mod presets;
 pub mod sd;

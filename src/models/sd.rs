@@ -2,14 +2,12 @@
 //! onto the device, with what was found recorded for `pnp info`.
 
 use super::clip::ClipText;
-use super::config::{ClipConfig, UnetConfig, VaeConfig, from_json, read_config};
-use super::ldm::{LdmOverrides, split_ldm_with};
-use super::loader::{ModelSource, component_weights};
+use super::config::{ClipConfig, UnetConfig, VaeConfig};
 use super::nn::Ctx;
 use super::unet::Unet;
 use super::vae::Vae;
 use super::weights::{WeightError, Weights};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use super::ldm::Family;
 
@@ -49,49 +47,6 @@ impl ComponentReport {
 }
 
 impl SdModel {
-    /// Loads the three networks from a diffusers folder.
-    pub fn load_folder(cx: Ctx, dir: &Path) -> Result<Self, WeightError> {
-        let te = dir.join("text_encoder");
-        let un = dir.join("unet");
-        let va = dir.join("vae");
-        let (tw, uw, vw) = (
-            component_weights(&te)?,
-            component_weights(&un)?,
-            component_weights(&va)?,
-        );
-        let tc: ClipConfig = read_config(&te.join("config.json"))?;
-        let uc: UnetConfig = read_config(&un.join("config.json"))?;
-        let vc: VaeConfig = read_config(&va.join("config.json"))?;
-        Self::from_parts(cx, dir.to_path_buf(), (tw, tc), (uw, uc), (vw, vc))
-    }
-
-    /// Loads from any `--model` source. `config_dir`: a diffusers folder whose
-    /// config.json files supply what a single-file checkpoint cannot record
-    /// (group and head counts); ignored for folders.
-    pub fn load(
-        cx: Ctx,
-        source: &ModelSource,
-        config_dir: Option<&Path>,
-    ) -> Result<Self, WeightError> {
-        match source {
-            ModelSource::Folder(dir) => Self::load_folder(cx, dir),
-            ModelSource::SingleFile(path) => {
-                let overrides = match config_dir {
-                    Some(d) => LdmOverrides::from_diffusers_dir(d)?,
-                    None => LdmOverrides::default(),
-                };
-                let ck = split_ldm_with(path, &overrides)?;
-                let tc = from_json(path, &ck.text_config)?;
-                let uc = from_json(path, &ck.unet_config)?;
-                let vc = from_json(path, &ck.vae_config)?;
-                let mut m =
-                    Self::from_parts(cx, path.clone(), (ck.text, tc), (ck.unet, uc), (ck.vae, vc))?;
-                m.assumed = ck.assumed;
-                Ok(m)
-            }
-        }
-    }
-
     pub fn from_parts(
         cx: Ctx,
         root: PathBuf,
@@ -132,5 +87,26 @@ impl SdModel {
             report: vec![text.1, unet.1, vae.1],
             assumed: Vec::new(),
         }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl SdModel {
+    /// The three networks of `--model` on disk, blocking: [`super::loader`]
+    /// over [`super::files::Disk`], without tokenizer or notes.
+    pub fn load(
+        cx: Ctx,
+        source: &super::locate::ModelSource,
+        config_dir: Option<&std::path::Path>,
+    ) -> Result<Self, super::loader::LoadError> {
+        let layout = source.layout(config_dir);
+        let mut quiet = crate::progress::Quiet;
+        let load = super::loader::load_networks(&super::files::Disk, &layout, cx, &mut quiet);
+        pollster::block_on(load).map(|(model, _notes)| model)
+    }
+
+    /// [`SdModel::load`] of a diffusers folder.
+    pub fn load_folder(cx: Ctx, dir: &std::path::Path) -> Result<Self, super::loader::LoadError> {
+        Self::load(cx, &super::locate::ModelSource::Folder(dir.into()), None)
     }
 }

@@ -7,7 +7,7 @@
 //! BOS, the prompt's tokens, EOS, then the pad id ("max_length" padding),
 //! truncated with BOS and EOS kept.
 //!
-//! SD2 quirk (PNP-SPEC "Text"): SD2's pad token "!" is registered as a
+//! SD2 quirk (docs/ALGORITHM.md, "Text encoding"): SD2's pad token "!" is registered as a
 //! special added token, so every "!" in a prompt becomes its own id before
 //! BPE ("detailed!!" -> "detailed</w>", "!", "!"). We register the pad token
 //! the same way whenever it is not the BOS or EOS token.
@@ -217,10 +217,6 @@ impl ClipTokenizer {
 
     pub fn pad_id(&self) -> u32 {
         self.pad
-    }
-
-    pub fn bos_id(&self) -> u32 {
-        self.bos
     }
 
     pub fn eos_id(&self) -> u32 {

@@ -201,6 +201,7 @@ impl Unet {
         context: &Value,
         hooks: &Hooks,
     ) -> Result<Value, ShapeError> {
+        self.check_hooks(hooks)?;
         let c = &self.config;
         // 1. time embedding: sinusoid (B, C0) -> linear, SiLU -> linear (B, 4 C0).
         let t_emb = ops::timestep_embedding(
@@ -259,6 +260,49 @@ impl Unet {
         // 5. out: GN + SiLU, conv_out.
         let h = self.conv_norm_out.forward(g, &h, true)?;
         self.conv_out.forward(g, &h, None)
+    }
+
+    /// Refuses a hook whose tap names no layer of this UNet: it would never
+    /// capture or inject, and nothing else would say so.
+    fn check_hooks(&self, hooks: &Hooks) -> Result<(), ShapeError> {
+        let missing = |what: String| {
+            let blocks: Vec<(usize, usize)> = self
+                .up
+                .iter()
+                .map(|b| (b.resnets.len(), b.attentions.len()))
+                .collect();
+            crate::graph::shape_err(
+                "unet hooks",
+                format!(
+                    "{what} is no layer of this UNet (up blocks as (resnets, attentions): {blocks:?})"
+                ),
+            )
+        };
+        for (t, _) in &hooks.resnets {
+            if self
+                .up
+                .get(t.up)
+                .is_none_or(|b| t.resnet >= b.resnets.len())
+            {
+                return Err(missing(format!(
+                    "up_blocks[{}].resnets[{}]",
+                    t.up, t.resnet
+                )));
+            }
+        }
+        for (t, _) in &hooks.attn1 {
+            if self
+                .up
+                .get(t.up)
+                .is_none_or(|b| t.attn >= b.attentions.len())
+            {
+                return Err(missing(format!(
+                    "up_blocks[{}].attentions[{}]",
+                    t.up, t.attn
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The timestep input a graph needs: (B) float32.

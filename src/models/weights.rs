@@ -157,10 +157,6 @@ impl Weights {
         }
     }
 
-    pub fn is_synthetic(&self) -> bool {
-        self.synthetic.is_some()
-    }
-
     /// Reads every tensor of a safetensors file.
     pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, WeightError> {
         let bytes = std::fs::read(path).map_err(|source| WeightError::Io {
@@ -349,18 +345,7 @@ impl<'a> VarBuilder<'a> {
 
 /// A made-up tensor for `key` (see [`Weights::synthetic`]).
 fn synthesize(key: &str, shape: &[usize], seed: u64) -> HostTensor {
-    // FNV-1a of the key, mixed with the seed, drives a splitmix64 stream.
-    let mut state = key.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0 // [-1, 1)
-    };
+    let mut rng = crate::rand::SplitMix64::for_key(key, seed);
     let n: usize = shape.iter().product();
     let (offset, scale) = if key.ends_with("bias") {
         (0.0, 0.01)
@@ -370,6 +355,6 @@ fn synthesize(key: &str, shape: &[usize], seed: u64) -> HostTensor {
         let fan_in: usize = shape[1..].iter().product();
         (0.0, 1.0 / (fan_in.max(1) as f32).sqrt())
     };
-    let data = (0..n).map(|_| offset + scale * uniform()).collect();
+    let data = (0..n).map(|_| offset + scale * rng.signed_unit()).collect();
     HostTensor::from_f32(shape.to_vec(), data)
 }

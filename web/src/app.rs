@@ -1,46 +1,17 @@
 //! What the page does, as plain async Rust (the bindings in `lib.rs` only
-//! convert to and from JS): open WebGPU, load a model from a [`Source`] one
-//! network at a time, and translate an image.
+//! convert to and from JS): open WebGPU, load a model from a [`Source`]
+//! with the library's one loader, and translate an image.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pnp::gpu::{DType, Gpu, GpuOptions};
-use pnp::models::clip::ClipText;
-use pnp::models::config::from_json;
-use pnp::models::ldm::{LdmOverrides, split_ldm_tensors};
-use pnp::models::loader::WEIGHT_NAMES;
+use pnp::models::loader::{LoadedModel, load_model};
 use pnp::models::nn::Ctx;
-use pnp::models::sd::{ComponentReport, SdModel};
-use pnp::models::tokenizer::ClipTokenizer;
-use pnp::models::unet::Unet;
-use pnp::models::vae::Vae;
-use pnp::models::weights::Weights;
-use pnp::pnp::pipeline::{Pipeline, PnpOptions, Progress, Stats, Translation};
-use pnp::pnp::scheduler::Ddim;
-use serde::Deserialize;
+use pnp::pipeline::scheduler::Ddim;
+use pnp::pipeline::{Pipeline, PnpOptions, Stats, Translation};
+use pnp::progress::Progress;
 
 use crate::source::Source;
-
-/// Progress of loading and translating, as the page shows it.
-pub trait Report: Progress {
-    /// `done` of `total` bytes of `file` read (`total` 0: unknown).
-    fn bytes(&mut self, file: &str, done: usize, total: usize);
-}
-
-impl Report for pnp::pnp::pipeline::Quiet {
-    fn bytes(&mut self, _: &str, _: usize, _: usize) {}
-}
-
-/// The files of a diffusers `tokenizer/` folder that [`ClipTokenizer`] reads.
-const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-];
 
 fn text<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
@@ -85,22 +56,17 @@ pub fn dtype(gpu: &Gpu) -> DType {
 
 /// A model on the device with what translating needs beside it.
 pub struct Loaded {
-    pub model: SdModel,
-    pub tokenizer: ClipTokenizer,
+    pub loaded: LoadedModel,
     pub scheduler: Ddim,
     pub dtype: DType,
-    /// Things the user should read (assumed config values).
-    pub notes: Vec<String>,
 }
 
 impl Loaded {
     /// One line per network: parameters and stored type.
     pub fn summary(&self) -> String {
-        let mut s = format!(
-            "{:?} model, {:?} on the GPU:",
-            self.model.family, self.dtype
-        );
-        for r in &self.model.report {
+        let model = &self.loaded.model;
+        let mut s = format!("{:?} model, {:?} on the GPU:", model.family, self.dtype);
+        for r in &model.report {
             s += &format!(
                 " {} {:.1}M ({})",
                 r.name,
@@ -112,280 +78,60 @@ impl Loaded {
     }
 }
 
-/// Loads a diffusers folder, or a single checkpoint with its tokenizer files.
+/// Loads a diffusers folder, or a single checkpoint with its tokenizer
+/// files, through the library's loader (the command line's rules).
 pub async fn load(
     gpu: &Arc<Gpu>,
     source: &Source,
     dtype: DType,
-    rep: &mut dyn Report,
+    progress: &mut dyn Progress,
 ) -> Result<Loaded, String> {
-    match source.folder_root() {
-        Some(root) => load_folder(gpu, source, &root, dtype, rep).await,
-        None => load_single(gpu, source, dtype, rep).await,
-    }
-}
-
-fn join(root: &str, rel: &str) -> String {
-    if root.is_empty() {
-        rel.to_string()
-    } else {
-        format!("{root}/{rel}")
-    }
-}
-
-async fn tokenizer(
-    source: &Source,
-    dir: &str,
-    locate: impl Fn(&str) -> Option<String>,
-) -> Result<ClipTokenizer, String> {
-    let mut files = BTreeMap::new();
-    for name in TOKENIZER_FILES {
-        if let Some(rel) = locate(name)
-            && let Some(t) = source.text(&rel).await?
-        {
-            files.insert(*name, t);
-        }
-    }
-    ClipTokenizer::from_files(Path::new(dir), &|name| Ok(files.get(name).cloned())).map_err(text)
-}
-
-/// One component folder's config and weights (one file, or the shards its
-/// index names), the fp16 file first when the device stores f16.
-async fn component<C: for<'de> Deserialize<'de>>(
-    source: &Source,
-    dir: &str,
-    dtype: DType,
-    rep: &mut dyn Report,
-) -> Result<(Weights, C), String> {
-    let cfg_path = format!("{dir}/config.json");
-    let cfg_text = source
-        .text(&cfg_path)
-        .await?
-        .ok_or_else(|| format!("{} is missing", source.describe(&cfg_path)))?;
-    let cfg_json: serde_json::Value = serde_json::from_str(&cfg_text)
-        .map_err(|e| format!("{} is not JSON: {e}", source.describe(&cfg_path)))?;
-    let config: C = from_json(Path::new(&source.describe(&cfg_path)), &cfg_json).map_err(text)?;
-
-    let mut names: Vec<&str> = WEIGHT_NAMES.to_vec();
-    if dtype == DType::F16 {
-        names.sort_by_key(|n| !n.contains("fp16"));
-    }
-    let mut tensors = BTreeMap::new();
-    let mut sources = Vec::new();
-    // One file, else the shards a `<name>.index.json` names.
-    for name in &names {
-        let rel = format!("{dir}/{name}");
-        if let Some(bytes) = source
-            .bytes(&rel, &mut |f, d, t| rep.bytes(f, d, t))
-            .await?
-        {
-            let label = source.describe(&rel);
-            tensors =
-                Weights::parse_safetensors(Path::new(&label), Arc::new(bytes)).map_err(text)?;
-            sources.push(label);
-            break;
-        }
-    }
-    for name in &names {
-        if !sources.is_empty() {
-            break;
-        }
-        let index = format!("{dir}/{name}.index.json");
-        let Some(idx) = source.text(&index).await? else {
-            continue;
-        };
-        let v: serde_json::Value = serde_json::from_str(&idx)
-            .map_err(|e| format!("{} is not JSON: {e}", source.describe(&index)))?;
-        let map = v["weight_map"]
-            .as_object()
-            .ok_or_else(|| format!("{} has no weight_map", source.describe(&index)))?;
-        let mut shards: Vec<String> = map
-            .values()
-            .filter_map(|s| s.as_str().map(|s| format!("{dir}/{s}")))
-            .collect();
-        shards.sort();
-        shards.dedup();
-        for rel in &shards {
-            let label = source.describe(rel);
-            let bytes = source
-                .bytes(rel, &mut |f, d, t| rep.bytes(f, d, t))
-                .await?
-                .ok_or_else(|| format!("{label}, a shard named by the index, is missing"))?;
-            tensors.extend(
-                Weights::parse_safetensors(Path::new(&label), Arc::new(bytes)).map_err(text)?,
-            );
-            sources.push(label);
-        }
-    }
-    if sources.is_empty() {
-        return Err(format!(
-            "no weights in {} (expected one of {}, or a sharded index); .bin/.ckpt pickle files are not loaded",
-            source.describe(dir),
-            WEIGHT_NAMES.join(", ")
-        ));
-    }
-    Ok((Weights::new(sources.join(", "), tensors), config))
-}
-
-/// Reads component folder `name` of the model at `root`, loads its network
-/// onto the GPU with `load`, and drops the file's bytes.
-async fn network<C: for<'de> Deserialize<'de>, N>(
-    gpu: &Arc<Gpu>,
-    source: &Source,
-    root: &str,
-    name: &'static str,
-    dtype: DType,
-    rep: &mut dyn Report,
-    load: impl FnOnce(Ctx, &Weights, C) -> Result<N, pnp::models::weights::WeightError>,
-) -> Result<(N, ComponentReport), String> {
-    rep.phase(&format!("{name} weights"), 1);
-    let (w, c) = component(source, &join(root, name), dtype, rep).await?;
-    let net = gpu
-        .scoped(&format!("uploading the {name}"), || {
-            load(Ctx { gpu, dtype }, &w, c)
-        })
+    let layout = source.layout()?;
+    let cx = Ctx { gpu, dtype };
+    let loaded = load_model(source, &layout, cx, progress)
         .await
-        .map_err(text)?
         .map_err(text)?;
-    rep.tick();
-    Ok((net, ComponentReport::of(name, &w)))
-}
-
-async fn load_folder(
-    gpu: &Arc<Gpu>,
-    source: &Source,
-    root: &str,
-    dtype: DType,
-    rep: &mut dyn Report,
-) -> Result<Loaded, String> {
-    let tok_dir = join(root, "tokenizer");
-    let tokenizer = tokenizer(source, &source.describe(&tok_dir), |name| {
-        Some(format!("{tok_dir}/{name}"))
-    })
-    .await?;
-    let sched = join(root, "scheduler/scheduler_config.json");
-    let scheduler = match source.text(&sched).await? {
-        Some(t) => {
-            let v: serde_json::Value = serde_json::from_str(&t)
-                .map_err(|e| format!("{} is not JSON: {e}", source.describe(&sched)))?;
-            Ddim::from_config(&v).map_err(text)?
-        }
-        None => Ddim::sd(),
-    };
-    // One network at a time: its file's bytes are dropped once it is on the GPU.
-    let text_enc = network(
-        gpu,
-        source,
-        root,
-        "text_encoder",
-        dtype,
-        rep,
-        ClipText::load,
-    )
-    .await?;
-    let unet = network(gpu, source, root, "unet", dtype, rep, Unet::load).await?;
-    let vae = network(gpu, source, root, "vae", dtype, rep, Vae::load).await?;
-    let model = SdModel::assemble(PathBuf::from(source.describe(root)), text_enc, unet, vae);
+    let scheduler = Ddim::from_optional_config(loaded.scheduler_config.as_ref()).map_err(text)?;
     Ok(Loaded {
-        model,
-        tokenizer,
+        loaded,
         scheduler,
         dtype,
-        notes: Vec::new(),
     })
 }
 
-async fn load_single(
-    gpu: &Arc<Gpu>,
-    source: &Source,
-    dtype: DType,
-    rep: &mut dyn Report,
-) -> Result<Loaded, String> {
-    let path = source.single_checkpoint()?;
-    let has = |n: &str| source.find_by_name(n).is_some();
-    let has_tokenizer = has("tokenizer.json") || (has("vocab.json") && has("merges.txt"));
-    if !has_tokenizer {
-        return Err(format!(
-            "{path} is a single-file checkpoint, which carries no tokenizer: pick vocab.json and \
-             merges.txt (from the tokenizer/ folder of a diffusers copy of the same family) \
-             together with it, or pick a diffusers folder"
-        ));
-    }
-    let tokenizer = tokenizer(source, "the picked tokenizer files", |n| {
-        source.find_by_name(n)
-    })
-    .await?;
-    rep.phase("checkpoint", 1);
-    let bytes = source
-        .bytes(&path, &mut |f, d, t| rep.bytes(f, d, t))
-        .await?
-        .ok_or_else(|| format!("{path} vanished"))?;
-    let p = Path::new(&path);
-    let all = Weights::parse_safetensors(p, Arc::new(bytes)).map_err(text)?;
-    let ck = split_ldm_tensors(p, all, &LdmOverrides::default()).map_err(text)?;
-    let tc = from_json(p, &ck.text_config).map_err(text)?;
-    let uc = from_json(p, &ck.unet_config).map_err(text)?;
-    let vc = from_json(p, &ck.vae_config).map_err(text)?;
-    let cx = Ctx { gpu, dtype };
-    let model = gpu
-        .scoped("uploading the checkpoint", || {
-            SdModel::from_parts(
-                cx,
-                p.to_path_buf(),
-                (ck.text, tc),
-                (ck.unet, uc),
-                (ck.vae, vc),
-            )
-        })
-        .await
-        .map_err(text)?
-        .map_err(text)?;
-    rep.tick();
-    Ok(Loaded {
-        model,
-        tokenizer,
-        scheduler: Ddim::sd(),
-        dtype,
-        notes: ck
-            .assumed
-            .iter()
-            .map(|a| format!("assumed {a} (a single-file checkpoint does not record it)"))
-            .collect(),
-    })
-}
-
-/// The page's options; absent fields take the spec's defaults.
-#[derive(Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// The page's request: prompts, processing size, and the algorithm's
+/// options ([`PnpOptions`], its defaults where absent).
+#[derive(Debug, Default)]
 pub struct WebOptions {
     pub prompts: Vec<String>,
-    pub negative_prompt: String,
-    pub inversion_prompt: String,
-    pub steps: usize,
-    pub inversion_steps: usize,
-    pub guidance: f32,
-    pub pnp_f_t: f32,
-    pub pnp_attn_t: f32,
     /// Processing size; None: the shorter side becomes 512.
     pub width: Option<usize>,
     pub height: Option<usize>,
+    pub pnp: PnpOptions,
 }
 
-impl Default for WebOptions {
-    fn default() -> Self {
-        let d = PnpOptions::default();
-        WebOptions {
-            prompts: Vec::new(),
-            negative_prompt: d.negative_prompt,
-            inversion_prompt: d.inversion_prompt,
-            steps: d.steps,
-            inversion_steps: d.inversion_steps,
-            guidance: d.guidance,
-            pnp_f_t: d.pnp_f_t,
-            pnp_attn_t: d.pnp_attn_t,
-            width: None,
-            height: None,
-        }
+impl WebOptions {
+    /// From the page's JSON object: `prompts`, `width`, `height` and any
+    /// [`PnpOptions`] field; an unknown field is an error.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let bad = |e: serde_json::Error| format!("bad options: {e}");
+        let mut v: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(bad)?;
+        let mut take = |k: &str| v.remove(k).unwrap_or(serde_json::Value::Null);
+        let prompts = take("prompts");
+        let prompts: Vec<String> = match prompts {
+            serde_json::Value::Null => Vec::new(),
+            p => serde_json::from_value(p).map_err(bad)?,
+        };
+        let width = serde_json::from_value(take("width")).map_err(bad)?;
+        let height = serde_json::from_value(take("height")).map_err(bad)?;
+        let pnp = serde_json::from_value(serde_json::Value::Object(v)).map_err(bad)?;
+        Ok(WebOptions {
+            prompts,
+            width,
+            height,
+            pnp,
+        })
     }
 }
 
@@ -405,7 +151,7 @@ pub async fn translate(
     image_name: &str,
     image: &[u8],
     opts: &WebOptions,
-    rep: &mut dyn Report,
+    progress: &mut dyn Progress,
 ) -> Result<Output, String> {
     let px = pnp::picture::decode(image_name, image, opts.width, opts.height).map_err(text)?;
     let prompts: Vec<&str> = opts
@@ -414,26 +160,16 @@ pub async fn translate(
         .map(|p| p.trim())
         .filter(|p| !p.is_empty())
         .collect();
-    let pnp_opts = PnpOptions {
-        negative_prompt: opts.negative_prompt.clone(),
-        inversion_prompt: opts.inversion_prompt.clone(),
-        steps: opts.steps,
-        inversion_steps: opts.inversion_steps,
-        guidance: opts.guidance,
-        pnp_f_t: opts.pnp_f_t,
-        pnp_attn_t: opts.pnp_attn_t,
-        ..Default::default()
-    };
     let mut pipe = Pipeline::new(
         gpu.clone(),
-        &loaded.model,
-        &loaded.tokenizer,
+        &loaded.loaded.model,
+        &loaded.loaded.tokenizer,
         loaded.scheduler.clone(),
         loaded.dtype,
     );
     let (h, w) = (px.height, px.width);
     let translation = pipe
-        .translate(&px.data, [h, w], &prompts, &pnp_opts, rep)
+        .translate(&px.data, [h, w], &prompts, &opts.pnp, progress)
         .await
         .map_err(text)?;
     let pngs = translation

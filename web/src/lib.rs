@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
 use pnp::gpu::Gpu;
-use pnp::pnp::pipeline::Progress;
+use pnp::progress::Progress;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use app::{Loaded, Report, WebOptions};
+use app::{Loaded, WebOptions};
 use source::Source;
 
 /// Sends progress to the page as `on_event({kind, ...})` objects:
@@ -53,9 +53,6 @@ impl Progress for JsReport {
     fn note(&mut self, msg: &str) {
         self.emit("note", &[("message", msg.into())]);
     }
-}
-
-impl Report for JsReport {
     fn bytes(&mut self, file: &str, done: usize, total: usize) {
         self.emit(
             "bytes",
@@ -143,7 +140,7 @@ impl Session {
             let loaded = app::load(&gpu, &source, app::dtype(&gpu), &mut rep)
                 .await
                 .map_err(err)?;
-            for n in &loaded.notes {
+            for n in &loaded.loaded.notes {
                 rep.note(n);
             }
             let summary = loaded.summary();
@@ -170,8 +167,7 @@ impl Session {
                 .loaded
                 .as_ref()
                 .ok_or_else(|| err("load a model first".into()))?;
-            let opts: WebOptions = serde_json::from_str(&options_json)
-                .map_err(|e| err(format!("bad options: {e}")))?;
+            let opts = WebOptions::from_json(&options_json).map_err(err)?;
             let mut rep = JsReport(on_event);
             let out = app::translate(&st.gpu, loaded, &name, &image, &opts, &mut rep)
                 .await

@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Blob, ReadableStreamDefaultReader, Response};
+use web_sys::{Blob, ReadableStreamDefaultReader, RequestInit, Response};
 
 /// Bytes read per `Blob.slice` (so no JS ArrayBuffer holds a whole file).
 const CHUNK: usize = 32 << 20;
 
-/// Reports bytes read of a file: (file, bytes so far, total or 0 if unknown).
-pub type ReadProgress<'a> = dyn FnMut(&str, usize, usize) + 'a;
+use pnp::models::files::{FileSource, ReadProgress};
+use pnp::models::loader::ModelLayout;
 
 pub enum Source {
     /// Picked files by relative path ("sd15/unet/config.json" or "model.safetensors").
@@ -81,25 +81,37 @@ impl Source {
             .cloned()
     }
 
-    pub fn describe(&self, rel: &str) -> String {
-        match self {
-            Source::Files(_) => rel.to_string(),
-            Source::Url(base) => format!("{}/{rel}", base.trim_end_matches('/')),
+    /// Where the model's parts are among the picked files or at the URL.
+    pub fn layout(&self) -> Result<ModelLayout, String> {
+        if let Some(root) = self.folder_root() {
+            return Ok(ModelLayout::Folder { root });
         }
-    }
-
-    /// A text file, or None when it is not there.
-    pub async fn text(&self, rel: &str) -> Result<Option<String>, String> {
-        let Some(bytes) = self.bytes(rel, &mut |_, _, _| {}).await? else {
-            return Ok(None);
+        let file = self.single_checkpoint()?;
+        let vocab = || {
+            self.find_by_name("vocab.json")
+                .filter(|_| self.find_by_name("merges.txt").is_some())
         };
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| format!("{} is not UTF-8 text", self.describe(rel)))
+        let Some(tokenizer) = self.find_by_name("tokenizer.json").or_else(vocab) else {
+            return Err(format!(
+                "{file} is a single-file checkpoint, which carries no tokenizer: pick vocab.json and \
+                 merges.txt (from the tokenizer/ folder of a diffusers copy of the same family) \
+                 together with it, or pick a diffusers folder"
+            ));
+        };
+        let dir = tokenizer
+            .rsplit_once('/')
+            .map_or("", |(d, _)| d)
+            .to_string();
+        Ok(ModelLayout::SingleFile {
+            file,
+            tokenizer_dir: Some(dir),
+            config_dir: None,
+        })
     }
+}
 
-    /// A whole file, or None when it is not there.
-    pub async fn bytes(
+impl FileSource for Source {
+    async fn read(
         &self,
         rel: &str,
         progress: &mut ReadProgress<'_>,
@@ -110,7 +122,24 @@ impl Source {
                 None => Ok(None),
                 Some(blob) => read_blob(blob, &what, progress).await.map(Some),
             },
-            Source::Url(_) => fetch(&what, progress).await,
+            Source::Url(_) => fetch(&what, "GET", progress).await,
+        }
+    }
+
+    async fn exists(&self, rel: &str) -> Result<bool, String> {
+        match self {
+            Source::Files(files) => Ok(files.contains_key(rel)),
+            Source::Url(_) => {
+                let found = fetch(&self.describe(rel), "HEAD", &mut |_, _| {}).await?;
+                Ok(found.is_some())
+            }
+        }
+    }
+
+    fn describe(&self, rel: &str) -> String {
+        match self {
+            Source::Files(_) => rel.to_string(),
+            Source::Url(base) => format!("{}/{rel}", base.trim_end_matches('/')),
         }
     }
 }
@@ -149,16 +178,22 @@ async fn read_blob(
             .map_err(|e| format!("cannot read {what}: {}", js_text(e)))?;
         Uint8Array::new(&ab).copy_to(&mut out[at..end]);
         at = end;
-        progress(what, at, n);
+        progress(at, n);
     }
     Ok(out)
 }
 
-/// GET `url` as a stream into one buffer; None on 404.
-async fn fetch(url: &str, progress: &mut ReadProgress<'_>) -> Result<Option<Vec<u8>>, String> {
+/// `method` (GET or HEAD) `url`, the body streamed into one buffer; None on 404.
+async fn fetch(
+    url: &str,
+    method: &str,
+    progress: &mut ReadProgress<'_>,
+) -> Result<Option<Vec<u8>>, String> {
     let window = web_sys::window().ok_or("no window: the page must run in a browser tab")?;
     let fail = |e: JsValue| format!("cannot fetch {url}: {}", js_text(e));
-    let resp: Response = JsFuture::from(window.fetch_with_str(url))
+    let init = RequestInit::new();
+    init.set_method(method);
+    let resp: Response = JsFuture::from(window.fetch_with_str_and_init(url, &init))
         .await
         .map_err(fail)?
         .dyn_into()
@@ -180,6 +215,9 @@ async fn fetch(url: &str, progress: &mut ReadProgress<'_>) -> Result<Option<Vec<
         .flatten()
         .and_then(|s| s.parse::<usize>().ok())
         .unwrap_or(0);
+    if method == "HEAD" {
+        return Ok(Some(Vec::new()));
+    }
     let mut out = buffer(total, url)?;
     let Some(body) = resp.body() else {
         return Ok(Some(out));
@@ -200,7 +238,7 @@ async fn fetch(url: &str, progress: &mut ReadProgress<'_>) -> Result<Option<Vec<
         out.try_reserve(len).map_err(|_| no_room(at + len, url))?;
         out.resize(at + len, 0);
         value.copy_to(&mut out[at..]);
-        progress(url, out.len(), total);
+        progress(out.len(), total);
     }
     Ok(Some(out))
 }

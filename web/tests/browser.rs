@@ -23,8 +23,8 @@ use std::sync::Arc;
 use check::*;
 use js_sys::{Array, Uint8Array};
 use pnp::gpu::Gpu;
-use pnp::pnp::pipeline::Quiet;
-use pnp_web::app::{self, Report, WebOptions};
+use pnp::progress::{Progress, Quiet};
+use pnp_web::app::{self, WebOptions};
 use pnp_web::source::Source;
 use serde_json::Value as Json;
 use wasm_bindgen_test::*;
@@ -139,14 +139,12 @@ struct Counted {
     phases: Vec<String>,
     bytes: usize,
 }
-impl pnp::pnp::pipeline::Progress for Counted {
+impl Progress for Counted {
     fn phase(&mut self, name: &str, _: usize) {
         self.phases.push(name.to_string());
     }
     fn tick(&mut self) {}
     fn note(&mut self, _: &str) {}
-}
-impl Report for Counted {
     fn bytes(&mut self, _: &str, done: usize, total: usize) {
         if done == total {
             self.bytes += total;
@@ -202,6 +200,9 @@ async fn pnp_translation_matches_reference_sd15_square() {
         .expect("load the tiny model from blobs");
     assert!(rep.bytes > 15 << 20, "read {} bytes of weights", rep.bytes);
 
+    // The fixture image is already 64x64; give the size so no resize happens.
+    let png = fixture!("pnp/square.png");
+    let size = image_size(png);
     let opts = WebOptions {
         prompts: c["prompts"]
             .as_array()
@@ -209,23 +210,18 @@ async fn pnp_translation_matches_reference_sd15_square() {
             .iter()
             .map(|p| p.as_str().expect("prompt").to_string())
             .collect(),
-        negative_prompt: p_str(&c, "negative_prompt").into(),
-        inversion_prompt: p_str(&c, "inversion_prompt").into(),
-        steps: p_usize(&c, "steps"),
-        inversion_steps: p_usize(&c, "inversion_steps"),
-        guidance: p_f32(&c, "guidance"),
-        pnp_f_t: p_f32(&c, "pnp_f_t"),
-        pnp_attn_t: p_f32(&c, "pnp_attn_t"),
-        width: None,
-        height: None,
-    };
-    // The fixture image is already 64x64; give the size so no resize happens.
-    let png = fixture!("pnp/square.png");
-    let size = image_size(png);
-    let opts = WebOptions {
         width: Some(size.0),
         height: Some(size.1),
-        ..opts
+        pnp: pnp::pipeline::PnpOptions {
+            negative_prompt: p_str(&c, "negative_prompt").into(),
+            inversion_prompt: p_str(&c, "inversion_prompt").into(),
+            steps: p_usize(&c, "steps"),
+            inversion_steps: p_usize(&c, "inversion_steps"),
+            guidance: p_f32(&c, "guidance"),
+            pnp_f_t: p_f64(&c, "pnp_f_t"),
+            pnp_attn_t: p_f64(&c, "pnp_attn_t"),
+            ..Default::default()
+        },
     };
     let out = app::translate(&g, &loaded, "square.png", png, &opts, &mut Quiet)
         .await

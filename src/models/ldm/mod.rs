@@ -69,37 +69,6 @@ pub struct LdmOverrides {
     pub text: Option<Value>,
 }
 
-impl LdmOverrides {
-    /// The unet/, vae/ and text_encoder/ config.json files of a diffusers
-    /// folder (those present; at least one must be).
-    pub fn from_diffusers_dir(dir: &Path) -> Result<Self, WeightError> {
-        let read = |sub: &str| -> Result<Option<Value>, WeightError> {
-            let path = dir.join(sub).join("config.json");
-            if !path.is_file() {
-                return Ok(None);
-            }
-            let text = std::fs::read_to_string(&path).map_err(|source| WeightError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let msg = |e: serde_json::Error| format!("not JSON: {e}");
-            let config = serde_json::from_str(&text)
-                .map_err(|e| WeightError::Config { msg: msg(e), path })?;
-            Ok(Some(config))
-        };
-        let (unet, vae, text) = (read("unet")?, read("vae")?, read("text_encoder")?);
-        if unet.is_none() && vae.is_none() && text.is_none() {
-            let msg = "no unet/config.json, vae/config.json or text_encoder/config.json; \
-                       pass a diffusers model folder";
-            return Err(WeightError::Config {
-                path: dir.to_path_buf(),
-                msg: msg.into(),
-            });
-        }
-        Ok(LdmOverrides { unet, vae, text })
-    }
-}
-
 /// Splits a single-file LDM checkpoint; configs from shapes plus the real
 /// SD1/SD2 values for what shapes cannot tell (see [`LdmCheckpoint::assumed`]).
 pub fn split_ldm(path: &Path) -> Result<LdmCheckpoint, WeightError> {

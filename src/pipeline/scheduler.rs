@@ -1,4 +1,4 @@
-//! The DDIM scheduler of PNP-SPEC.md ("The scheduler"), bit-compatible with
+//! The DDIM scheduler (docs/ALGORITHM.md, "The scheduler"), bit-compatible with
 //! diffusers' `DDIMScheduler` (eta = 0, epsilon prediction, "leading" spacing).
 //!
 //! diffusers keeps `alphas_cumprod` in float32, so it is rebuilt here the way
@@ -175,7 +175,16 @@ impl Ddim {
         })
     }
 
-    /// The Stable Diffusion scheduler config of PNP-SPEC.md.
+    /// [`Self::from_config`] of a model's scheduler config; SD's values
+    /// ([`Self::sd`]) when the model has none.
+    pub fn from_optional_config(json: Option<&Json>) -> Result<Self> {
+        match json {
+            Some(j) => Self::from_config(j),
+            None => Ok(Self::sd()),
+        }
+    }
+
+    /// The Stable Diffusion scheduler config (docs/ALGORITHM.md, "The scheduler").
     pub fn sd() -> Self {
         Self::from_config(&serde_json::json!({
             "num_train_timesteps": 1000,
@@ -272,8 +281,9 @@ impl Ddim {
 
     /// One DDIM inversion step to timestep `t` from the previous (less noisy)
     /// timestep `t_prev` of the ascending inversion grid (None at the first
-    /// step, which uses final_alpha_cumprod). From PNP-SPEC.md stage 2, which
-    /// follows the PnP authors' `inversion_func` (pnp-diffusers preprocess.py):
+    /// step, which uses final_alpha_cumprod). From docs/ALGORITHM.md,
+    /// "DDIM inversion", which follows the PnP authors' `inversion_func`
+    /// (pnp-diffusers preprocess.py):
     /// `x0 = (z - sqrt(1 - ap) eps) / sqrt(ap)`, `z' = sqrt(a) x0 + sqrt(1 - a) eps`.
     /// Evaluated in f64 from the f32 alphas and rounded once to f32 (the
     /// authors' f32/f16 arithmetic only adds rounding noise to this).

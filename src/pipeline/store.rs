@@ -5,13 +5,15 @@
 //! same for every target prompt: computed once per guidance image, it saves
 //! the batch-3 UNet call's source row for each prompt and, in the injected
 //! layers, the target rows' to_q/to_k GEMMs and the injected ResNet's
-//! residual branch (PNP-SPEC.md, "Why a GPU-resident feature store pays").
+//! residual branch (docs/ALGORITHM.md, "The GPU-resident feature store").
 
+use super::{PnpError, StoreMode};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::graph::{Graph, Value};
 use crate::models::hooks::{AttnTap, Hooks, QkHook, ResnetHook, ResnetTap, Source};
 
-/// The layers PnP injects (PNP-SPEC.md, stage 3): the residual branch of
+/// The layers PnP injects (docs/ALGORITHM.md,
+/// "Source pass and captured features"): the residual branch of
 /// up_blocks[1].resnets[1], and attn1 of up_blocks[1].attentions[1..3],
 /// up_blocks[2].attentions[0..3], up_blocks[3].attentions[0..3].
 pub struct Taps {
@@ -43,26 +45,44 @@ pub struct TapShapes {
 
 impl TapShapes {
     /// From the UNet's channels: up block i runs at latent / 2^(n-1-i) with
-    /// the reversed block channels.
-    pub fn new(taps: &Taps, block_out_channels: &[usize], latent_hw: [usize; 2]) -> Self {
+    /// the reversed block channels. A tap past the last up block is refused.
+    pub fn new(
+        taps: &Taps,
+        block_out_channels: &[usize],
+        latent_hw: [usize; 2],
+    ) -> Result<Self, PnpError> {
         let n = block_out_channels.len();
         let at = |up: usize| {
-            let div = 1usize << (n - 1 - up.min(n - 1));
-            let c = block_out_channels[n - 1 - up.min(n - 1)];
-            (c, latent_hw[0] / div, latent_hw[1] / div)
+            if up >= n {
+                return Err(PnpError::Input(format!(
+                    "a feature tap names up_blocks[{up}], but this UNet has {n} up blocks"
+                )));
+            }
+            let div = 1usize << (n - 1 - up);
+            let c = block_out_channels[n - 1 - up];
+            Ok((c, latent_hw[0] / div, latent_hw[1] / div))
         };
-        let (c, h, w) = at(taps.resnet.up);
-        TapShapes {
+        let (c, h, w) = at(taps.resnet.up)?;
+        let attn = taps
+            .attn
+            .iter()
+            .map(|t| at(t.up).map(|(c, h, w)| [h * w, c]))
+            .collect::<Result<_, _>>()?;
+        Ok(TapShapes {
             resnet: [c, h, w],
-            attn: taps
-                .attn
-                .iter()
-                .map(|t| {
-                    let (c, h, w) = at(t.up);
-                    [h * w, c]
-                })
-                .collect(),
-        }
+            attn,
+        })
+    }
+
+    /// Bytes of the largest single store tensor (one binding).
+    pub fn largest_tensor(&self, schedule: Schedule, dtype: DType) -> u64 {
+        let res: usize = self.resnet.iter().product();
+        self.attn
+            .iter()
+            .map(|[l, c]| schedule.qk_steps * l * c)
+            .chain([schedule.feature_steps * res])
+            .max()
+            .map_or(0, |n| (n * dtype.size()) as u64)
     }
 
     /// Bytes a store with these slot counts takes.
@@ -122,12 +142,110 @@ pub struct StoreValues {
     pub k: Vec<Value>,
 }
 
-/// Which injections a step makes (PNP-SPEC.md: features while
-/// i < floor(n pnp_f_t), queries and keys while i < floor(n pnp_attn_t)).
+/// Which injections a step makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Inject {
     pub features: bool,
     pub qk: bool,
+}
+
+impl Inject {
+    /// No injection: a plain UNet call.
+    pub const NONE: Inject = Inject {
+        features: false,
+        qk: false,
+    };
+
+    pub fn any(self) -> bool {
+        self.features || self.qk
+    }
+}
+
+/// When each injection runs (docs/ALGORITHM.md, "Injection schedule"):
+/// ResNet features while step i < floor(n pnp_f_t), self-attention queries
+/// and keys while i < floor(n pnp_attn_t), for n sampling steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub feature_steps: usize,
+    pub qk_steps: usize,
+}
+
+impl Schedule {
+    pub fn new(steps: usize, pnp_f_t: f64, pnp_attn_t: f64) -> Self {
+        let of = |f: f64| ((steps as f64) * f).floor() as usize;
+        Schedule {
+            feature_steps: of(pnp_f_t),
+            qk_steps: of(pnp_attn_t),
+        }
+    }
+
+    /// The injections of sampling step `i` (0 = the noisiest).
+    pub fn at(self, i: usize) -> Inject {
+        Inject {
+            features: i < self.feature_steps,
+            qk: i < self.qk_steps,
+        }
+    }
+
+    /// Steps the source pass must run to fill the store.
+    pub fn source_steps(self) -> usize {
+        self.feature_steps.max(self.qk_steps)
+    }
+}
+
+/// Whether the target pass reads a resident store or the inline source row.
+#[derive(Clone, Debug)]
+pub struct StorePlan {
+    pub resident: bool,
+    /// Bytes the resident store takes (whether or not it is used).
+    pub bytes: u64,
+    /// Why `auto` fell back to the inline row, for the user.
+    pub fallback: Option<String>,
+}
+
+impl StorePlan {
+    /// The store for `mode`: `auto` keeps it resident when every store
+    /// tensor fits one binding and the whole fits `budget` bytes.
+    pub fn decide(
+        mode: StoreMode,
+        shapes: &TapShapes,
+        schedule: Schedule,
+        dtype: DType,
+        max_binding: u64,
+        budget: u64,
+    ) -> Self {
+        let bytes = shapes.store_bytes(schedule.feature_steps, schedule.qk_steps, dtype);
+        let fits = shapes.largest_tensor(schedule, dtype) <= max_binding && bytes <= budget;
+        let resident = match mode {
+            StoreMode::Resident => true,
+            StoreMode::Inline => false,
+            StoreMode::Auto => fits,
+        };
+        let fallback = (mode == StoreMode::Auto && !fits).then(|| {
+            format!(
+                "the feature store would take {} MiB (budget {} MiB, largest binding {} MiB): using the reference's inline source row instead",
+                bytes >> 20,
+                budget >> 20,
+                max_binding >> 20
+            )
+        });
+        StorePlan {
+            resident,
+            bytes,
+            fallback,
+        }
+    }
+
+    /// Rows of the UNet call of sampling step `i`: the inline source row
+    /// makes an injected step 3 (source, negative, target), else 2.
+    pub fn batch(&self, what: Inject) -> usize {
+        if !self.resident && what.any() { 3 } else { 2 }
+    }
+
+    /// The largest batch any sampling step runs.
+    pub fn max_batch(&self, schedule: Schedule) -> usize {
+        self.batch(schedule.at(0))
+    }
 }
 
 /// Hooks for the source pass (batch 1) that write into the store.

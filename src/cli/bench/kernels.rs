@@ -1,9 +1,10 @@
 //! `pnp bench kernels`: GFLOP/s (and GB/s for memory-bound ops) of each
 //! kernel at the shapes SD 1.5 / 2.1 run at 512x512. A benchmark, never a test.
 
-use crate::gpu::{DType, Gpu, Tensor};
-use crate::graph::{Graph, ShapeError, Value};
-use crate::ops::{self, Act, Conv2d, Epilogue};
+use pnp::gpu::{DType, Gpu, Tensor};
+use pnp::graph::{Graph, ShapeError, Value};
+use pnp::ops::{self, Act, Conv2d, Epilogue};
+use pnp::rand::SplitMix64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,18 +14,6 @@ pub struct BenchRow {
     pub gflops: f64,
     /// Bytes moved (inputs read once, output written once) per second.
     pub gbytes: f64,
-}
-
-fn random(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
 }
 
 /// Times one op: builds a graph of `reps` copies of it, runs it once to warm
@@ -46,7 +35,13 @@ fn time_op(
         .enumerate()
         .map(|(i, s)| {
             let n = s.iter().product();
-            let t = Tensor::from_f32(gpu, "bench input", &random(n, i as u32 + 1), s, dtype);
+            let t = Tensor::from_f32(
+                gpu,
+                "bench input",
+                &SplitMix64::new(i as u64 + 1).signed_units(n),
+                s,
+                dtype,
+            );
             g.external("in", &t)
         })
         .collect();

@@ -4,16 +4,17 @@
 //! pipeline (50 inversion steps; the default 999 with `full`). A benchmark,
 //! never a test; `size` below 512 for smoke runs on software adapters.
 
-use crate::gpu::{DType, Gpu};
-use crate::graph::{Graph, Plan, Value};
-use crate::models::config::{ClipConfig, UnetConfig, VaeConfig};
-use crate::models::nn::Ctx;
-use crate::models::presets;
-use crate::models::sd::SdModel;
-use crate::models::unet::Unet;
-use crate::models::weights::Weights;
-use crate::pnp::pipeline::{Pipeline, PnpOptions, Quiet};
-use crate::pnp::scheduler::Ddim;
+use pnp::gpu::{DType, Gpu};
+use pnp::graph::{Graph, Plan, Value};
+use pnp::models::config::{ClipConfig, UnetConfig, VaeConfig};
+use pnp::models::nn::Ctx;
+use pnp::models::presets;
+use pnp::models::sd::SdModel;
+use pnp::models::unet::Unet;
+use pnp::models::weights::Weights;
+use pnp::pipeline::scheduler::Ddim;
+use pnp::pipeline::{Embeddings, Pipeline, PnpOptions};
+use pnp::progress::Quiet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,47 +56,34 @@ impl Arch {
     }
 }
 
-#[derive(Clone, Debug)]
+/// `pnp bench pipeline`'s options.
+#[derive(Clone, Debug, clap::Args)]
 pub struct PipelineBenchOptions {
+    #[arg(long, value_enum, default_value = "sd15")]
     pub arch: Arch,
-    /// Image side in pixels, a multiple of 64 (latent side = size / 8).
+    /// Image side in pixels (multiple of 64); 512 is the real size, 64 a smoke run for lavapipe.
+    #[arg(long, default_value_t = 512)]
     pub size: usize,
-    /// Timed repetitions of each UNet step and VAE pass (after one warm-up).
+    /// Timed runs per step, after one warm-up.
+    #[arg(long, default_value_t = 5)]
     pub iters: usize,
-    /// Also run the default translation (999 inversion steps).
+    /// Also run the default translation with 999 inversion steps.
+    #[arg(long)]
     pub full: bool,
-    /// Time the UNet steps only (no VAE, no translations): for slow adapters.
+    /// Time the UNet steps only (no VAE, no translations), for slow adapters.
+    #[arg(long, conflicts_with = "vae_only")]
     pub unet_only: bool,
     /// Time the VAE encode and decode only (no UNet, no translations).
+    #[arg(long)]
     pub vae_only: bool,
-    /// Weight and activation storage type.
-    pub dtype: DType,
+    /// Storage precision of weights and activations (f16 needs SHADER_F16).
+    #[arg(long, value_enum, default_value = "f16")]
+    pub precision: crate::Precision,
 }
 
-impl Default for PipelineBenchOptions {
-    fn default() -> Self {
-        PipelineBenchOptions {
-            arch: Arch::Sd15,
-            size: 512,
-            iters: 5,
-            full: false,
-            unet_only: false,
-            vae_only: false,
-            dtype: DType::F16,
-        }
-    }
-}
-
+/// `n` numbers uniform in [-1, 1) from `seed`.
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    pnp::rand::SplitMix64::new(seed).signed_units(n)
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -139,6 +127,7 @@ impl Timed {
 pub fn run(
     gpu: &Arc<Gpu>,
     opts: &PipelineBenchOptions,
+    dtype: DType,
     out: &mut dyn Write,
 ) -> Result<(), BoxError> {
     let size = opts.size;
@@ -146,7 +135,6 @@ pub fn run(
         return Err(format!("--size {size} is not a positive multiple of 64").into());
     }
     let iters = opts.iters.max(1);
-    let dtype = opts.dtype;
     let name = opts.arch.name();
     writeln!(
         out,
@@ -292,7 +280,12 @@ pub fn run(
     // Whole translations through the real pipeline, one target prompt.
     let d = model.text.config.hidden_size;
     let emb = |seed| random(text_len * d, seed);
-    let (c_inv, c_src, c_neg, c_pos) = (emb(40), emb(41), emb(42), vec![emb(43)]);
+    let emb = Embeddings {
+        inversion: emb(40),
+        source: emb(41),
+        negative: emb(42),
+        targets: vec![emb(43)],
+    };
     let pixels: Vec<f32> = random(3 * size * size, 50)
         .into_iter()
         .map(|v| 0.5 + 0.5 * v)
@@ -309,9 +302,9 @@ pub fn run(
         let mut pipe = Pipeline::from_embeddings(gpu.clone(), &model, Ddim::sd(), dtype);
         let start = Instant::now();
         let z0 = pollster::block_on(pipe.encode_image(&pixels, [size, size]))?;
-        let inv = pollster::block_on(pipe.invert(&z0, lhw, &c_inv, inversion_steps, &mut Quiet))?;
-        let finals =
-            pollster::block_on(pipe.sample(&inv, &c_src, &c_neg, &c_pos, &popts, &mut Quiet))?;
+        let inv =
+            pollster::block_on(pipe.invert(&z0, lhw, &emb.inversion, inversion_steps, &mut Quiet))?;
+        let finals = pollster::block_on(pipe.sample(&inv, &emb, &popts, &mut Quiet))?;
         let img = pollster::block_on(pipe.decode(&finals[0], lhw))?;
         let total = start.elapsed().as_secs_f64();
         let st = &pipe.stats;

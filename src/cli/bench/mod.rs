@@ -1,0 +1,64 @@
+//! `pnp bench`: kernels at real SD shapes and the pipeline with synthetic
+//! weights. Benchmarks are commands, never tests.
+
+mod kernels;
+mod pipeline;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// UNet steps, VAE and whole translations at real SD shapes, with synthetic weights (no files needed).
+    Pipeline(pipeline::PipelineBenchOptions),
+    /// GFLOP/s and GB/s of each kernel at SD 1.5/2.1 shapes for 512x512.
+    Kernels {
+        /// Smaller token counts and spatial sizes, for software adapters such as lavapipe.
+        #[arg(long)]
+        quick: bool,
+        /// Storage precision of the kernels (f16 needs SHADER_F16).
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: crate::Precision,
+        /// Timed runs per kernel, after one warm-up.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
+}
+
+pub fn run(cmd: BenchCmd, adapter: Option<String>) -> Result<()> {
+    let gpu = crate::open_gpu(adapter)?;
+    match cmd {
+        BenchCmd::Pipeline(opts) => {
+            let dtype = opts.precision.dtype(&gpu)?;
+            pipeline::run(&gpu, &opts, dtype, &mut std::io::stdout())
+                .map_err(|e| anyhow!(e))
+                .context("pipeline benchmark")
+        }
+        BenchCmd::Kernels {
+            quick,
+            precision,
+            iters,
+        } => {
+            let dtype = precision.dtype(&gpu)?;
+            let shapes = if quick { " (--quick shapes)" } else { "" };
+            println!("precision: {dtype:?}{shapes}");
+            println!(
+                "{:<44} {:>10} {:>10} {:>9}",
+                "kernel", "ms", "GFLOP/s", "GB/s"
+            );
+            let rows = kernels::kernels(&gpu, dtype, quick, iters.max(1))
+                .map_err(|e| anyhow!(e))
+                .context("kernel benchmark")?;
+            for r in rows {
+                println!(
+                    "{:<44} {:>10.3} {:>10.2} {:>9.2}",
+                    r.name,
+                    r.seconds * 1e3,
+                    r.gflops,
+                    r.gbytes
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The `pnp` command line: argument parsing and files in, files and words
+//! out; the work is the library's.
+
+mod bench;
+mod files;
+mod generate;
+mod info;
+mod model;
+mod progress;
+mod translate;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use pnp::gpu::{DType, Gpu, GpuOptions};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "pnp",
+    version,
+    about = "Plug-and-Play Diffusion Features on WGSL kernels (wgpu)"
+)]
+struct Cli {
+    /// Pick the GPU adapter whose name contains this text (also PNP_ADAPTER).
+    #[arg(long, global = true, env = "PNP_ADAPTER")]
+    adapter: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Storage precision of weights and activations.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Precision {
+    F32,
+    /// Needs the adapter's SHADER_F16.
+    F16,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a model's detected architecture and check that every weight is found and used.
+    Info(info::InfoCmd),
+    /// Translate an image with Plug-and-Play diffusion features: keep its layout, change what the prompt says.
+    Translate(Box<translate::TranslateCmd>),
+    /// Text-to-image DDIM, for generated guidance images; --save-features keeps the trajectory for translate.
+    Generate(generate::GenerateCmd),
+    /// Benchmarks (never tests).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
+}
+
+/// Opens the adapter (by name when given) and says which it is.
+pub fn open_gpu(adapter: Option<String>) -> Result<Arc<Gpu>> {
+    let gpu = pollster::block_on(Gpu::new(&GpuOptions {
+        adapter_name: adapter,
+        ..Default::default()
+    }))?;
+    println!("adapter: {}", gpu.describe());
+    Ok(gpu)
+}
+
+impl Precision {
+    /// The storage type on `gpu`, or why it has none.
+    pub fn dtype(self, gpu: &Gpu) -> Result<DType> {
+        match self {
+            Precision::F32 => Ok(DType::F32),
+            Precision::F16 if gpu.caps.shader_f16 => Ok(DType::F16),
+            Precision::F16 => anyhow::bail!("this adapter has no SHADER_F16; use --precision f32"),
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let adapter = cli.adapter;
+    let done = match cli.cmd {
+        Cmd::Info(cmd) => info::run(cmd, adapter),
+        Cmd::Translate(cmd) => translate::run(*cmd, adapter),
+        Cmd::Generate(cmd) => generate::run(cmd, adapter),
+        Cmd::Bench { what } => bench::run(what, adapter),
+    };
+    match done {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain on one line, without a backtrace: these are user-facing.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The model arguments every subcommand shares, and loading what they name.
+
+use crate::Precision;
+use anyhow::Result;
+use pnp::gpu::{DType, Gpu};
+use pnp::models::files::Disk;
+use pnp::models::loader::{LoadedModel, load_model};
+use pnp::models::locate::resolve;
+use pnp::models::nn::Ctx;
+use pnp::pipeline::scheduler::Ddim;
+use pnp::progress::Progress;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// A diffusers folder, a single-file .safetensors checkpoint, or a hub repo id in the local cache.
+    #[arg(long)]
+    pub model: String,
+    /// For a single-file checkpoint: a diffusers folder of the same family whose tokenizer,
+    /// scheduler and config.json files give what the file does not record.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Storage precision of weights and activations (f16 needs SHADER_F16).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
+}
+
+/// A model loaded for the command line.
+pub struct Model {
+    pub loaded: LoadedModel,
+    pub scheduler: Ddim,
+    pub dtype: DType,
+}
+
+impl ModelArgs {
+    /// Resolves `--model` and loads it with the one loader; notes go to `progress`.
+    pub fn load(&self, gpu: &Gpu, progress: &mut dyn Progress) -> Result<Model> {
+        let dtype = self.precision.dtype(gpu)?;
+        let layout = resolve(&self.model)?.layout(self.config.as_deref());
+        let cx = Ctx { gpu, dtype };
+        let loaded = pollster::block_on(load_model(&Disk, &layout, cx, progress))?;
+        for n in &loaded.notes {
+            progress.note(n);
+        }
+        let scheduler = Ddim::from_optional_config(loaded.scheduler_config.as_ref())?;
+        Ok(Model {
+            loaded,
+            scheduler,
+            dtype,
+        })
+    }
+}

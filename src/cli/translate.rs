@@ -1,0 +1,170 @@
+//! `pnp translate`: the whole PnP translation from files to files.
+
+use crate::files::{self, Kind, Outputs};
+use crate::model::ModelArgs;
+use crate::progress::Bars;
+use anyhow::{Context, Result, bail};
+use pnp::pipeline::inversion::f32_safetensors;
+use pnp::pipeline::{Inversion, Pipeline, PnpError, PnpOptions};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct TranslateCmd {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The guidance image (PNG or JPEG).
+    #[arg(long)]
+    image: PathBuf,
+    /// Target prompt; repeat for several (one inversion and feature store serve all).
+    #[arg(long = "prompt", required = true)]
+    prompts: Vec<String>,
+    /// Output image (PNG or JPEG); with several prompts, <stem>-<i>.<ext>.
+    #[arg(long)]
+    out: PathBuf,
+    /// Processing width (multiple of 64); default: shorter side 512, aspect kept.
+    #[arg(long)]
+    width: Option<usize>,
+    #[arg(long)]
+    height: Option<usize>,
+    /// Write the float32 latents "final" [prompts,4,h/8,w/8] and "inverted_start" here.
+    #[arg(long)]
+    latents_out: Option<PathBuf>,
+    /// Save the inversion (every z_t) to reuse it for this image.
+    #[arg(long)]
+    save_inversion: Option<PathBuf>,
+    /// Reuse an inversion saved by --save-inversion (skips encode and inversion).
+    #[arg(long)]
+    load_inversion: Option<PathBuf>,
+    #[command(flatten)]
+    opts: PnpOptions,
+}
+
+/// Reads an inversion file for an image whose latent is (1, channels, h, w).
+fn load_inversion(path: &std::path::Path, hw: [usize; 2], channels: usize) -> Result<Inversion> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Inversion::from_safetensors(
+        &path.display().to_string(),
+        &bytes,
+        hw,
+        channels,
+    )?)
+}
+
+pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
+    // Everything that can be checked without the GPU, first.
+    let n = cmd.prompts.len();
+    let mut outputs = Outputs::default();
+    for i in 0..n {
+        outputs.add(&files::numbered(&cmd.out, i, n), Kind::Image, "--out");
+    }
+    if let Some(p) = &cmd.latents_out {
+        outputs.add(p, Kind::Tensors, "--latents-out");
+    }
+    if let Some(p) = &cmd.save_inversion {
+        outputs.add(p, Kind::Tensors, "--save-inversion");
+    }
+    let mut inputs = vec![cmd.image.as_path()];
+    inputs.extend(cmd.load_inversion.as_deref());
+    outputs.check(&inputs)?;
+    let pixels = files::load(&cmd.image, cmd.width, cmd.height)?;
+    let hw = [pixels.height / 8, pixels.width / 8];
+    eprintln!(
+        "image: {} at {}x{}",
+        cmd.image.display(),
+        pixels.width,
+        pixels.height
+    );
+
+    let gpu = crate::open_gpu(adapter)?;
+    let mut bars = Bars::default();
+    let m = cmd.model.load(&gpu, &mut bars)?;
+    let model = &m.loaded.model;
+    let opts = &cmd.opts;
+    let channels = model.vae.config.latent_channels;
+    let loaded = match &cmd.load_inversion {
+        Some(p) => Some(load_inversion(p, hw, channels)?),
+        None => None,
+    };
+    let mut pipe = Pipeline::new(
+        gpu.clone(),
+        model,
+        &m.loaded.tokenizer,
+        m.scheduler,
+        m.dtype,
+    );
+    let prompts: Vec<&str> = cmd.prompts.iter().map(String::as_str).collect();
+    let size = [pixels.height, pixels.width];
+    let prepare = pipe.prepare(&pixels.data, size, &prompts, opts, loaded, &mut bars);
+    let prepared = match pollster::block_on(prepare) {
+        Ok(p) => p,
+        // The library's wording, in the command line's flags.
+        Err(PnpError::Fractions) => {
+            bail!("--pnp-f-t and --pnp-attn-t are fractions of the sampling steps, in [0, 1]")
+        }
+        Err(PnpError::InversionGrid {
+            inversion_steps,
+            steps,
+            compatible,
+        }) => bail!(
+            "a {inversion_steps}-step inversion does not store a latent at every timestep of {steps} sampling steps; with --steps {steps} use --inversion-steps in {compatible:?}"
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    // Saved before sampling, so a failure there does not lose the inversion.
+    if let Some(p) = &cmd.save_inversion {
+        files::write_atomic(p, &prepared.inversion.to_safetensors()?)?;
+    }
+    let (finals, images) = pollster::block_on(pipe.finish(&prepared, opts, &mut bars))?;
+    let mut written = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let path = files::numbered(&cmd.out, i, n);
+        files::save_image(&path, img, pixels.height, pixels.width)?;
+        written.push(path);
+    }
+    bars.finish();
+    if let Some(p) = &cmd.latents_out {
+        let inv = &prepared.inversion;
+        let start = &inv.latents[&pipe.scheduler.timesteps(opts.steps)?[0]];
+        let shape = inv.latent_shape();
+        let mut fin_shape = shape.clone();
+        fin_shape[0] = n;
+        let finals = finals.concat();
+        let tensors = [
+            ("final".to_string(), fin_shape, finals.as_slice()),
+            ("inverted_start".to_string(), shape, start.as_slice()),
+        ];
+        files::write_atomic(p, &f32_safetensors(&tensors, HashMap::new())?)?;
+    }
+
+    let s = &pipe.stats;
+    println!("translated {} with {} prompt(s):", cmd.image.display(), n);
+    for (p, path) in cmd.prompts.iter().zip(&written) {
+        println!("  {:?} -> {}", p, path.display());
+    }
+    if let Some(p) = &cmd.latents_out {
+        println!("  latents -> {}", p.display());
+    }
+    println!(
+        "features: {}",
+        if s.used_store {
+            "GPU-resident feature store (source pass once, shared by every prompt)"
+        } else {
+            "inline source row (the reference's batch-3 call)"
+        }
+    );
+    print_stats(s);
+    Ok(())
+}
+
+/// Phase timings, UNet evaluations and peak memory, as both commands print them.
+pub fn print_stats(s: &pnp::pipeline::Stats) {
+    for (phase, secs) in &s.phases {
+        println!("  {phase:<28} {secs:>9.2} s");
+    }
+    println!("  UNet evaluations: {} (batch rows)", s.unet_evals);
+    println!(
+        "  peak planned GPU memory: {:.1} MiB (weights not counted)",
+        s.peak_bytes as f64 / (1 << 20) as f64
+    );
+}

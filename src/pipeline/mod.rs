@@ -1,0 +1,67 @@
+//! Plug-and-Play translation (docs/ALGORITHM.md, "Overview"): the DDIM scheduler, the
+//! feature store, and the stages composed into a translation. Every network
+//! is a planned graph built once per phase and replayed per step; a step
+//! writes only its inputs (latent, timestep, text embedding) and the store
+//! slot it binds.
+//!
+//! - [`stages`]: the pipeline and its single stages (text, VAE, UNet plans).
+//! - [`sample`]: DDIM inversion, the source pass and the injected sampling,
+//!   and text-to-image generation.
+//! - [`translate`]: the stages in order, with every check before GPU work.
+//! - [`inversion`]: an inversion, and its file format.
+
+pub mod inversion;
+pub mod options;
+pub mod sample;
+pub mod scheduler;
+pub mod stages;
+pub mod store;
+pub mod translate;
+
+pub use inversion::Inversion;
+pub use options::{Embeddings, PnpOptions, StoreMode};
+pub use stages::Pipeline;
+pub use translate::{Prepared, Translation};
+
+use crate::gpu::GpuError;
+use crate::graph::ShapeError;
+use crate::models::tokenizer::TokenizerError;
+use scheduler::SchedulerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PnpError {
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error("{0}")]
+    Input(String),
+    #[error("pnp_f_t and pnp_attn_t are fractions of the sampling steps, in [0, 1]")]
+    Fractions,
+    #[error(
+        "a {inversion_steps}-step inversion does not store a latent at every timestep of {steps} sampling steps; use inversion steps in {compatible:?}"
+    )]
+    InversionGrid {
+        inversion_steps: usize,
+        steps: usize,
+        compatible: Vec<usize>,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, PnpError>;
+
+/// What a run cost.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// (phase, seconds), in order.
+    pub phases: Vec<(String, f64)>,
+    pub unet_evals: usize,
+    /// Largest bytes held at once by planned graphs plus the feature store
+    /// (weights not counted).
+    pub peak_bytes: u64,
+    pub used_store: bool,
+}

@@ -1,0 +1,110 @@
+//! The translation's settings, in one type: the command line flattens it
+//! (clap, feature "cli"), the page deserialises it (serde), and the defaults
+//! are written once, here (docs/ALGORITHM.md, "Defaults").
+
+use serde::{Deserialize, Serialize};
+
+/// Where the target pass gets the source row's features.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum StoreMode {
+    /// The resident store when it fits the budget and the device's bindings, else inline.
+    #[default]
+    Auto,
+    /// Always the GPU-resident feature store.
+    Resident,
+    /// The reference's batch-3 call (source row inline), recomputed per prompt.
+    Inline,
+}
+
+/// The algorithm's settings; the defaults are the authors' (docs/ALGORITHM.md, "Defaults").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+#[serde(default, deny_unknown_fields)]
+pub struct PnpOptions {
+    /// The negative prompt of classifier-free guidance in the target pass.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = PnpOptions::default().negative_prompt))]
+    pub negative_prompt: String,
+    /// The prompt the image is inverted (and its features extracted) under.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = PnpOptions::default().inversion_prompt))]
+    pub inversion_prompt: String,
+    /// DDIM sampling steps.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = PnpOptions::default().steps))]
+    pub steps: usize,
+    /// DDIM inversion steps; their timesteps must contain the sampling steps'.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = PnpOptions::default().inversion_steps))]
+    pub inversion_steps: usize,
+    /// Classifier-free guidance scale.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = PnpOptions::default().guidance))]
+    pub guidance: f32,
+    /// Fraction of the sampling steps with ResNet feature injection. The
+    /// fractions are f64 so that floor(steps * fraction) counts the steps
+    /// as the reference's Python `int(n * t)` does (0.7 as f32 is below 0.7).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = PnpOptions::default().pnp_f_t))]
+    pub pnp_f_t: f64,
+    /// Fraction of the sampling steps with self-attention q/k injection.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = PnpOptions::default().pnp_attn_t))]
+    pub pnp_attn_t: f64,
+    /// Feature store: auto (resident if it fits), resident, or inline (the reference's batch-3 call).
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = StoreMode::Auto))]
+    pub store: StoreMode,
+    /// Largest feature store `auto` keeps on the device, in bytes.
+    #[cfg_attr(feature = "cli", arg(skip = PnpOptions::default().store_budget))]
+    pub store_budget: u64,
+}
+
+impl Default for PnpOptions {
+    fn default() -> Self {
+        PnpOptions {
+            negative_prompt: "ugly, blurry, black, low res, unrealistic".into(),
+            inversion_prompt: String::new(),
+            steps: 50,
+            inversion_steps: 999,
+            guidance: 7.5,
+            pnp_f_t: 0.8,
+            pnp_attn_t: 0.5,
+            store: StoreMode::Auto,
+            store_budget: 2 << 30,
+        }
+    }
+}
+
+impl PnpOptions {
+    /// The texts to encode, in the order of [`Embeddings`]' fields.
+    pub fn texts<'a>(&'a self, targets: &[&'a str]) -> Vec<&'a str> {
+        let mut texts = vec![self.inversion_prompt.as_str(), "", &self.negative_prompt];
+        texts.extend_from_slice(targets);
+        texts
+    }
+}
+
+/// Text embeddings (tokens x width each) of one translation.
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    /// The inversion prompt's: the DDIM inversion runs under it.
+    pub inversion: Vec<f32>,
+    /// The empty prompt's: the source pass runs under it.
+    pub source: Vec<f32>,
+    /// The negative prompt's: guidance's unconditional row.
+    pub negative: Vec<f32>,
+    /// One per target prompt.
+    pub targets: Vec<Vec<f32>>,
+}
+
+impl Embeddings {
+    /// From embeddings in [`PnpOptions::texts`]' order.
+    pub fn from_ordered(mut all: Vec<Vec<f32>>) -> Option<Self> {
+        if all.len() < 3 {
+            return None;
+        }
+        let targets = all.split_off(3);
+        let mut it = all.into_iter();
+        Some(Embeddings {
+            inversion: it.next()?,
+            source: it.next()?,
+            negative: it.next()?,
+            targets,
+        })
+    }
+}

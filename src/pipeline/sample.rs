@@ -1,0 +1,244 @@
+//! The diffusion loops: DDIM inversion, the source pass into the feature
+//! store, the injected sampling with classifier-free guidance, and
+//! text-to-image generation (docs/ALGORITHM.md, "DDIM inversion",
+//! "Source pass", "Injected sampling").
+
+use super::inversion::Inversion;
+use super::options::{Embeddings, PnpOptions};
+use super::stages::{Pipeline, PlanCache, concat_rows};
+use super::store::{FeatureStore, Schedule, StorePlan, TapShapes, capture_hooks, inject_hooks};
+use super::{PnpError, Result};
+use crate::models::hooks::Hooks;
+use crate::progress::{Progress, Timer};
+use std::collections::BTreeMap;
+
+/// Classifier-free guidance: eps_u + g (eps_c - eps_u), from the UNet's
+/// output rows (unconditional, conditional) of `lat` elements each.
+pub fn guide(eps: &[f32], lat: usize, guidance: f32) -> Vec<f32> {
+    let (u, c) = eps.split_at(lat);
+    u.iter()
+        .zip(c)
+        .map(|(u, c)| u + guidance * (c - u))
+        .collect()
+}
+
+impl Pipeline<'_> {
+    /// The feature store decision for a translation at latent size `hw`.
+    pub fn store_plan(&self, opts: &PnpOptions, hw: [usize; 2]) -> Result<(StorePlan, TapShapes)> {
+        let schedule = Schedule::new(opts.steps, opts.pnp_f_t, opts.pnp_attn_t);
+        let shapes = TapShapes::new(&self.taps, &self.model.unet.config.block_out_channels, hw)?;
+        let plan = StorePlan::decide(
+            opts.store,
+            &shapes,
+            schedule,
+            self.dtype,
+            self.max_binding(),
+            opts.store_budget,
+        );
+        Ok((plan, shapes))
+    }
+
+    /// DDIM inversion of z0 under the inversion prompt's embedding `c_inv`.
+    pub async fn invert(
+        &mut self,
+        z0: &[f32],
+        hw: [usize; 2],
+        c_inv: &[f32],
+        steps: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Inversion> {
+        let timer = Timer::start();
+        let mut grid = self.scheduler.timesteps(steps)?;
+        grid.reverse(); // ascending
+        let p = self.unet_plan(1, hw, None, |_| Ok(Hooks::default()))?;
+        self.note_peak(p.plan.planned_bytes());
+        progress.phase("inversion", grid.len());
+        let mut z = z0.to_vec();
+        let mut latents = BTreeMap::new();
+        for (i, &t) in grid.iter().enumerate() {
+            let eps = self.run_unet(&p, &z, t, c_inv).await?;
+            z = self
+                .scheduler
+                .invert_step(&z, &eps, t, (i > 0).then(|| grid[i - 1]));
+            latents.insert(t, z.clone());
+            progress.tick();
+        }
+        self.phase_done("inversion", timer);
+        Ok(Inversion {
+            hw,
+            z0: z0.to_vec(),
+            steps,
+            latents,
+        })
+    }
+
+    /// The injected sampling for every target prompt, sharing one inversion
+    /// and one feature store. Returns the final latents per prompt.
+    pub async fn sample(
+        &mut self,
+        inv: &Inversion,
+        emb: &Embeddings,
+        opts: &PnpOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<Vec<f32>>> {
+        let n = opts.steps;
+        let grid = self.scheduler.timesteps(n)?;
+        if let Some(t) = grid.iter().find(|t| !inv.latents.contains_key(t)) {
+            return Err(PnpError::Input(format!(
+                "the {}-step inversion has no latent at sampling timestep {t} of {n} sampling steps",
+                inv.steps
+            )));
+        }
+        let schedule = Schedule::new(n, opts.pnp_f_t, opts.pnp_attn_t);
+        let hw = inv.hw;
+        let (store_plan, shapes) = self.store_plan(opts, hw)?;
+        if let Some(note) = &store_plan.fallback {
+            progress.note(note);
+        }
+        self.stats.used_store = store_plan.resident;
+        let store = match store_plan.resident {
+            true => Some(
+                self.source_pass(inv, emb, &shapes, schedule, &grid, progress)
+                    .await?,
+            ),
+            false => None,
+        };
+
+        let timer = Timer::start();
+        let mut plans = PlanCache::default();
+        let lat = inv.z0.len();
+        let mut finals = Vec::new();
+        for (pi, c) in emb.targets.iter().enumerate() {
+            progress.phase(&format!("sampling prompt {}", pi + 1), n);
+            let mut x = inv.latents[&grid[0]].clone();
+            let ctx2 = concat_rows(&[&emb.negative, c]);
+            let ctx3 = concat_rows(&[&emb.source, &emb.negative, c]);
+            for (i, &t) in grid.iter().enumerate() {
+                let what = schedule.at(i);
+                let batch = store_plan.batch(what);
+                let p = plans.get(what, || {
+                    self.unet_plan(batch, hw, store.as_ref(), |v| {
+                        Ok(inject_hooks(&self.taps, v, what))
+                    })
+                })?;
+                p.plan.set_step(i);
+                let (xs, ctx) = match batch {
+                    3 => (concat_rows(&[&inv.latents[&t], &x, &x]), &ctx3),
+                    _ => (concat_rows(&[&x, &x]), &ctx2),
+                };
+                let eps = self.run_unet(p, &xs, t, ctx).await?;
+                // The inline call's row 0 is the source row: not guided.
+                let eps = &eps[(batch - 2) * lat..];
+                x = self
+                    .scheduler
+                    .step(&x, &guide(eps, lat, opts.guidance), t, n);
+                progress.tick();
+            }
+            finals.push(x);
+        }
+        let store_bytes = if store_plan.resident {
+            store_plan.bytes
+        } else {
+            0
+        };
+        self.note_peak(plans.planned_bytes() + store_bytes);
+        self.phase_done("sampling", timer);
+        Ok(finals)
+    }
+
+    /// The source row's features for every injected step, once for all
+    /// prompts: z_t of the inversion under the empty prompt, captured.
+    async fn source_pass(
+        &mut self,
+        inv: &Inversion,
+        emb: &Embeddings,
+        shapes: &TapShapes,
+        schedule: Schedule,
+        grid: &[usize],
+        progress: &mut dyn Progress,
+    ) -> Result<FeatureStore> {
+        let timer = Timer::start();
+        let store = FeatureStore::new(
+            &self.gpu,
+            shapes,
+            schedule.feature_steps,
+            schedule.qk_steps,
+            self.dtype,
+        );
+        let mut plans = PlanCache::default();
+        let steps = schedule.source_steps();
+        progress.phase("source features", steps);
+        for (i, &t) in grid.iter().enumerate().take(steps) {
+            let what = schedule.at(i);
+            let p = plans.get(what, || {
+                self.unet_plan(1, inv.hw, Some(&store), |v| {
+                    v.map(|v| capture_hooks(&self.taps, v, what))
+                        .ok_or_else(|| PnpError::Input("the store was not bound".into()))
+                })
+            })?;
+            p.plan.set_step(i);
+            let _ = self.run_unet(p, &inv.latents[&t], t, &emb.source).await?;
+            progress.tick();
+        }
+        let bytes = shapes.store_bytes(schedule.feature_steps, schedule.qk_steps, self.dtype);
+        self.note_peak(plans.planned_bytes() + bytes);
+        self.phase_done("source pass (feature store)", timer);
+        Ok(store)
+    }
+
+    /// Text-to-image DDIM (eta 0) from seeded Gaussian noise, for generated
+    /// guidance images (the paper's generated-image setting). Returns the
+    /// trajectory as an [`Inversion`]: `latents[t]` is the latent the step at
+    /// t started from, so `sample` injects the generation's own features;
+    /// `z0` is the final latent. The noise comes from [`crate::rand`], not
+    /// PyTorch's generator, so seeds do not carry over.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn generate(
+        &mut self,
+        c_neg: &[f32],
+        c_pos: &[f32],
+        hw: [usize; 2],
+        seed: u64,
+        steps: usize,
+        guidance: f32,
+        progress: &mut dyn Progress,
+    ) -> Result<Inversion> {
+        let timer = Timer::start();
+        let grid = self.scheduler.timesteps(steps)?;
+        let channels = self.model.unet.config.in_channels;
+        let mut x = crate::rand::gaussian(seed, channels * hw[0] * hw[1]);
+        let p = self.unet_plan(2, hw, None, |_| Ok(Hooks::default()))?;
+        self.note_peak(p.plan.planned_bytes());
+        let ctx = concat_rows(&[c_neg, c_pos]);
+        let lat = x.len();
+        let mut latents = BTreeMap::new();
+        progress.phase("generation", grid.len());
+        for &t in &grid {
+            latents.insert(t, x.clone());
+            let eps = self.run_unet(&p, &concat_rows(&[&x, &x]), t, &ctx).await?;
+            x = self
+                .scheduler
+                .step(&x, &guide(&eps, lat, guidance), t, steps);
+            progress.tick();
+        }
+        self.phase_done("generation", timer);
+        Ok(Inversion {
+            hw,
+            z0: x,
+            steps,
+            latents,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guide;
+
+    #[test]
+    fn guidance_extrapolates_from_the_unconditional_row() {
+        let eps = [1.0, 2.0, 3.0, 6.0];
+        assert_eq!(guide(&eps, 2, 7.5), vec![1.0 + 7.5 * 2.0, 2.0 + 7.5 * 4.0]);
+        assert_eq!(guide(&eps, 2, 1.0), vec![3.0, 6.0]);
+    }
+}

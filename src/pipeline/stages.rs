@@ -1,0 +1,323 @@
+//! The pipeline and its single stages: text embeddings, VAE encode and
+//! decode, and planned UNet graphs (docs/ALGORITHM.md, "Stages").
+
+use super::options::{Embeddings, PnpOptions};
+use super::scheduler::Ddim;
+use super::store::{Inject, StoreValues, Taps};
+use super::{PnpError, Result, Stats};
+use crate::gpu::{DType, Gpu};
+use crate::graph::{Graph, Plan, Value};
+use crate::models::hooks::Hooks;
+use crate::models::sd::SdModel;
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet::Unet;
+use crate::progress::{Progress, Timer};
+use std::sync::Arc;
+
+pub struct Pipeline<'a> {
+    pub gpu: Arc<Gpu>,
+    pub model: &'a SdModel,
+    /// None: built by [`Pipeline::from_embeddings`]; [`Pipeline::embed`] then fails.
+    pub tokenizer: Option<&'a ClipTokenizer>,
+    pub scheduler: Ddim,
+    /// Storage type of activations (the weights were uploaded in it).
+    pub dtype: DType,
+    pub stats: Stats,
+    pub(super) taps: Taps,
+    /// Largest storage binding the recorded graphs may use: the device's,
+    /// unless lowered with [`Pipeline::set_max_binding`].
+    max_binding: u64,
+}
+
+/// A UNet graph with its inputs, planned.
+pub(super) struct UnetPlan {
+    pub plan: Plan,
+    pub x: Value,
+    pub t: Value,
+    pub ctx: Value,
+    pub eps: Value,
+}
+
+/// UNet plans by the injections they make: a phase builds each variant once.
+#[derive(Default)]
+pub(super) struct PlanCache {
+    plans: Vec<(Inject, UnetPlan)>,
+}
+
+impl PlanCache {
+    /// The plan for `what`, built by `build` the first time it is asked for.
+    pub fn get(
+        &mut self,
+        what: Inject,
+        build: impl FnOnce() -> Result<UnetPlan>,
+    ) -> Result<&UnetPlan> {
+        let at = match self.plans.iter().position(|(w, _)| *w == what) {
+            Some(at) => at,
+            None => {
+                self.plans.push((what, build()?));
+                self.plans.len() - 1
+            }
+        };
+        Ok(&self.plans[at].1)
+    }
+
+    /// Bytes the cached plans hold together.
+    pub fn planned_bytes(&self) -> u64 {
+        self.plans.iter().map(|(_, p)| p.plan.planned_bytes()).sum()
+    }
+}
+
+/// `rows` one after another.
+pub(super) fn concat_rows(rows: &[&[f32]]) -> Vec<f32> {
+    rows.iter().flat_map(|r| r.iter().copied()).collect()
+}
+
+/// Refuses an image size the networks cannot take (both sides positive
+/// multiples of 64: the VAE downsamples by 8, the UNet by 8 more).
+pub fn check_size([h, w]: [usize; 2]) -> Result<()> {
+    if h % 64 != 0 || w % 64 != 0 || h == 0 || w == 0 {
+        return Err(PnpError::Input(format!(
+            "image size {w}x{h} is not a multiple of 64 on both sides; resize it (the command line's --width/--height do)"
+        )));
+    }
+    Ok(())
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(
+        gpu: Arc<Gpu>,
+        model: &'a SdModel,
+        tokenizer: &'a ClipTokenizer,
+        scheduler: Ddim,
+        dtype: DType,
+    ) -> Self {
+        Pipeline {
+            tokenizer: Some(tokenizer),
+            ..Self::from_embeddings(gpu, model, scheduler, dtype)
+        }
+    }
+
+    /// A pipeline without a tokenizer, for callers that bring their own text
+    /// embeddings (77 x D) to [`Self::invert`] and [`Self::sample`] (the
+    /// pipeline benchmark, which needs no files).
+    pub fn from_embeddings(
+        gpu: Arc<Gpu>,
+        model: &'a SdModel,
+        scheduler: Ddim,
+        dtype: DType,
+    ) -> Self {
+        Pipeline {
+            max_binding: gpu.max_binding(),
+            gpu,
+            model,
+            tokenizer: None,
+            scheduler,
+            dtype,
+            stats: Stats::default(),
+            taps: Taps::pnp(),
+        }
+    }
+
+    /// Lowers the largest binding every graph of this pipeline may use (never
+    /// above the device's): ops split their work under it, preflight checks
+    /// against it, and the feature store must fit it. For tests and for
+    /// sizing a run for a smaller device.
+    pub fn set_max_binding(&mut self, bytes: u64) {
+        self.max_binding = bytes.min(self.gpu.max_binding());
+    }
+
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// An empty graph on this pipeline's device, type and binding limit.
+    pub(super) fn graph(&self) -> Graph {
+        let mut g = Graph::new(self.gpu.clone(), self.dtype);
+        g.set_max_binding(self.max_binding);
+        g
+    }
+
+    /// Tokens per prompt: the tokenizer's, else the text encoder's positions.
+    fn text_len(&self) -> usize {
+        self.tokenizer.map_or(
+            self.model.text.config.max_position_embeddings,
+            ClipTokenizer::max_len,
+        )
+    }
+
+    /// Adds the timer's seconds to phase `name` (decoding several prompts is one phase).
+    pub(super) fn phase_done(&mut self, name: &str, t: Timer) {
+        let secs = t.seconds();
+        match self.stats.phases.iter_mut().find(|(n, _)| n == name) {
+            Some((_, total)) => *total += secs,
+            None => self.stats.phases.push((name.to_string(), secs)),
+        }
+    }
+
+    pub(super) fn note_peak(&mut self, bytes: u64) {
+        self.stats.peak_bytes = self.stats.peak_bytes.max(bytes);
+    }
+
+    /// Text embeddings (77 x D each) of `prompts`, truncating with a note.
+    pub async fn embed(
+        &mut self,
+        prompts: &[&str],
+        progress: &mut dyn Progress,
+    ) -> Result<Vec<Vec<f32>>> {
+        let timer = Timer::start();
+        let Some(tokenizer) = self.tokenizer else {
+            return Err(PnpError::Input(
+                "this pipeline has no tokenizer: pass text embeddings instead".into(),
+            ));
+        };
+        let text = &self.model.text;
+        let d = text.config.hidden_size;
+        let len = tokenizer.max_len();
+        let mut g = self.graph();
+        let x = g.input("token embeddings", &[1, len, d], self.dtype);
+        let y = text.forward(&mut g, &x)?;
+        g.output(&y);
+        let plan = g.plan()?;
+        self.note_peak(plan.planned_bytes());
+        progress.phase("text", prompts.len());
+        let mut out = Vec::new();
+        for p in prompts {
+            let enc = tokenizer.encode(p)?;
+            if let Some(w) = enc.warning() {
+                progress.note(&w);
+            }
+            plan.write(&x, &text.embed(&[enc.ids])?);
+            plan.run();
+            out.push(plan.read(&y).await?);
+            progress.tick();
+        }
+        self.phase_done("text encoder", timer);
+        Ok(out)
+    }
+
+    /// Every text embedding a translation with `opts` and `targets` needs.
+    pub async fn embeddings(
+        &mut self,
+        opts: &PnpOptions,
+        targets: &[&str],
+        progress: &mut dyn Progress,
+    ) -> Result<Embeddings> {
+        let all = self.embed(&opts.texts(targets), progress).await?;
+        Embeddings::from_ordered(all)
+            .ok_or_else(|| PnpError::Input("the text encoder returned too few embeddings".into()))
+    }
+
+    /// VAE encode: pixels (3, H, W) in [0, 1] -> posterior mean * scaling factor (1, 4, H/8, W/8).
+    pub async fn encode_image(&mut self, pixels: &[f32], hw: [usize; 2]) -> Result<Vec<f32>> {
+        let timer = Timer::start();
+        let [h, w] = hw;
+        check_size(hw)?;
+        let vae = &self.model.vae;
+        let mut g = self.graph();
+        let x = g.input("image", &[1, 3, h, w], self.dtype);
+        let m = vae.encode_moments(&mut g, &x)?;
+        g.output(&m);
+        let plan = g.plan()?;
+        self.note_peak(plan.planned_bytes());
+        plan.write(
+            &x,
+            &pixels.iter().map(|p| 2.0 * p - 1.0).collect::<Vec<_>>(),
+        );
+        plan.run();
+        let moments = plan.read(&m).await?;
+        let lat = vae.config.latent_channels;
+        let n = lat * (h / 8) * (w / 8);
+        let scale = vae.config.scaling_factor;
+        self.phase_done("vae encode", timer);
+        Ok(moments[..n].iter().map(|v| v * scale).collect())
+    }
+
+    /// VAE decode: latent (1, 4, h, w) -> pixels (3, 8h, 8w) in [0, 1].
+    pub async fn decode(&mut self, z: &[f32], hw: [usize; 2]) -> Result<Vec<f32>> {
+        let timer = Timer::start();
+        let vae = &self.model.vae;
+        let lat = vae.config.latent_channels;
+        let mut g = self.graph();
+        let x = g.input("latent", &[1, lat, hw[0], hw[1]], self.dtype);
+        let y = vae.decode(&mut g, &x)?;
+        g.output(&y);
+        let plan = g.plan()?;
+        self.note_peak(plan.planned_bytes());
+        let scale = vae.config.scaling_factor;
+        plan.write(&x, &z.iter().map(|v| v / scale).collect::<Vec<_>>());
+        plan.run();
+        let img = plan.read(&y).await?;
+        self.phase_done("vae decode", timer);
+        Ok(img
+            .into_iter()
+            .map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
+            .collect())
+    }
+
+    /// The UNet's inputs for `batch` rows of latents of size `hw`: latents,
+    /// timesteps, text embeddings.
+    pub(super) fn unet_inputs(
+        &self,
+        g: &mut Graph,
+        batch: usize,
+        hw: [usize; 2],
+    ) -> (Value, Value, Value) {
+        let unet = &self.model.unet;
+        let x = g.input(
+            "latents",
+            &[batch, unet.config.in_channels, hw[0], hw[1]],
+            self.dtype,
+        );
+        let t = Unet::timestep_input(g, batch);
+        let ctx = g.input(
+            "text",
+            &[batch, self.text_len(), unet.config.cross_attention_dim],
+            self.dtype,
+        );
+        (x, t, ctx)
+    }
+
+    /// A UNet graph of `batch` rows with the hooks `hooks` makes from the
+    /// store's values (None when no store is bound), planned.
+    pub(super) fn unet_plan(
+        &self,
+        batch: usize,
+        hw: [usize; 2],
+        store: Option<&super::store::FeatureStore>,
+        hooks: impl FnOnce(Option<&StoreValues>) -> Result<Hooks<'_>>,
+    ) -> Result<UnetPlan> {
+        let unet = &self.model.unet;
+        let mut g = self.graph();
+        let (x, t, ctx) = self.unet_inputs(&mut g, batch, hw);
+        let values = store.map(|s| s.bind(&mut g));
+        let hooks = hooks(values.as_ref())?;
+        let eps = unet.forward_hooked(&mut g, &x, &t, &ctx, &hooks)?;
+        drop(hooks);
+        g.output(&eps);
+        let plan = g.plan()?;
+        Ok(UnetPlan {
+            plan,
+            x,
+            t,
+            ctx,
+            eps,
+        })
+    }
+
+    /// One UNet evaluation: writes the inputs, runs, reads eps.
+    pub(super) async fn run_unet(
+        &mut self,
+        p: &UnetPlan,
+        x: &[f32],
+        t: usize,
+        ctx: &[f32],
+    ) -> Result<Vec<f32>> {
+        let batch = p.x.dim(0);
+        p.plan.write(&p.x, x);
+        p.plan.write(&p.t, &vec![t as f32; batch]);
+        p.plan.write(&p.ctx, ctx);
+        p.plan.run();
+        self.stats.unet_evals += batch;
+        Ok(p.plan.read(&p.eps).await?)
+    }
+}

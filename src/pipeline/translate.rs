@@ -1,0 +1,167 @@
+//! The whole translation (docs/ALGORITHM.md, "Stages"): every check before
+//! GPU work, then text, encode and inversion ([`Pipeline::prepare`]), then
+//! sampling and decode ([`Pipeline::finish`]). The command line saves the
+//! inversion between the two.
+
+use super::inversion::Inversion;
+use super::options::{Embeddings, PnpOptions};
+use super::stages::{Pipeline, check_size};
+use super::store::Schedule;
+use super::{PnpError, Result};
+use crate::gpu::DType;
+use crate::models::hooks::Hooks;
+use crate::progress::Progress;
+
+/// Text embeddings and the inversion, from [`Pipeline::prepare`].
+pub struct Prepared {
+    pub embeddings: Embeddings,
+    pub inversion: Inversion,
+    /// Latent size (h, w).
+    pub hw: [usize; 2],
+}
+
+/// What [`Pipeline::translate`] made, per target prompt.
+pub struct Translation {
+    /// Final latents (1, 4, H/8, W/8).
+    pub finals: Vec<Vec<f32>>,
+    /// Decoded images (3, H, W) in [0, 1].
+    pub images: Vec<Vec<f32>>,
+    pub inversion: Inversion,
+}
+
+impl Pipeline<'_> {
+    /// The whole translation for one image (pixels (3, H, W) in [0, 1],
+    /// `size` = [H, W]) and every prompt in `prompts`:
+    /// [`Pipeline::prepare`], then [`Pipeline::finish`].
+    pub async fn translate(
+        &mut self,
+        pixels: &[f32],
+        size: [usize; 2],
+        prompts: &[&str],
+        opts: &PnpOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Translation> {
+        let prepared = self
+            .prepare(pixels, size, prompts, opts, None, progress)
+            .await?;
+        let (finals, images) = self.finish(&prepared, opts, progress).await?;
+        Ok(Translation {
+            finals,
+            images,
+            inversion: prepared.inversion,
+        })
+    }
+
+    /// Checks the options and the size against this adapter before any GPU
+    /// work, then makes the text embeddings and the inversion: VAE encode and
+    /// DDIM inversion of the image, or `inversion` when one is given (a saved
+    /// one, or a generation's own trajectory).
+    pub async fn prepare(
+        &mut self,
+        pixels: &[f32],
+        size: [usize; 2],
+        prompts: &[&str],
+        opts: &PnpOptions,
+        inversion: Option<Inversion>,
+        progress: &mut dyn Progress,
+    ) -> Result<Prepared> {
+        self.check_options(opts, prompts, inversion.is_some())?;
+        let hw = [size[0] / 8, size[1] / 8];
+        let (store, _) = self.store_plan(opts, hw)?;
+        let schedule = Schedule::new(opts.steps, opts.pnp_f_t, opts.pnp_attn_t);
+        self.preflight(size, store.max_batch(schedule))?;
+        let embeddings = self.embeddings(opts, prompts, progress).await?;
+        let inversion = match inversion {
+            Some(inv) => inv,
+            None => {
+                progress.phase("encode", 1);
+                let z0 = self.encode_image(pixels, size).await?;
+                progress.tick();
+                let (c, steps) = (&embeddings.inversion, opts.inversion_steps);
+                self.invert(&z0, hw, c, steps, progress).await?
+            }
+        };
+        Ok(Prepared {
+            embeddings,
+            inversion,
+            hw,
+        })
+    }
+
+    /// The options that do not depend on the image: prompts, fractions,
+    /// the inversion grid (unless an inversion is given).
+    fn check_options(&self, opts: &PnpOptions, prompts: &[&str], given: bool) -> Result<()> {
+        if prompts.is_empty() {
+            return Err(PnpError::Input("give at least one target prompt".into()));
+        }
+        if !(0.0..=1.0).contains(&opts.pnp_f_t) || !(0.0..=1.0).contains(&opts.pnp_attn_t) {
+            return Err(PnpError::Fractions);
+        }
+        let grid_ok = self
+            .scheduler
+            .inversion_grid_contains(opts.inversion_steps, opts.steps);
+        if !given && !grid_ok {
+            return Err(PnpError::InversionGrid {
+                inversion_steps: opts.inversion_steps,
+                steps: opts.steps,
+                compatible: self.scheduler.compatible_inversion_steps(opts.steps),
+            });
+        }
+        Ok(())
+    }
+
+    /// The sampling for every target prompt, sharing one inversion and one
+    /// feature store, and the VAE decode: the final latents and the images.
+    pub async fn finish(
+        &mut self,
+        prepared: &Prepared,
+        opts: &PnpOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let finals = self
+            .sample(&prepared.inversion, &prepared.embeddings, opts, progress)
+            .await?;
+        progress.phase("decode", finals.len());
+        let mut images = Vec::with_capacity(finals.len());
+        for z in &finals {
+            images.push(self.decode(z, prepared.hw).await?);
+            progress.tick();
+        }
+        Ok((finals, images))
+    }
+
+    /// Records the largest graphs a translation of an image of `size` = [H,
+    /// W] pixels needs (the VAE encoder and decoder, the UNet at `batch`
+    /// rows) and checks them against the device's limits without running or
+    /// allocating anything, so that a size this adapter cannot take is
+    /// refused before minutes of work, not at the final decode.
+    pub fn preflight(&self, size: [usize; 2], batch: usize) -> Result<()> {
+        check_size(size)?;
+        let [h, w] = size;
+        self.record_all(size, batch).map_err(|e| {
+            // Device-limit errors carry their own advice; shape errors do not.
+            let advice = match e {
+                PnpError::Gpu(_) => "",
+                _ if self.dtype == DType::F32 => "; use a smaller size or f16",
+                _ => "; use a smaller size",
+            };
+            PnpError::Input(format!(
+                "this adapter cannot translate a {w}x{h} image: {e}{advice}"
+            ))
+        })
+    }
+
+    fn record_all(&self, [h, w]: [usize; 2], batch: usize) -> Result<()> {
+        let vae = &self.model.vae;
+        let unet = &self.model.unet;
+        let mut g = self.graph();
+        let x = g.input("image", &[1, 3, h, w], self.dtype);
+        vae.encode_moments(&mut g, &x)?;
+        let lat = [1, vae.config.latent_channels, h / 8, w / 8];
+        let z = g.input("latent", &lat, self.dtype);
+        vae.decode(&mut g, &z)?;
+        let (x, t, ctx) = self.unet_inputs(&mut g, batch, [h / 8, w / 8]);
+        unet.forward_hooked(&mut g, &x, &t, &ctx, &Hooks::default())?;
+        Ok(g.check_limits()?)
+    }
+}
