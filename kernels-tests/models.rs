@@ -707,3 +707,44 @@ fn the_loader_prefers_fp16_files_for_f16_and_follows_shard_indexes() {
     .expect_err("a missing shard");
     assert!(err.to_string().contains(s2), "{err}");
 }
+
+/// A hook whose tap names no layer of the UNet is refused when the graph is
+/// built: it would otherwise never capture or inject, and nothing would say so.
+#[test]
+fn hooks_that_name_no_layer_are_refused() {
+    use pnp::models::hooks::{AttnTap, Hooks, QkHook, ResnetHook, ResnetTap};
+    let gpu = gpu();
+    let dtype = DType::F32;
+    let dir = folder("sd15-tiny").join("unet");
+    let cfg: UnetConfig = read_config(&dir.join("config.json")).expect("config");
+    let unet = Unet::load(
+        Ctx { gpu: &gpu, dtype },
+        &component_weights(&dir).expect("w"),
+        cfg,
+    )
+    .expect("load");
+    let record = |hooks: &Hooks| {
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let x = g.input("x", &[1, 4, 8, 8], dtype);
+        let t = Unet::timestep_input(&mut g, 1);
+        let ctx = g.input("ctx", &[1, 77, unet.config.cross_attention_dim], dtype);
+        unet.forward_hooked(&mut g, &x, &t, &ctx, hooks).map(|_| ())
+    };
+    record(&Hooks::default()).expect("no hooks");
+    let mut past_blocks = Hooks::default();
+    past_blocks
+        .resnets
+        .push((ResnetTap { up: 9, resnet: 0 }, ResnetHook::default()));
+    let err = record(&past_blocks).expect_err("up_blocks[9] does not exist");
+    assert!(err.to_string().contains("up_blocks[9].resnets[0]"), "{err}");
+    // up_blocks[0] of SD has no attentions at all.
+    let mut no_attention = Hooks::default();
+    no_attention
+        .attn1
+        .push((AttnTap { up: 0, attn: 0 }, QkHook::default()));
+    let err = record(&no_attention).expect_err("up_blocks[0] has no attention");
+    assert!(
+        err.to_string().contains("up_blocks[0].attentions[0]"),
+        "{err}"
+    );
+}

@@ -41,7 +41,8 @@ fn short_translation(model: &str, dtype: DType, store: StoreMode) {
     };
     let pixels = pnp::rand::SplitMix64::new(1).signed_units(3 * 64 * 64);
     let pixels: Vec<f32> = pixels.iter().map(|v| 0.5 + 0.5 * v).collect();
-    let run = pipe.translate(&pixels, [64, 64], &["a cat"], &opts, &mut Quiet);
+    let mut quiet = Quiet;
+    let run = pipe.translate(&pixels, [64, 64], &["a cat"], &opts, &mut quiet);
     pollster::block_on(run).unwrap_or_else(|e| panic!("{model} {dtype:?} {store:?}: {e}"));
 }
 

@@ -14,10 +14,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> y: array<T>; // y: destination, strided
 @group(0) @binding(2) var<storage, read> x: array<T>;       // x: source, strided
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(FLAT_WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + tid;
+    let i = flat_index(wg, nwg, tid);
     if (i >= p.total) {
         return;
     }

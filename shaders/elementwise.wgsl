@@ -26,10 +26,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read> b: array<T>;       // b: broadcast to a
 #endif
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(FLAT_WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + tid;
+    let i = flat_index(wg, nwg, tid);
     if (i >= p.n) {
         return;
     }

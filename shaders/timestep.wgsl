@@ -37,10 +37,10 @@ fn sin_cos(x: f32) -> vec2<f32> {
     return vec2<f32>(-c, s);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(FLAT_WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + tid;
+    let i = flat_index(wg, nwg, tid);
     if (i >= p.total) {
         return;
     }

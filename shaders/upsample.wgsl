@@ -16,10 +16,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> y: array<T>; // y: (B, C, 2H, 2W)
 @group(0) @binding(2) var<storage, read> x: array<T>;       // x: (B, C, H, W)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(FLAT_WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
-    let i = (wg.y * nwg.x + wg.x) * 256u + tid;
+    let i = flat_index(wg, nwg, tid);
     if (i >= p.total) {
         return;
     }

@@ -5,7 +5,7 @@
 mod pipeline;
 pub(crate) mod tensor;
 
-pub use pipeline::{Access, INCLUDES, KernelKey, PipelineCache, shader_source};
+pub use pipeline::{Access, FLAT_WORKGROUP, INCLUDES, KernelKey, PipelineCache, shader_source};
 pub use tensor::{DType, Tensor};
 
 use std::sync::Arc;
@@ -52,6 +52,10 @@ pub enum GpuError {
         bytes: u64,
         limit: u64,
     },
+    #[error(
+        "{what} has {elems} elements; kernels address at most 4294967295 (32-bit indices). Use a smaller image size"
+    )]
+    TooManyElements { what: String, elems: usize },
 }
 
 /// How to choose the adapter. `name` matches a substring of the adapter name,

@@ -66,12 +66,24 @@ fn file(name: &str) -> &'static str {
 
 /// The complete WGSL module for a key: a generated header (f16 enable, the
 /// storage type alias `T`, the constants), then the family file.
+/// Invocations per workgroup of the flat kernels (copy, elementwise,
+/// timestep, upsample): one element each, over a 2-D grid of workgroups
+/// when one dimension would pass 65535 ([`crate::graph`]'s `grid_flat`).
+pub const FLAT_WORKGROUP: usize = 256;
+
 pub fn shader_source(key: &KernelKey) -> String {
     let mut src = String::new();
     if key.dtype == DType::F16 {
         src.push_str("enable f16;\n");
     }
     src.push_str(&format!("alias T = {};\n", key.dtype.wgsl()));
+    // The flat (one element per invocation) kernels' workgroup size and
+    // index, from the same constant the launcher divides by.
+    src.push_str(&format!(
+        "const FLAT_WG: u32 = {FLAT_WORKGROUP}u;\n\
+         fn flat_index(wg: vec3<u32>, nwg: vec3<u32>, tid: u32) -> u32 {{\n\
+         \x20   return (wg.y * nwg.x + wg.x) * FLAT_WG + tid;\n}}\n"
+    ));
     for (name, value) in &key.consts {
         src.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }

@@ -55,6 +55,15 @@ impl Graph {
                 let v = id.0 as usize;
                 let info = &self.values[v];
                 let elems: usize = info.shape.iter().product();
+                // Every uniform word (dims, strides, offsets, workgroup
+                // counts) is at most a bound value's element count, so this
+                // one check makes the ops' u32 casts exact.
+                if u32::try_from(elems).is_err() {
+                    return Err(GpuError::TooManyElements {
+                        what: name_of(v),
+                        elems,
+                    });
+                }
                 let bytes = (elems * info.dtype.size()) as u64;
                 if bytes > max_buffer {
                     return Err(GpuError::BufferTooLarge {

@@ -2,7 +2,7 @@
 //! score-matrix path for heads too wide for it.
 
 use super::layout::copy4;
-use super::{same_dtype, u};
+use super::{same_dtype, u, word_of, words};
 use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, shape_err};
 
 /// Keys per tile in attention.wgsl (BC): k and v tiles take 2 * BC * D floats
@@ -11,6 +11,34 @@ const KEY_TILE: usize = 16;
 
 /// Widest head the fused kernel takes (its registers hold 2 * D floats per row).
 const MAX_FUSED_HEAD_DIM: usize = 256;
+
+/// attention.wgsl's `Params`: row strides (rs), batch strides (bs) and
+/// element offsets (off) of q, k, v and o; the key range of this dispatch.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AttentionParams {
+    lq: u32,
+    lk: u32,
+    causal: u32,
+    scale: f32,
+    q_rs: u32,
+    k_rs: u32,
+    v_rs: u32,
+    o_rs: u32,
+    q_bs: u32,
+    k_bs: u32,
+    v_bs: u32,
+    o_bs: u32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    o_off: u32,
+    heads: u32,
+    k_begin: u32,
+    k_end: u32,
+    /// Bit 0: the first key chunk; bit 1: the last.
+    first_last: u32,
+}
 
 /// Rows of width C read from a tensor through strides: row r of batch b is
 /// `value[offset + b * batch_stride + r * row_stride ..][..C]`. A batch stride
@@ -164,28 +192,29 @@ pub fn attention_views(
     for ch in 0..chunks {
         let (k_begin, k_end) = (ch * chunk, ((ch + 1) * chunk).min(lk));
         let first_last = (ch == 0) as u32 | (((ch + 1 == chunks) as u32) << 1);
-        let params = vec![
-            u(lq),
-            u(lk),
-            causal as u32,
-            scale.to_bits(),
-            u(q.row_stride),
-            u(k.row_stride),
-            u(v.row_stride),
-            u(c),
-            u(q.batch_stride),
-            u(k.batch_stride),
-            u(v.batch_stride),
-            u(lq * c),
-            0, // q_off .. o_off: words 12..15, set below
-            0,
-            0,
-            0,
-            u(heads),
-            u(k_begin),
-            u(k_end),
+        let params = AttentionParams {
+            lq: u(lq),
+            lk: u(lk),
+            causal: causal as u32,
+            scale,
+            q_rs: u(q.row_stride),
+            k_rs: u(k.row_stride),
+            v_rs: u(v.row_stride),
+            o_rs: u(c),
+            q_bs: u(q.batch_stride),
+            k_bs: u(k.batch_stride),
+            v_bs: u(v.batch_stride),
+            o_bs: u(lq * c),
+            // The offsets move with the step (store slots): set below.
+            q_off: 0,
+            k_off: 0,
+            v_off: 0,
+            o_off: 0,
+            heads: u(heads),
+            k_begin: u(k_begin),
+            k_end: u(k_end),
             first_last,
-        ];
+        };
         let mut outputs = vec![&o];
         outputs.extend(state.as_ref());
         let node = g.push(
@@ -195,12 +224,12 @@ pub fn attention_views(
             vec![("HEAD_DIM", u(d)), ("CHUNKED", state.is_some() as u32)],
             &outputs,
             &[(3, q.value), (4, k.value), (5, v.value)],
-            params,
+            words(&params),
             [u(lq.div_ceil(64)), u(heads), u(batch)],
         );
-        g.step_param(node, 12, q.offset);
-        g.step_param(node, 13, k.offset);
-        g.step_param(node, 14, v.offset);
+        g.step_param(node, word_of!(AttentionParams, q_off), q.offset);
+        g.step_param(node, word_of!(AttentionParams, k_off), k.offset);
+        g.step_param(node, word_of!(AttentionParams, v_off), v.offset);
     }
     Ok(o)
 }

@@ -1,7 +1,7 @@
 //! Elementwise ops with broadcasting (`shaders/elementwise.wgsl`).
 
-use super::{same_dtype, u};
-use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
+use super::{same_dtype, u, word_of, words};
+use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, grid_flat, shape_err};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unary {
@@ -9,6 +9,22 @@ pub enum Unary {
     /// erf GELU.
     Gelu,
     QuickGelu,
+}
+
+/// elementwise.wgsl's `Params`: y[i] = op(a[i], b[b_off + ((i_base + i) / b_div) % b_mod]).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ElementwiseParams {
+    n: u32,
+    b_div: u32,
+    b_mod: u32,
+    alpha: f32,
+    /// Where b starts (a feature-store slot, say): moves with the step.
+    b_off: u32,
+    /// Index of this dispatch's first element in the whole of a (split runs).
+    i_base: u32,
+    a_lead: u32,
+    y_lead: u32,
 }
 
 fn record(
@@ -37,12 +53,21 @@ fn record(
         let (wa, wy) = (g.window(a, start, len), g.window(&y, start, len));
         let win = |w: crate::graph::Windowed| (!whole).then_some(w.window);
         let mut inputs = vec![(2, a, win(wa))];
-        let mut words = vec![u(len), 1, u(len), alpha.to_bits(), 0, 0, 0, 0];
+        let mut params = ElementwiseParams {
+            n: u(len),
+            b_div: 1,
+            b_mod: u(len),
+            alpha,
+            b_off: 0,
+            i_base: 0,
+            a_lead: 0,
+            y_lead: 0,
+        };
         let mut b_off = Offset::default();
         if let Some((b, div, modulo, off)) = b {
             if b_whole {
                 inputs.push((3, b, None));
-                (words[1], words[2], words[5]) = (div, modulo, u(start));
+                (params.b_div, params.b_mod, params.i_base) = (div, modulo, u(start));
                 b_off = off;
             } else {
                 // Same shape as a: b[lead + i] in b's window.
@@ -52,7 +77,7 @@ fn record(
             }
         }
         if !whole {
-            (words[6], words[7]) = (u(wa.lead), u(wy.lead));
+            (params.a_lead, params.y_lead) = (u(wa.lead), u(wy.lead));
         }
         let node = g.push_windowed(
             "elementwise",
@@ -61,10 +86,10 @@ fn record(
             consts.clone(),
             &[(&y, win(wy))],
             &inputs,
-            words,
-            grid_1d(len, 256),
+            words(&params),
+            grid_flat(len),
         );
-        g.step_param(node, 4, b_off);
+        g.step_param(node, word_of!(ElementwiseParams, b_off), b_off);
     }
     y
 }

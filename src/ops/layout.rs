@@ -1,14 +1,29 @@
 //! Layout transforms: strided copies (`shaders/copy.wgsl`) and nearest 2x
 //! upsampling (`shaders/upsample.wgsl`).
 
-use super::{same_dtype, u};
-use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, Window, grid_1d, shape_err};
+use super::{same_dtype, u, word_of, words};
+use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, Window, grid_flat, shape_err};
 
 /// Copies the 4-d index space `n` from `src` (strides `s`, offset `so`) into
 /// `dst` (strides `d`, offset `dof`). Tensors larger than one binding are
 /// copied per index of dimension 1 (the batch row, for every caller) and in
 /// chunks of dimension 2, each binding the windows it touches; a destination
 /// offset that moves with the step (a feature-store slot) binds whole.
+/// copy.wgsl's `Params`: sizes n, source strides s and destination strides
+/// d of four dimensions, element offsets, and the element count.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CopyParams {
+    n: [u32; 4],
+    s: [u32; 4],
+    d: [u32; 4],
+    src_off: u32,
+    /// Moves with the step when the destination is a store slot.
+    dst_off: u32,
+    total: u32,
+    _pad: u32,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy4(
     g: &mut Graph,
@@ -22,8 +37,15 @@ pub(crate) fn copy4(
 ) {
     let record = |g: &mut Graph, n: [usize; 4], wins: [Option<Window>; 2], so: usize, dof| {
         let total: usize = n.iter().product();
-        let mut params: Vec<u32> = n.iter().chain(&s).chain(&d).map(|&x| u(x)).collect();
-        params.extend([u(so), 0, u(total), 0]);
+        let params = CopyParams {
+            n: n.map(u),
+            s: s.map(u),
+            d: d.map(u),
+            src_off: u(so),
+            dst_off: 0, // moves with the step (a store slot): set below
+            total: u(total),
+            _pad: 0,
+        };
         let node = g.push_windowed(
             "copy",
             "main",
@@ -31,10 +53,10 @@ pub(crate) fn copy4(
             vec![],
             &[(dst, wins[1])],
             &[(2, src, wins[0])],
-            params,
-            grid_1d(total, 256),
+            words(&params),
+            grid_flat(total),
         );
-        g.step_param(node, 13, dof);
+        g.step_param(node, word_of!(CopyParams, dst_off), dof);
     };
     // Elements one (i1, i2 chunk of `c`) block spans in a tensor of strides `st`.
     let span = |st: [usize; 4], c: usize| {
@@ -223,7 +245,7 @@ pub fn upsample_nearest2x(g: &mut Graph, x: &Value) -> Result<Value, ShapeError>
                 if whole { 0 } else { u(wx.lead) },
                 if whole { 0 } else { u(wy.lead) },
             ],
-            grid_1d(total, 256),
+            grid_flat(total),
         );
     }
     Ok(y)

@@ -60,6 +60,24 @@ pub(crate) fn expect_shape(
     Ok(())
 }
 
+/// The 32-bit words of a kernel's uniform block, from its `#[repr(C)]`
+/// struct (the mirror of the shader's `struct Params`, field for field).
+pub(crate) fn words<P: bytemuck::Pod>(params: &P) -> Vec<u32> {
+    bytemuck::pod_collect_to_vec(bytemuck::bytes_of(params))
+}
+
+/// The word index of field `$field` of uniform struct `$ty`: how a
+/// step-dependent word (a store slot's offset) is addressed.
+macro_rules! word_of {
+    ($ty:ty, $field:ident) => {
+        std::mem::offset_of!($ty, $field) / 4
+    };
+}
+pub(crate) use word_of;
+
+/// A uniform word from a size. Exact: every size an op writes is at most the
+/// element count of a value it binds, and [`crate::graph::Graph::check_limits`] (run by
+/// `plan`) refuses any value past u32 addressing before a dispatch is made.
 pub(crate) fn u(x: usize) -> u32 {
-    x as u32
+    u32::try_from(x).unwrap_or(u32::MAX)
 }

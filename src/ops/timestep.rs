@@ -3,7 +3,7 @@
 
 use super::u;
 use crate::gpu::{DType, Tensor};
-use crate::graph::{Graph, ShapeError, ShapeFmt, Value, grid_1d, shape_err};
+use crate::graph::{Graph, ShapeError, ShapeFmt, Value, grid_flat, shape_err};
 
 /// exp(-ln(max_period) * j / (half - shift)) for j < half, computed the way
 /// PyTorch's float32 ops round it: the product and the quotient in f32, then a
@@ -57,7 +57,7 @@ pub fn timestep_embedding(
         &[&y],
         &[(2, t), (3, &fv)],
         vec![u(total), u(dim), u(dim / 2), flip_sin_to_cos as u32],
-        grid_1d(total, 256),
+        grid_flat(total),
     );
     Ok(y)
 }
