@@ -153,15 +153,16 @@ async function run() {
   $('phases').textContent = '';
   $('notes').textContent = '';
   $('result').hidden = true;
+  // Absent (undefined) settings take the library's defaults (PnpOptions).
   const opts = {
     prompts: $('prompts').value.split('\n').map((s) => s.trim()).filter((s) => s),
     negative_prompt: $('negative_prompt').value,
     inversion_prompt: $('inversion_prompt').value,
-    steps: numberOrNull('steps', parseInt) ?? 50,
-    inversion_steps: numberOrNull('inversion_steps', parseInt) ?? 999,
-    guidance: numberOrNull('guidance', parseFloat) ?? 7.5,
-    pnp_f_t: numberOrNull('pnp_f_t', parseFloat) ?? 0.8,
-    pnp_attn_t: numberOrNull('pnp_attn_t', parseFloat) ?? 0.5,
+    steps: numberOrNull('steps', parseInt) ?? undefined,
+    inversion_steps: numberOrNull('inversion_steps', parseInt) ?? undefined,
+    guidance: numberOrNull('guidance', parseFloat) ?? undefined,
+    pnp_f_t: numberOrNull('pnp_f_t', parseFloat) ?? undefined,
+    pnp_attn_t: numberOrNull('pnp_attn_t', parseFloat) ?? undefined,
     width: numberOrNull('width', parseInt),
     height: numberOrNull('height', parseInt),
   };
