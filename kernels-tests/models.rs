@@ -629,7 +629,7 @@ fn disk_and_picked_files_load_the_same_model() {
                 );
             }
             assert_eq!(from_disk.scheduler_config, from_pick.scheduler_config);
-            assert_eq!(from_disk.notes, from_pick.notes);
+            assert_eq!(from_disk.model.notes(), from_pick.model.notes());
             let ids = |m: &LoadedModel| m.tokenizer.encode("a photo of a cat").expect("ids").ids;
             assert_eq!(ids(&from_disk), ids(&from_pick));
         }

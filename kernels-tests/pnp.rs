@@ -55,25 +55,13 @@ fn run_case(case: &str, fails: &mut Failures) {
     )
     .expect("json");
     let sched = Ddim::from_config(&sched_cfg).expect("scheduler");
-    let prompts: Vec<String> = c["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .map(|p| p.as_str().expect("str").to_string())
-        .collect();
+    let prompts = case_prompts(&c);
     let (pixels, hw) = load_png(p_str(&c, "image"));
     let mut by_mode: Vec<Vec<Vec<f32>>> = Vec::new();
     for mode in [StoreMode::Resident, StoreMode::Inline] {
         let opts = PnpOptions {
-            negative_prompt: p_str(&c, "negative_prompt").into(),
-            inversion_prompt: p_str(&c, "inversion_prompt").into(),
-            steps: p_usize(&c, "steps"),
-            inversion_steps: p_usize(&c, "inversion_steps"),
-            guidance: p_f32(&c, "guidance"),
-            pnp_f_t: p_f64(&c, "pnp_f_t"),
-            pnp_attn_t: p_f64(&c, "pnp_attn_t"),
             store: mode,
-            ..Default::default()
+            ..case_options(&c)
         };
         let mut pipe = Pipeline::new(gpu.clone(), &model, &tok, sched.clone(), dtype);
         let targets: Vec<&str> = prompts.iter().map(String::as_str).collect();

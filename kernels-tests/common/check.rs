@@ -6,6 +6,7 @@
 
 use pnp::gpu::{DType, Gpu};
 use pnp::graph::{Graph, Value};
+use pnp::pipeline::PnpOptions;
 use serde_json::Value as Json;
 use std::collections::HashMap;
 
@@ -97,6 +98,30 @@ pub fn p_f64(c: &Json, k: &str) -> f64 {
     c[k].as_f64()
         .unwrap_or_else(|| panic!("case param {k} missing in {c}"))
 }
+/// The PnP settings of a tools/reference_pnp.py case.
+pub fn case_options(c: &Json) -> PnpOptions {
+    PnpOptions {
+        negative_prompt: p_str(c, "negative_prompt").into(),
+        inversion_prompt: p_str(c, "inversion_prompt").into(),
+        steps: p_usize(c, "steps"),
+        inversion_steps: p_usize(c, "inversion_steps"),
+        guidance: p_f32(c, "guidance"),
+        pnp_f_t: p_f64(c, "pnp_f_t"),
+        pnp_attn_t: p_f64(c, "pnp_attn_t"),
+        ..Default::default()
+    }
+}
+
+/// The target prompts of a tools/reference_pnp.py case.
+pub fn case_prompts(c: &Json) -> Vec<String> {
+    c["prompts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("case has no prompts: {c}"))
+        .iter()
+        .map(|p| p.as_str().expect("prompt").to_string())
+        .collect()
+}
+
 pub fn p_str<'a>(c: &'a Json, k: &str) -> &'a str {
     c[k].as_str()
         .unwrap_or_else(|| panic!("case param {k} missing in {c}"))

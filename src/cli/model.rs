@@ -39,8 +39,8 @@ impl ModelArgs {
         let layout = resolve(&self.model)?.layout(self.config.as_deref());
         let cx = Ctx { gpu, dtype };
         let loaded = pollster::block_on(load_model(&Disk, &layout, cx, progress))?;
-        for n in &loaded.notes {
-            progress.note(n);
+        for n in loaded.model.notes() {
+            progress.note(&n);
         }
         let scheduler = Ddim::from_optional_config(loaded.scheduler_config.as_ref())?;
         Ok(Model {

@@ -179,12 +179,12 @@ impl Gpu {
         )
     }
 
-    /// Largest storage binding this device accepts, in bytes.
     /// The kernel variants this device has made pipelines for.
     pub fn kernel_keys(&self) -> Vec<KernelKey> {
         self.pipelines.keys()
     }
 
+    /// Largest storage binding this device accepts, in bytes.
     pub fn max_binding(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size
     }

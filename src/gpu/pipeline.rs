@@ -64,13 +64,14 @@ fn file(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("no shader file shaders/{name}.wgsl is embedded"))
 }
 
-/// The complete WGSL module for a key: a generated header (f16 enable, the
-/// storage type alias `T`, the constants), then the family file.
 /// Invocations per workgroup of the flat kernels (copy, elementwise,
 /// timestep, upsample): one element each, over a 2-D grid of workgroups
 /// when one dimension would pass 65535 ([`crate::graph`]'s `grid_flat`).
 pub const FLAT_WORKGROUP: usize = 256;
 
+/// The complete WGSL module for a key: a generated header (f16 enable, the
+/// storage type alias `T`, the flat kernels' workgroup size and index, the
+/// constants), then the family file.
 pub fn shader_source(key: &KernelKey) -> String {
     let mut src = String::new();
     if key.dtype == DType::F16 {

@@ -351,14 +351,14 @@ impl Graph {
     }
 }
 
-/// Workgroup counts for `n` independent items in groups of `per_group`,
-/// spread over x and y because one dimension stops at 65535.
 /// Workgroups for `n` elements of a flat kernel (see
 /// [`crate::gpu::FLAT_WORKGROUP`]).
 pub(crate) fn grid_flat(n: usize) -> [u32; 3] {
     grid_1d(n, crate::gpu::FLAT_WORKGROUP)
 }
 
+/// Workgroup counts for `n` independent items in groups of `per_group`,
+/// spread over x and y because one dimension stops at 65535.
 pub(crate) fn grid_1d(n: usize, per_group: usize) -> [u32; 3] {
     let groups = n.div_ceil(per_group).max(1) as u32;
     if groups <= 65535 {

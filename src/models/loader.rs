@@ -105,8 +105,6 @@ pub struct LoadedModel {
     pub tokenizer: ClipTokenizer,
     /// scheduler/scheduler_config.json, when the model has one.
     pub scheduler_config: Option<Value>,
-    /// Things the user should read: assumed config values, unused tensors.
-    pub notes: Vec<String>,
 }
 
 /// Loads the networks, the tokenizer and the scheduler config.
@@ -117,35 +115,32 @@ pub async fn load_model(
     progress: &mut dyn Progress,
 ) -> Result<LoadedModel> {
     let (tok_dir, sched_dir) = match layout {
-        ModelLayout::Folder { root } => (Some(join(root, "tokenizer")), Some(root.clone())),
+        ModelLayout::Folder { root } => (join(root, "tokenizer"), Some(root.as_str())),
         ModelLayout::SingleFile {
-            tokenizer_dir,
+            tokenizer_dir: Some(t),
             config_dir,
             ..
-        } => (tokenizer_dir.clone(), config_dir.clone()),
-    };
-    let Some(tok_dir) = tok_dir else {
-        let ModelLayout::SingleFile { file, .. } = layout else {
-            unreachable!("a folder always has a tokenizer folder");
-        };
-        return Err(LoadError::Read(format!(
-            "{} is a single-file checkpoint, which carries no tokenizer: give a diffusers folder \
-             of the same model family for its tokenizer/ and configs (on the command line: \
-             --config DIR)",
-            src.describe(file)
-        )));
+        } => (t.clone(), config_dir.as_deref()),
+        ModelLayout::SingleFile { file, .. } => {
+            return Err(LoadError::Weights(WeightError::Layout {
+                path: src.describe(file).into(),
+                msg: "a single-file checkpoint carries no tokenizer: give a diffusers folder \
+                      of the same model family for its tokenizer/ and configs (on the command \
+                      line: --config DIR)"
+                    .into(),
+            }));
+        }
     };
     let tokenizer = load_tokenizer(src, &tok_dir).await?;
     let scheduler_config = match sched_dir {
-        Some(d) => json(src, &join(&d, "scheduler/scheduler_config.json")).await?,
+        Some(d) => json(src, &join(d, "scheduler/scheduler_config.json")).await?,
         None => None,
     };
-    let (model, notes) = load_networks(src, layout, cx, progress).await?;
+    let model = load_networks(src, layout, cx, progress).await?;
     Ok(LoadedModel {
         model,
         tokenizer,
         scheduler_config,
-        notes,
     })
 }
 
@@ -163,31 +158,20 @@ pub async fn load_tokenizer(src: &impl FileSource, dir: &str) -> Result<ClipToke
     )?)
 }
 
-/// The text encoder, UNet and VAE on the device, with notes for the user.
+/// The text encoder, UNet and VAE on the device ([`SdModel::notes`] says
+/// what the user should read about them).
 pub async fn load_networks(
     src: &impl FileSource,
     layout: &ModelLayout,
     cx: Ctx<'_>,
     progress: &mut dyn Progress,
-) -> Result<(SdModel, Vec<String>)> {
-    let (model, mut notes) = match layout {
-        ModelLayout::Folder { root } => (load_folder(src, root, cx, progress).await?, Vec::new()),
+) -> Result<SdModel> {
+    match layout {
+        ModelLayout::Folder { root } => load_folder(src, root, cx, progress).await,
         ModelLayout::SingleFile {
             file, config_dir, ..
-        } => load_single(src, file, config_dir.as_deref(), cx, progress).await?,
-    };
-    for r in &model.report {
-        if let Some(first) = r.unused.first() {
-            notes.push(format!(
-                "{} tensor(s) of the {} ({}) were not used, {first} among them: the checkpoint \
-                 may not be the architecture it seems",
-                r.unused.len(),
-                r.name,
-                r.source
-            ));
-        }
+        } => load_single(src, file, config_dir.as_deref(), cx, progress).await,
     }
-    Ok((model, notes))
 }
 
 async fn load_folder(
@@ -373,7 +357,7 @@ async fn load_single(
     config_dir: Option<&str>,
     cx: Ctx<'_>,
     progress: &mut dyn Progress,
-) -> Result<(SdModel, Vec<String>)> {
+) -> Result<SdModel> {
     let overrides = match config_dir {
         Some(d) => ldm_overrides(src, d).await?,
         None => LdmOverrides::default(),
@@ -383,7 +367,12 @@ async fn load_single(
     let path = Path::new(&label);
     let all = safetensors_file(src, file, progress)
         .await?
-        .ok_or_else(|| LoadError::Read(format!("{label}: no such file")))?;
+        .ok_or_else(|| {
+            LoadError::Weights(WeightError::Layout {
+                path: label.clone().into(),
+                msg: "no such file".into(),
+            })
+        })?;
     let ck = split_ldm_tensors(path, all, &overrides)?;
     let tc: ClipConfig = from_json(path, &ck.text_config)?;
     let uc: UnetConfig = from_json(path, &ck.unet_config)?;
@@ -401,16 +390,6 @@ async fn load_single(
         })
         .await??;
     progress.tick();
-    model.assumed = ck.assumed.clone();
-    let notes = ck
-        .assumed
-        .iter()
-        .map(|a| {
-            format!(
-                "assumed {a} (a single-file checkpoint does not record it; a diffusers folder \
-                 given as its config, --config DIR, sets it)"
-            )
-        })
-        .collect();
-    Ok((model, notes))
+    model.assumed = ck.assumed;
+    Ok(model)
 }

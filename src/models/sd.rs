@@ -65,6 +65,29 @@ impl SdModel {
         ))
     }
 
+    /// What the user should read about this model: config values a single
+    /// file does not record and were assumed, and checkpoint tensors that no
+    /// module read (the layout may not be what it seems).
+    pub fn notes(&self) -> Vec<String> {
+        let assumed = self.assumed.iter().map(|a| {
+            format!(
+                "assumed {a} (a single-file checkpoint does not record it; a diffusers folder \
+                 given as its config, --config DIR, sets it)"
+            )
+        });
+        let unused = self.report.iter().filter_map(|r| {
+            let first = r.unused.first()?;
+            Some(format!(
+                "{} tensor(s) of the {} ({}) were not used, {first} among them: the checkpoint \
+                 may not be the architecture it seems",
+                r.unused.len(),
+                r.name,
+                r.source
+            ))
+        });
+        assumed.chain(unused).collect()
+    }
+
     /// A model from networks loaded one at a time, so that a caller reading
     /// files on demand (the browser) holds one file's bytes at once.
     pub fn assemble(
@@ -93,7 +116,7 @@ impl SdModel {
 #[cfg(not(target_arch = "wasm32"))]
 impl SdModel {
     /// The three networks of `--model` on disk, blocking: [`super::loader`]
-    /// over [`super::files::Disk`], without tokenizer or notes.
+    /// over [`super::files::Disk`], without the tokenizer.
     pub fn load(
         cx: Ctx,
         source: &super::locate::ModelSource,
@@ -102,7 +125,7 @@ impl SdModel {
         let layout = source.layout(config_dir);
         let mut quiet = crate::progress::Quiet;
         let load = super::loader::load_networks(&super::files::Disk, &layout, cx, &mut quiet);
-        pollster::block_on(load).map(|(model, _notes)| model)
+        pollster::block_on(load)
     }
 
     /// [`SdModel::load`] of a diffusers folder.

@@ -278,28 +278,23 @@ impl Unet {
                 ),
             )
         };
-        for (t, _) in &hooks.resnets {
-            if self
-                .up
-                .get(t.up)
-                .is_none_or(|b| t.resnet >= b.resnets.len())
-            {
-                return Err(missing(format!(
-                    "up_blocks[{}].resnets[{}]",
-                    t.up, t.resnet
-                )));
-            }
-        }
-        for (t, _) in &hooks.attn1 {
-            if self
-                .up
-                .get(t.up)
-                .is_none_or(|b| t.attn >= b.attentions.len())
-            {
-                return Err(missing(format!(
-                    "up_blocks[{}].attentions[{}]",
-                    t.up, t.attn
-                )));
+        // (up block, layer index, layer kind, layers of that kind in the block).
+        let layers = |up: usize, count: fn(&Block) -> usize| self.up.get(up).map(count);
+        let resnets = hooks
+            .resnets
+            .iter()
+            .map(|(t, _)| (t.up, t.resnet, "resnets", layers(t.up, |b| b.resnets.len())));
+        let attentions = hooks.attn1.iter().map(|(t, _)| {
+            (
+                t.up,
+                t.attn,
+                "attentions",
+                layers(t.up, |b| b.attentions.len()),
+            )
+        });
+        for (up, i, kind, n) in resnets.chain(attentions) {
+            if n.is_none_or(|n| i >= n) {
+                return Err(missing(format!("up_blocks[{up}].{kind}[{i}]")));
             }
         }
         Ok(())

@@ -4,11 +4,6 @@
 use super::{same_dtype, u, word_of, words};
 use crate::graph::{Graph, Offset, ShapeError, ShapeFmt, Value, Window, grid_flat, shape_err};
 
-/// Copies the 4-d index space `n` from `src` (strides `s`, offset `so`) into
-/// `dst` (strides `d`, offset `dof`). Tensors larger than one binding are
-/// copied per index of dimension 1 (the batch row, for every caller) and in
-/// chunks of dimension 2, each binding the windows it touches; a destination
-/// offset that moves with the step (a feature-store slot) binds whole.
 /// copy.wgsl's `Params`: sizes n, source strides s and destination strides
 /// d of four dimensions, element offsets, and the element count.
 #[repr(C)]
@@ -24,6 +19,11 @@ struct CopyParams {
     _pad: u32,
 }
 
+/// Copies the 4-d index space `n` from `src` (strides `s`, offset `so`) into
+/// `dst` (strides `d`, offset `dof`). Tensors larger than one binding are
+/// copied per index of dimension 1 (the batch row, for every caller) and in
+/// chunks of dimension 2, each binding the windows it touches; a destination
+/// offset that moves with the step (a feature-store slot) binds whole.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy4(
     g: &mut Graph,

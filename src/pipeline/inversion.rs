@@ -52,6 +52,19 @@ impl Inversion {
         vec![1, self.channels(), self.hw[0], self.hw[1]]
     }
 
+    /// Refuses an inversion without a latent at every sampling timestep of
+    /// `grid` (the sampling starts from, and the source pass reads, those).
+    pub fn check_covers(&self, grid: &[usize]) -> Result<()> {
+        match grid.iter().find(|t| !self.latents.contains_key(t)) {
+            Some(t) => Err(PnpError::Input(format!(
+                "the {}-step inversion has no latent at sampling timestep {t} of {} sampling steps",
+                self.steps,
+                grid.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The file's bytes.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let shape = self.latent_shape();

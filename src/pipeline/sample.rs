@@ -24,18 +24,17 @@ pub fn guide(eps: &[f32], lat: usize, guidance: f32) -> Vec<f32> {
 
 impl Pipeline<'_> {
     /// The feature store decision for a translation at latent size `hw`.
-    pub fn store_plan(&self, opts: &PnpOptions, hw: [usize; 2]) -> Result<(StorePlan, TapShapes)> {
+    pub fn store_plan(&self, opts: &PnpOptions, hw: [usize; 2]) -> Result<StorePlan> {
         let schedule = Schedule::new(opts.steps, opts.pnp_f_t, opts.pnp_attn_t);
         let shapes = TapShapes::new(&self.taps, &self.model.unet.config.block_out_channels, hw)?;
-        let plan = StorePlan::decide(
+        Ok(StorePlan::decide(
             opts.store,
-            &shapes,
+            shapes,
             schedule,
             self.dtype,
             self.max_binding(),
             opts.store_budget,
-        );
-        Ok((plan, shapes))
+        ))
     }
 
     /// DDIM inversion of z0 under the inversion prompt's embedding `c_inv`.
@@ -83,22 +82,17 @@ impl Pipeline<'_> {
     ) -> Result<Vec<Vec<f32>>> {
         let n = opts.steps;
         let grid = self.scheduler.timesteps(n)?;
-        if let Some(t) = grid.iter().find(|t| !inv.latents.contains_key(t)) {
-            return Err(PnpError::Input(format!(
-                "the {}-step inversion has no latent at sampling timestep {t} of {n} sampling steps",
-                inv.steps
-            )));
-        }
-        let schedule = Schedule::new(n, opts.pnp_f_t, opts.pnp_attn_t);
+        inv.check_covers(&grid)?;
         let hw = inv.hw;
-        let (store_plan, shapes) = self.store_plan(opts, hw)?;
+        let store_plan = self.store_plan(opts, hw)?;
+        let schedule = store_plan.schedule;
         if let Some(note) = &store_plan.fallback {
             progress.note(note);
         }
         self.stats.used_store = store_plan.resident;
         let store = match store_plan.resident {
             true => Some(
-                self.source_pass(inv, emb, &shapes, schedule, &grid, progress)
+                self.source_pass(inv, emb, &store_plan, &grid, progress)
                     .await?,
             ),
             false => None,
@@ -152,19 +146,13 @@ impl Pipeline<'_> {
         &mut self,
         inv: &Inversion,
         emb: &Embeddings,
-        shapes: &TapShapes,
-        schedule: Schedule,
+        store_plan: &StorePlan,
         grid: &[usize],
         progress: &mut dyn Progress,
     ) -> Result<FeatureStore> {
         let timer = Timer::start();
-        let store = FeatureStore::new(
-            &self.gpu,
-            shapes,
-            schedule.feature_steps,
-            schedule.qk_steps,
-            self.dtype,
-        );
+        let schedule = store_plan.schedule;
+        let store = FeatureStore::new(&self.gpu, &store_plan.shapes, schedule, self.dtype);
         let mut plans = PlanCache::default();
         let steps = schedule.source_steps();
         progress.phase("source features", steps);
@@ -180,8 +168,7 @@ impl Pipeline<'_> {
             let _ = self.run_unet(p, &inv.latents[&t], t, &emb.source).await?;
             progress.tick();
         }
-        let bytes = shapes.store_bytes(schedule.feature_steps, schedule.qk_steps, self.dtype);
-        self.note_peak(plans.planned_bytes() + bytes);
+        self.note_peak(plans.planned_bytes() + store_plan.bytes);
         self.phase_done("source pass (feature store)", timer);
         Ok(store)
     }

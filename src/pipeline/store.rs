@@ -86,10 +86,10 @@ impl TapShapes {
     }
 
     /// Bytes a store with these slot counts takes.
-    pub fn store_bytes(&self, feature_slots: usize, qk_slots: usize, dtype: DType) -> u64 {
+    pub fn store_bytes(&self, schedule: Schedule, dtype: DType) -> u64 {
         let res: usize = self.resnet.iter().product();
         let qk: usize = self.attn.iter().map(|[l, c]| 2 * l * c).sum();
-        ((feature_slots * res + qk_slots * qk) * dtype.size()) as u64
+        ((schedule.feature_steps * res + schedule.qk_steps * qk) * dtype.size()) as u64
     }
 }
 
@@ -102,26 +102,30 @@ pub struct FeatureStore {
 }
 
 impl FeatureStore {
-    pub fn new(
-        gpu: &Gpu,
-        shapes: &TapShapes,
-        feature_slots: usize,
-        qk_slots: usize,
-        dtype: DType,
-    ) -> Self {
+    /// A store with one slot per injected step of `schedule`.
+    pub fn new(gpu: &Gpu, shapes: &TapShapes, schedule: Schedule, dtype: DType) -> Self {
         let [c, h, w] = shapes.resnet;
         let slots = |n: usize| n.max(1);
         FeatureStore {
-            resnet: Tensor::empty(gpu, "store resnet", &[slots(feature_slots), c, h, w], dtype),
+            resnet: Tensor::empty(
+                gpu,
+                "store resnet",
+                &[slots(schedule.feature_steps), c, h, w],
+                dtype,
+            ),
             q: shapes
                 .attn
                 .iter()
-                .map(|&[l, c]| Tensor::empty(gpu, "store q", &[slots(qk_slots), l, c], dtype))
+                .map(|&[l, c]| {
+                    Tensor::empty(gpu, "store q", &[slots(schedule.qk_steps), l, c], dtype)
+                })
                 .collect(),
             k: shapes
                 .attn
                 .iter()
-                .map(|&[l, c]| Tensor::empty(gpu, "store k", &[slots(qk_slots), l, c], dtype))
+                .map(|&[l, c]| {
+                    Tensor::empty(gpu, "store k", &[slots(schedule.qk_steps), l, c], dtype)
+                })
                 .collect(),
         }
     }
@@ -150,12 +154,6 @@ pub struct Inject {
 }
 
 impl Inject {
-    /// No injection: a plain UNet call.
-    pub const NONE: Inject = Inject {
-        features: false,
-        qk: false,
-    };
-
     pub fn any(self) -> bool {
         self.features || self.qk
     }
@@ -193,9 +191,12 @@ impl Schedule {
     }
 }
 
-/// Whether the target pass reads a resident store or the inline source row.
+/// Whether the target pass reads a resident store or the inline source row,
+/// for one translation's schedule and tap shapes.
 #[derive(Clone, Debug)]
 pub struct StorePlan {
+    pub schedule: Schedule,
+    pub shapes: TapShapes,
     pub resident: bool,
     /// Bytes the resident store takes (whether or not it is used).
     pub bytes: u64,
@@ -208,13 +209,13 @@ impl StorePlan {
     /// tensor fits one binding and the whole fits `budget` bytes.
     pub fn decide(
         mode: StoreMode,
-        shapes: &TapShapes,
+        shapes: TapShapes,
         schedule: Schedule,
         dtype: DType,
         max_binding: u64,
         budget: u64,
     ) -> Self {
-        let bytes = shapes.store_bytes(schedule.feature_steps, schedule.qk_steps, dtype);
+        let bytes = shapes.store_bytes(schedule, dtype);
         let fits = shapes.largest_tensor(schedule, dtype) <= max_binding && bytes <= budget;
         let resident = match mode {
             StoreMode::Resident => true,
@@ -230,6 +231,8 @@ impl StorePlan {
             )
         });
         StorePlan {
+            schedule,
+            shapes,
             resident,
             bytes,
             fallback,
@@ -242,9 +245,10 @@ impl StorePlan {
         if !self.resident && what.any() { 3 } else { 2 }
     }
 
-    /// The largest batch any sampling step runs.
-    pub fn max_batch(&self, schedule: Schedule) -> usize {
-        self.batch(schedule.at(0))
+    /// The largest batch any sampling step runs (step 0 injects whatever
+    /// any step does).
+    pub fn max_batch(&self) -> usize {
+        self.batch(self.schedule.at(0))
     }
 }
 

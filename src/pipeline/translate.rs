@@ -6,7 +6,6 @@
 use super::inversion::Inversion;
 use super::options::{Embeddings, PnpOptions};
 use super::stages::{Pipeline, check_size};
-use super::store::Schedule;
 use super::{PnpError, Result};
 use crate::gpu::DType;
 use crate::models::hooks::Hooks;
@@ -65,11 +64,9 @@ impl Pipeline<'_> {
         inversion: Option<Inversion>,
         progress: &mut dyn Progress,
     ) -> Result<Prepared> {
-        self.check_options(opts, prompts, inversion.is_some())?;
+        self.check_options(opts, prompts, inversion.as_ref())?;
         let hw = [size[0] / 8, size[1] / 8];
-        let (store, _) = self.store_plan(opts, hw)?;
-        let schedule = Schedule::new(opts.steps, opts.pnp_f_t, opts.pnp_attn_t);
-        self.preflight(size, store.max_batch(schedule))?;
+        self.preflight(size, self.store_plan(opts, hw)?.max_batch())?;
         let embeddings = self.embeddings(opts, prompts, progress).await?;
         let inversion = match inversion {
             Some(inv) => inv,
@@ -88,19 +85,27 @@ impl Pipeline<'_> {
         })
     }
 
-    /// The options that do not depend on the image: prompts, fractions,
-    /// the inversion grid (unless an inversion is given).
-    fn check_options(&self, opts: &PnpOptions, prompts: &[&str], given: bool) -> Result<()> {
+    /// The options that do not depend on the image: prompts, fractions, and
+    /// the inversion grid: of `inversion_steps`, or of the given inversion.
+    fn check_options(
+        &self,
+        opts: &PnpOptions,
+        prompts: &[&str],
+        given: Option<&Inversion>,
+    ) -> Result<()> {
         if prompts.is_empty() {
             return Err(PnpError::Input("give at least one target prompt".into()));
         }
         if !(0.0..=1.0).contains(&opts.pnp_f_t) || !(0.0..=1.0).contains(&opts.pnp_attn_t) {
             return Err(PnpError::Fractions);
         }
+        if let Some(inv) = given {
+            return inv.check_covers(&self.scheduler.timesteps(opts.steps)?);
+        }
         let grid_ok = self
             .scheduler
             .inversion_grid_contains(opts.inversion_steps, opts.steps);
-        if !given && !grid_ok {
+        if !grid_ok {
             return Err(PnpError::InversionGrid {
                 inversion_steps: opts.inversion_steps,
                 steps: opts.steps,

@@ -140,8 +140,8 @@ impl Session {
             let loaded = app::load(&gpu, &source, app::dtype(&gpu), &mut rep)
                 .await
                 .map_err(err)?;
-            for n in &loaded.loaded.notes {
-                rep.note(n);
+            for n in loaded.loaded.model.notes() {
+                rep.note(&n);
             }
             let summary = loaded.summary();
             st.loaded = Some(loaded);

@@ -204,24 +204,10 @@ async fn pnp_translation_matches_reference_sd15_square() {
     let png = fixture!("pnp/square.png");
     let size = image_size(png);
     let opts = WebOptions {
-        prompts: c["prompts"]
-            .as_array()
-            .expect("prompts")
-            .iter()
-            .map(|p| p.as_str().expect("prompt").to_string())
-            .collect(),
+        prompts: case_prompts(&c),
         width: Some(size.0),
         height: Some(size.1),
-        pnp: pnp::pipeline::PnpOptions {
-            negative_prompt: p_str(&c, "negative_prompt").into(),
-            inversion_prompt: p_str(&c, "inversion_prompt").into(),
-            steps: p_usize(&c, "steps"),
-            inversion_steps: p_usize(&c, "inversion_steps"),
-            guidance: p_f32(&c, "guidance"),
-            pnp_f_t: p_f64(&c, "pnp_f_t"),
-            pnp_attn_t: p_f64(&c, "pnp_attn_t"),
-            ..Default::default()
-        },
+        pnp: case_options(&c),
     };
     let out = app::translate(&g, &loaded, "square.png", png, &opts, &mut Quiet)
         .await
