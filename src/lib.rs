@@ -28,7 +28,7 @@
 //! let mut pipe = Pipeline::new(gpu.clone(), &m.model, &m.tokenizer, scheduler, dtype);
 //!
 //! let bytes = std::fs::read("photo.jpg")?;
-//! let px = pnp::picture::decode("photo.jpg", &bytes, None, None)?;
+//! let (px, _notes) = pnp::picture::decode("photo.jpg", &bytes, None, None)?;
 //! let size = [px.height, px.width];
 //! let opts = PnpOptions::default();
 //! let out = pollster::block_on(pipe.translate(&px.data, size, &["a photo of a bronze statue"], &opts, &mut Quiet))?;

@@ -13,15 +13,36 @@ pub enum PictureError {
         "width and height must be positive multiples of 64 (the UNet halves the 8x smaller latent three times); got {0}x{1}"
     )]
     Size(usize, usize),
+    #[error(
+        "a {0}x{1} processing size is beyond the largest taken ({MAX_SIDE} pixels a side); Stable Diffusion works at 512 to 1024: pass a smaller --width/--height"
+    )]
+    TooLarge(usize, usize),
     #[error("cannot encode the image: {0}")]
     Encode(String),
 }
+
+/// The largest processing side, in pixels. Far beyond what SD was trained
+/// at (512 or 768); it bounds the host's memory before the adapter's own
+/// limits (the pipeline's preflight) are asked.
+pub const MAX_SIDE: usize = 8192;
 
 /// Pixels as (3, H, W) floats in [0, 1].
 pub struct Pixels {
     pub data: Vec<f32>,
     pub height: usize,
     pub width: usize,
+}
+
+/// What an image's header says and the size it will be processed at, known
+/// before any pixel is decoded ([`inspect`]).
+#[derive(Clone, Debug)]
+pub struct Planned {
+    /// The image as it is shown (EXIF orientation applied): (width, height).
+    pub shown: (u32, u32),
+    pub width: usize,
+    pub height: usize,
+    /// What the user should know: EXIF rotation, upscaling, squashing, dropped alpha.
+    pub notes: Vec<String>,
 }
 
 fn round64(x: f64) -> usize {
@@ -38,7 +59,7 @@ pub fn target_size(
     width: Option<usize>,
     height: Option<usize>,
 ) -> Result<(usize, usize), PictureError> {
-    let (w, h) = (w as f64, h as f64);
+    let (w, h) = (w.max(1) as f64, h.max(1) as f64);
     let size = match (width, height) {
         (Some(tw), Some(th)) => (tw, th),
         (Some(tw), None) => (tw, round64(tw as f64 * h / w)),
@@ -51,25 +72,102 @@ pub fn target_size(
     if size.0 == 0 || size.1 == 0 || size.0 % 64 != 0 || size.1 % 64 != 0 {
         return Err(PictureError::Size(size.0, size.1));
     }
+    if size.0 > MAX_SIDE || size.1 > MAX_SIDE {
+        return Err(PictureError::TooLarge(size.0, size.1));
+    }
     Ok(size)
 }
 
-/// Decodes PNG or JPEG `bytes` and brings the image to the processing size
-/// (Lanczos3); an image that already has that size is not resampled.
+fn decoder<'a>(name: &str, bytes: &'a [u8]) -> Result<impl image::ImageDecoder + 'a, PictureError> {
+    let err = |e: &dyn std::fmt::Display| PictureError::Decode {
+        name: name.to_string(),
+        msg: e.to_string(),
+    };
+    // The reader's default limits (512 MiB of decoder allocations) refuse
+    // an image whose pixels alone would exhaust the host.
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(&e))?
+        .into_decoder()
+        .map_err(|e| err(&e))
+}
+
+/// Reads the header of PNG or JPEG `bytes` (no pixel is decoded) and plans
+/// the processing size from the image as shown (EXIF orientation applied).
 /// `name` names the image in messages.
-pub fn decode(
+pub fn inspect(
     name: &str,
     bytes: &[u8],
     width: Option<usize>,
     height: Option<usize>,
-) -> Result<Pixels, PictureError> {
-    let img = image::load_from_memory(bytes)
-        .map_err(|e| PictureError::Decode {
-            name: name.to_string(),
-            msg: e.to_string(),
-        })?
-        .to_rgb8();
-    let (w, h) = target_size(img.width(), img.height(), width, height)?;
+) -> Result<Planned, PictureError> {
+    use image::ImageDecoder;
+    let mut dec = decoder(name, bytes)?;
+    let (w, h) = dec.dimensions();
+    let orientation = dec
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut notes = Vec::new();
+    let quarter_turn = matches!(
+        orientation,
+        image::metadata::Orientation::Rotate90
+            | image::metadata::Orientation::Rotate270
+            | image::metadata::Orientation::Rotate90FlipH
+            | image::metadata::Orientation::Rotate270FlipH
+    );
+    let shown = if quarter_turn { (h, w) } else { (w, h) };
+    if orientation != image::metadata::Orientation::NoTransforms {
+        notes.push(format!(
+            "{name}: its EXIF orientation ({orientation:?}) is applied: processed as shown, {}x{}",
+            shown.0, shown.1
+        ));
+    }
+    let (tw, th) = target_size(shown.0, shown.1, width, height)?;
+    if dec.color_type().has_alpha() {
+        notes.push(format!(
+            "{name} has an alpha channel; it is dropped (transparent pixels keep their stored colour)"
+        ));
+    }
+    if tw > shown.0 as usize || th > shown.1 as usize {
+        notes.push(format!(
+            "{name} is {}x{} and is upscaled to {tw}x{th}: expect a soft result",
+            shown.0, shown.1
+        ));
+    }
+    let (a, b) = (
+        shown.0.max(1) as f64 / shown.1.max(1) as f64,
+        tw as f64 / th as f64,
+    );
+    if (a / b).ln().abs() > 0.1f64.ln_1p() {
+        notes.push(format!(
+            "{name}'s aspect ratio {a:.2} becomes {b:.2} at {tw}x{th}: the image is squashed (pass only --width or only --height to keep it)"
+        ));
+    }
+    Ok(Planned {
+        shown,
+        width: tw,
+        height: th,
+        notes,
+    })
+}
+
+/// Decodes PNG or JPEG `bytes` planned by [`inspect`], applies the EXIF
+/// orientation and brings the image to the planned size (Lanczos3; an image
+/// that already has it is not resampled).
+pub fn decode_planned(name: &str, bytes: &[u8], plan: &Planned) -> Result<Pixels, PictureError> {
+    use image::ImageDecoder;
+    let err = |e: image::ImageError| PictureError::Decode {
+        name: name.to_string(),
+        msg: e.to_string(),
+    };
+    let mut dec = decoder(name, bytes)?;
+    let orientation = dec
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(dec).map_err(err)?;
+    img.apply_orientation(orientation);
+    let img = img.to_rgb8();
+    let (w, h) = (plan.width, plan.height);
     let img: RgbImage = if (img.width() as usize, img.height() as usize) == (w, h) {
         img
     } else {
@@ -86,6 +184,18 @@ pub fn decode(
         height: h,
         width: w,
     })
+}
+
+/// [`inspect`] then [`decode_planned`]: the image at its processing size,
+/// with the notes the user should read.
+pub fn decode(
+    name: &str,
+    bytes: &[u8],
+    width: Option<usize>,
+    height: Option<usize>,
+) -> Result<(Pixels, Vec<String>), PictureError> {
+    let plan = inspect(name, bytes, width, height)?;
+    Ok((decode_planned(name, bytes, &plan)?, plan.notes))
 }
 
 /// (3, H, W) floats in [0, 1] as an 8-bit RGB image (clamped, rounded).

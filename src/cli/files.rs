@@ -10,22 +10,51 @@
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
-pub use pnp::picture::Pixels;
+pub use pnp::picture::{Pixels, Planned};
 
-/// Reads an image and brings it to the processing size ([`pnp::picture::decode`]).
-pub fn load(path: &Path, width: Option<usize>, height: Option<usize>) -> Result<Pixels> {
-    let bytes = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read the image {} (PNG or JPEG expected)",
-            path.display()
-        )
-    })?;
-    Ok(pnp::picture::decode(
-        &path.display().to_string(),
-        &bytes,
-        width,
-        height,
-    )?)
+/// The input image: its bytes, and the processing size its header gives
+/// (known before any pixel is decoded, so a bad size costs nothing).
+pub struct InputImage {
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+    pub plan: Planned,
+}
+
+impl InputImage {
+    /// Reads the file and its header; notes (EXIF rotation, upscaling,
+    /// squashing, dropped alpha) go to stderr.
+    pub fn open(path: &Path, width: Option<usize>, height: Option<usize>) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| {
+            format!(
+                "cannot read the image {} (PNG or JPEG expected)",
+                path.display()
+            )
+        })?;
+        let plan = pnp::picture::inspect(&path.display().to_string(), &bytes, width, height)?;
+        for n in &plan.notes {
+            eprintln!("note: {n}");
+        }
+        Ok(InputImage {
+            path: path.to_path_buf(),
+            bytes,
+            plan,
+        })
+    }
+
+    /// [H, W], the processing size.
+    pub fn size(&self) -> [usize; 2] {
+        [self.plan.height, self.plan.width]
+    }
+
+    /// The pixels at the processing size ([`pnp::picture::decode_planned`]).
+    pub fn decode(&self) -> Result<Pixels> {
+        let name = self.path.display().to_string();
+        Ok(pnp::picture::decode_planned(
+            &name,
+            &self.bytes,
+            &self.plan,
+        )?)
+    }
 }
 
 /// What an output path holds.

@@ -40,6 +40,9 @@ pub struct GenerateCmd {
 
 pub fn run(cmd: GenerateCmd, adapter: Option<String>) -> Result<()> {
     check_size([cmd.height, cmd.width])?;
+    if !cmd.guidance.is_finite() {
+        anyhow::bail!("--guidance must be a finite number, got {}", cmd.guidance);
+    }
     let mut outputs = Outputs::default();
     outputs.add(&cmd.out, Kind::Image, "--out");
     if let Some(p) = &cmd.save_features {
@@ -51,6 +54,11 @@ pub fn run(cmd: GenerateCmd, adapter: Option<String>) -> Result<()> {
     let m = cmd.model.load(&gpu, &mut bars)?;
     let l = &m.loaded;
     let mut pipe = Pipeline::new(gpu.clone(), &l.model, &l.tokenizer, m.scheduler, m.dtype);
+    pipe.scheduler
+        .timesteps(cmd.steps)
+        .map_err(|e| anyhow::anyhow!("--steps: {e}"))?;
+    // The adapter's limits at this size (the UNet at its two guidance rows).
+    pipe.preflight([cmd.height, cmd.width], 2)?;
     let emb = pollster::block_on(pipe.embed(&[&cmd.negative_prompt, &cmd.prompt], &mut bars))?;
     let hw = [cmd.height / 8, cmd.width / 8];
     let (seed, steps, guidance) = (cmd.seed, cmd.steps, cmd.guidance);

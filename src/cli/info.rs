@@ -72,6 +72,12 @@ pub fn run(cmd: InfoCmd, adapter: Option<String>) -> Result<()> {
             "{unused_total} tensor(s) in the checkpoint were not used: the layout may not be what it seems"
         );
     }
-    println!("every weight was found and used");
+    println!("every weight was found, finite and used");
+    // What translate checks next, at the size it takes by default.
+    let l = &m.loaded;
+    let pipe = pnp::pipeline::Pipeline::new(gpu.clone(), model, &l.tokenizer, m.scheduler, m.dtype);
+    let opts = pnp::pipeline::PnpOptions::default();
+    pipe.check_translation([512, 512], &["a prompt"], &opts, None)?;
+    println!("this adapter can translate a 512x512 image with the default settings");
     Ok(())
 }

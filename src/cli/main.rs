@@ -10,7 +10,7 @@ mod progress;
 mod translate;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use pnp::gpu::{DType, Gpu, GpuOptions};
 use std::sync::Arc;
 
@@ -73,11 +73,21 @@ impl Precision {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let adapter = cli.adapter;
     let done = match cli.cmd {
         Cmd::Info(cmd) => info::run(cmd, adapter),
-        Cmd::Translate(cmd) => translate::run(*cmd, adapter),
+        Cmd::Translate(mut cmd) => {
+            cmd.inversion_steps_given = matches
+                .subcommand_matches("translate")
+                .and_then(|m| m.value_source("inversion_steps"))
+                == Some(clap::parser::ValueSource::CommandLine);
+            translate::run(*cmd, adapter)
+        }
         Cmd::Generate(cmd) => generate::run(cmd, adapter),
         Cmd::Bench { what } => bench::run(what, adapter),
     };

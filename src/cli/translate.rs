@@ -1,11 +1,13 @@
 //! `pnp translate`: the whole PnP translation from files to files.
 
-use crate::files::{self, Kind, Outputs};
+use crate::files::{self, InputImage, Kind, Outputs};
 use crate::model::ModelArgs;
 use crate::progress::Bars;
 use anyhow::{Context, Result, bail};
 use pnp::pipeline::inversion::f32_safetensors;
+use pnp::pipeline::scheduler::either;
 use pnp::pipeline::{Inversion, Pipeline, PnpError, PnpOptions};
+use pnp::progress::Progress;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -36,23 +38,28 @@ pub struct TranslateCmd {
     /// Reuse an inversion saved by --save-inversion (skips encode and inversion).
     #[arg(long)]
     load_inversion: Option<PathBuf>,
+    /// Take a --load-inversion file made with another model (its latents then
+    /// do not match this model's features: results are unpredictable).
+    #[arg(long)]
+    force: bool,
+    /// Whether --inversion-steps was given on the command line (set by main).
+    #[arg(skip)]
+    pub inversion_steps_given: bool,
     #[command(flatten)]
     opts: PnpOptions,
 }
 
-/// Reads an inversion file for an image whose latent is (1, channels, h, w).
-fn load_inversion(path: &std::path::Path, hw: [usize; 2], channels: usize) -> Result<Inversion> {
+/// Reads an inversion file for an image of `size` = [H, W] pixels.
+fn load_inversion(path: &std::path::Path, size: [usize; 2]) -> Result<Inversion> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Inversion::from_safetensors(
-        &path.display().to_string(),
-        &bytes,
-        hw,
-        channels,
-    )?)
+    let hw = [size[0] / 8, size[1] / 8];
+    let name = path.display().to_string();
+    Ok(Inversion::from_safetensors(&name, &bytes, hw)?)
 }
 
 pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
-    // Everything that can be checked without the GPU, first.
+    // Everything that can be checked without the GPU, first: the outputs,
+    // the image's header and size, the inversion file.
     let n = cmd.prompts.len();
     let mut outputs = Outputs::default();
     for i in 0..n {
@@ -67,25 +74,37 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
     let mut inputs = vec![cmd.image.as_path()];
     inputs.extend(cmd.load_inversion.as_deref());
     outputs.check(&inputs)?;
-    let pixels = files::load(&cmd.image, cmd.width, cmd.height)?;
-    let hw = [pixels.height / 8, pixels.width / 8];
-    eprintln!(
-        "image: {} at {}x{}",
-        cmd.image.display(),
-        pixels.width,
-        pixels.height
-    );
+    let image = InputImage::open(&cmd.image, cmd.width, cmd.height)?;
+    let size = image.size();
+    let opts = &cmd.opts;
+    if !opts.guidance.is_finite() {
+        bail!("--guidance must be a finite number, got {}", opts.guidance);
+    }
+    let loaded = match &cmd.load_inversion {
+        Some(p) => Some(load_inversion(p, size)?),
+        None => None,
+    };
+    if let Some(inv) = &loaded
+        && cmd.inversion_steps_given
+        && inv.steps != opts.inversion_steps
+    {
+        eprintln!(
+            "note: --inversion-steps {} is ignored: the loaded inversion has {} steps",
+            opts.inversion_steps, inv.steps
+        );
+    }
 
     let gpu = crate::open_gpu(adapter)?;
     let mut bars = Bars::default();
     let m = cmd.model.load(&gpu, &mut bars)?;
     let model = &m.loaded.model;
-    let opts = &cmd.opts;
-    let channels = model.vae.config.latent_channels;
-    let loaded = match &cmd.load_inversion {
-        Some(p) => Some(load_inversion(p, hw, channels)?),
-        None => None,
-    };
+    if let Some(inv) = &loaded {
+        match inv.check_model(&model.fingerprint()) {
+            Err(e) if cmd.force => bars.note(&format!("{e} (taken: --force)")),
+            Err(e) => bail!("{}: {e}; pass --force to use it anyway", inv_path(&cmd)),
+            Ok(()) => {}
+        }
+    }
     let mut pipe = Pipeline::new(
         gpu.clone(),
         model,
@@ -94,23 +113,18 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
         m.dtype,
     );
     let prompts: Vec<&str> = cmd.prompts.iter().map(String::as_str).collect();
-    let size = [pixels.height, pixels.width];
+    // The options, the inversion's fit and the adapter's limits, before the
+    // image is decoded or any GPU work is done.
+    cli_words(pipe.check_translation(size, &prompts, opts, loaded.as_ref()))?;
+    let pixels = image.decode()?;
+    eprintln!(
+        "image: {} at {}x{}",
+        cmd.image.display(),
+        pixels.width,
+        pixels.height
+    );
     let prepare = pipe.prepare(&pixels.data, size, &prompts, opts, loaded, &mut bars);
-    let prepared = match pollster::block_on(prepare) {
-        Ok(p) => p,
-        // The library's wording, in the command line's flags.
-        Err(PnpError::Fractions) => {
-            bail!("--pnp-f-t and --pnp-attn-t are fractions of the sampling steps, in [0, 1]")
-        }
-        Err(PnpError::InversionGrid {
-            inversion_steps,
-            steps,
-            compatible,
-        }) => bail!(
-            "a {inversion_steps}-step inversion does not store a latent at every timestep of {steps} sampling steps; with --steps {steps} use --inversion-steps in {compatible:?}"
-        ),
-        Err(e) => return Err(e.into()),
-    };
+    let prepared = cli_words(pollster::block_on(prepare))?;
     // Saved before sampling, so a failure there does not lose the inversion.
     if let Some(p) = &cmd.save_inversion {
         files::write_atomic(p, &prepared.inversion.to_safetensors()?)?;
@@ -155,6 +169,31 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
     );
     print_stats(s);
     Ok(())
+}
+
+fn inv_path(cmd: &TranslateCmd) -> String {
+    cmd.load_inversion
+        .as_ref()
+        .map_or(String::new(), |p| p.display().to_string())
+}
+
+/// The library's wording, in the command line's flags.
+fn cli_words<T>(r: std::result::Result<T, PnpError>) -> Result<T> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(PnpError::Fractions) => {
+            bail!("--pnp-f-t and --pnp-attn-t are fractions of the sampling steps, in [0, 1]")
+        }
+        Err(PnpError::InversionGrid {
+            inversion_steps,
+            steps,
+            nearest,
+        }) => bail!(
+            "a {inversion_steps}-step inversion does not store a latent at every timestep of {steps} sampling steps; with --steps {steps} use --inversion-steps {}",
+            either(&nearest)
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Phase timings, UNet evaluations and peak memory, as both commands print them.

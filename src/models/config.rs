@@ -106,25 +106,150 @@ pub struct ClipConfig {
     pub layer_norm_eps: f32,
 }
 
+/// A config whose numbers must agree with each other before any network is
+/// built from it: a bad one is refused with the field at fault, not later as
+/// a shape error (or, worse, as an adapter that seems too small).
+pub trait Consistent {
+    /// What is wrong with the config, or Ok.
+    fn check(&self) -> Result<(), String>;
+}
+
+fn positive(what: &str, v: usize) -> Result<(), String> {
+    if v == 0 {
+        return Err(format!("{what} is 0; it must be positive"));
+    }
+    Ok(())
+}
+
+fn positive_f32(what: &str, v: f32) -> Result<(), String> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("{what} is {v}; it must be a positive number"));
+    }
+    Ok(())
+}
+
+/// Group norm over `channels` in `groups` groups: groups must divide them.
+fn groups_divide(what: &str, channels: &[usize], groups: usize) -> Result<(), String> {
+    positive("norm_num_groups", groups)?;
+    for &c in channels {
+        positive(what, c)?;
+        if c % groups != 0 {
+            return Err(format!(
+                "norm_num_groups {groups} does not divide {what} {c} (group norm needs equal groups)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Consistent for UnetConfig {
+    fn check(&self) -> Result<(), String> {
+        positive("in_channels", self.in_channels)?;
+        positive("out_channels", self.out_channels)?;
+        positive("layers_per_block", self.layers_per_block)?;
+        positive("cross_attention_dim", self.cross_attention_dim)?;
+        positive_f32("norm_eps", self.norm_eps)?;
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err("block_out_channels is empty".into());
+        }
+        groups_divide(
+            "block_out_channels",
+            &self.block_out_channels,
+            self.norm_num_groups,
+        )?;
+        for (what, types) in [
+            ("down_block_types", &self.down_block_types),
+            ("up_block_types", &self.up_block_types),
+        ] {
+            if types.len() != n {
+                return Err(format!(
+                    "{what} has {} entries but block_out_channels has {n}",
+                    types.len()
+                ));
+            }
+        }
+        for (i, &width) in self.block_out_channels.iter().enumerate() {
+            let heads = self.heads(i);
+            positive(&format!("the head count of block {i}"), heads)?;
+            if width % heads != 0 {
+                return Err(format!(
+                    "block {i} is {width} wide, which {heads} heads do not divide"
+                ));
+            }
+            let layers = self.transformer_layers_per_block.get(i);
+            positive(
+                &format!("transformer_layers_per_block of block {i}"),
+                layers,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Consistent for VaeConfig {
+    fn check(&self) -> Result<(), String> {
+        positive("in_channels", self.in_channels)?;
+        positive("out_channels", self.out_channels)?;
+        positive("latent_channels", self.latent_channels)?;
+        positive("layers_per_block", self.layers_per_block)?;
+        positive_f32("scaling_factor", self.scaling_factor)?;
+        if self.block_out_channels.is_empty() {
+            return Err("block_out_channels is empty".into());
+        }
+        groups_divide(
+            "block_out_channels",
+            &self.block_out_channels,
+            self.norm_num_groups,
+        )
+    }
+}
+
+impl Consistent for ClipConfig {
+    fn check(&self) -> Result<(), String> {
+        positive("vocab_size", self.vocab_size)?;
+        positive("intermediate_size", self.intermediate_size)?;
+        positive("num_hidden_layers", self.num_hidden_layers)?;
+        positive("max_position_embeddings", self.max_position_embeddings)?;
+        positive("num_attention_heads", self.num_attention_heads)?;
+        positive("hidden_size", self.hidden_size)?;
+        positive_f32("layer_norm_eps", self.layer_norm_eps)?;
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Parses a config.json into `T`, naming the file on error.
-pub fn read_config<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, WeightError> {
+pub fn read_config<T: for<'de> Deserialize<'de> + Consistent>(
+    path: &Path,
+) -> Result<T, WeightError> {
     let text = std::fs::read_to_string(path).map_err(|source| WeightError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| WeightError::Config {
+    let v = serde_json::from_str(&text).map_err(|e| WeightError::Config {
         path: path.to_path_buf(),
         msg: e.to_string(),
-    })
+    })?;
+    from_json(path, &v)
 }
 
-/// Parses a config already in memory (from a single-file checkpoint).
-pub fn from_json<T: for<'de> Deserialize<'de>>(
+/// Parses a config already in memory (from a single-file checkpoint) and
+/// checks that it is [`Consistent`].
+pub fn from_json<T: for<'de> Deserialize<'de> + Consistent>(
     what: &Path,
     v: &serde_json::Value,
 ) -> Result<T, WeightError> {
-    serde_json::from_value(v.clone()).map_err(|e| WeightError::Config {
+    let bad = |msg: String| WeightError::Config {
         path: what.to_path_buf(),
-        msg: e.to_string(),
-    })
+        msg,
+    };
+    let config: T = serde_json::from_value(v.clone()).map_err(|e| bad(e.to_string()))?;
+    config.check().map_err(bad)?;
+    Ok(config)
 }

@@ -14,7 +14,7 @@
 //!   (and `pnp info` refuses the model): the layout may not be what it seems.
 
 use super::clip::ClipText;
-use super::config::{ClipConfig, UnetConfig, VaeConfig, from_json};
+use super::config::{ClipConfig, Consistent, UnetConfig, VaeConfig, from_json};
 use super::files::{FileSource, join};
 use super::ldm::{LdmOverrides, split_ldm_tensors};
 use super::nn::Ctx;
@@ -194,7 +194,7 @@ async fn load_folder(
 
 /// Reads component folder `name` of the model at `root`, loads its network
 /// onto the device with `load`, and drops the file's bytes.
-async fn network<C: for<'de> Deserialize<'de>, N>(
+async fn network<C: for<'de> Deserialize<'de> + Consistent, N>(
     src: &impl FileSource,
     root: &str,
     name: &'static str,

@@ -19,13 +19,29 @@ impl Ctx<'_> {
     /// Uploads `name` under `vb`, checking its shape, converted to the dtype.
     pub fn get(&self, vb: &VarBuilder, name: &str, shape: &[usize]) -> Result<Tensor, WeightError> {
         let t = vb.get(name, shape)?;
-        Ok(Tensor::from_f32(
-            self.gpu,
-            name,
-            &t.to_f32(),
-            shape,
-            self.dtype,
-        ))
+        self.upload(vb, name, &t.to_f32(), shape)
+    }
+
+    /// Uploads `data` (weight `name` under `vb`, or values made from it),
+    /// refusing values an f16 device would store as infinity.
+    pub fn upload(
+        &self,
+        vb: &VarBuilder,
+        name: &str,
+        data: &[f32],
+        shape: &[usize],
+    ) -> Result<Tensor, WeightError> {
+        if self.dtype == DType::F16
+            && let Some(index) = data.iter().position(|v| v.abs() > half::f16::MAX.to_f32())
+        {
+            return Err(WeightError::F16Range {
+                file: vb.source().to_string(),
+                key: vb.key(name),
+                index,
+                value: data[index],
+            });
+        }
+        Ok(Tensor::from_f32(self.gpu, name, data, shape, self.dtype))
     }
 }
 
@@ -65,14 +81,8 @@ impl Linear {
         let (w, b) = ops::geglu_interleave(&w, &b, inner, inp);
         let rows = b.len();
         Ok(Linear {
-            weight: Tensor::from_f32(cx.gpu, "geglu", &w, &[rows, inp], cx.dtype),
-            bias: Some(Tensor::from_f32(
-                cx.gpu,
-                "geglu bias",
-                &b,
-                &[rows],
-                cx.dtype,
-            )),
+            weight: cx.upload(vb, "weight", &w, &[rows, inp])?,
+            bias: Some(cx.upload(vb, "bias", &b, &[rows])?),
         })
     }
 

@@ -20,6 +20,8 @@ pub struct ComponentReport {
     pub stored_dtype: &'static str,
     /// Tensors in the file that no module read.
     pub unused: Vec<String>,
+    /// [`Weights::fingerprint`] of what was read.
+    pub fingerprint: u64,
 }
 
 pub struct SdModel {
@@ -42,6 +44,7 @@ impl ComponentReport {
             parameters: w.parameter_count(),
             stored_dtype: w.stored_dtype(),
             unused: w.unused(),
+            fingerprint: w.fingerprint(),
         }
     }
 }
@@ -63,6 +66,17 @@ impl SdModel {
             (u, ComponentReport::of("unet", &unet.0)),
             (v, ComponentReport::of("vae", &vae.0)),
         ))
+    }
+
+    /// A fingerprint of the weights of every network (16 hex digits),
+    /// recorded in inversion files so that one made with another model is
+    /// refused (see [`ComponentReport::fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        let mut h = crate::models::weights::Fnv::default();
+        for r in &self.report {
+            h.write(&r.fingerprint.to_le_bytes());
+        }
+        format!("{:016x}", h.0)
     }
 
     /// What the user should read about this model: config values a single

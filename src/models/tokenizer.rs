@@ -82,11 +82,19 @@ impl Encoded {
             return None;
         }
         let n = self.ids.len();
+        // The first dropped words say where the cut fell; a long paste
+        // need not be printed back whole.
+        const QUOTED: usize = 8;
+        let words: Vec<&str> = self.dropped.split_whitespace().collect();
+        let quoted = words[..words.len().min(QUOTED)].join(" ");
+        let more = match words.len().saturating_sub(QUOTED) {
+            0 => String::new(),
+            k => format!(" and {k} more word(s)"),
+        };
         Some(format!(
-            "prompt is {} tokens (with the start and end tokens); the model reads {n}, so the last {} were dropped: {:?}",
+            "prompt is {} tokens (with the start and end tokens); the model reads {n}, so the last {} were dropped, from {quoted:?}{more}",
             n + self.truncated,
             self.truncated,
-            self.dropped
         ))
     }
 }
@@ -299,6 +307,9 @@ fn build_clip_bpe(
             })?;
         vocab.insert(tok.clone(), id);
     }
+    if vocab.is_empty() {
+        return Err(invalid(&vocab_path, "holds no tokens".into()));
+    }
     let mut merges = Merges::new();
     for (n, line) in merges_text.lines().enumerate() {
         if line.starts_with("#version") || line.trim().is_empty() {
@@ -318,6 +329,12 @@ fn build_clip_bpe(
             }
         }
     }
+    if merges.is_empty() {
+        return Err(invalid(
+            &merges_path,
+            "holds no merges (a CLIP tokenizer has about 49,000)".into(),
+        ));
+    }
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .end_of_word_suffix("</w>".into())
@@ -325,7 +342,7 @@ fn build_clip_bpe(
         .unk_token(unk.to_string())
         .fuse_unk(false)
         .build()
-        .map_err(|e| invalid(&merges_path, e.to_string()))?;
+        .map_err(|e| invalid(dir, format!("vocab.json and merges.txt do not agree: {e}")))?;
 
     let mut tokenizer = Tokenizer::new(bpe);
     let ws = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ")

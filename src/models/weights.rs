@@ -30,6 +30,24 @@ pub enum WeightError {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    #[error(
+        "{file}: tensor {key} holds a non-finite value ({value}) at element {index}; the file is damaged or was saved from a diverged model: fetch it again"
+    )]
+    NonFinite {
+        file: String,
+        key: String,
+        index: usize,
+        value: f32,
+    },
+    #[error(
+        "{file}: tensor {key} holds {value} at element {index}, beyond f16's range (65504); use --precision f32"
+    )]
+    F16Range {
+        file: String,
+        key: String,
+        index: usize,
+        value: f32,
+    },
     #[error("{file}: tensor {key} has element type {dtype}, expected f32, f16 or bf16")]
     DType {
         file: String,
@@ -100,7 +118,84 @@ impl HostTensor {
                         .into_iter()
                         .map(f32::from)
                         .collect(),
-                    _ => unreachable!("dtype checked when the file was opened"),
+                    _ => unreachable!("non-float tensors are refused by VarBuilder::checked"),
+                }
+            }
+        }
+    }
+
+    /// Whether the elements are floats we read (f32, f16, bf16).
+    pub fn is_float(&self) -> bool {
+        match &self.data {
+            HostData::F32(_) => true,
+            HostData::Raw { dtype, .. } => is_float(*dtype),
+        }
+    }
+
+    /// The first non-finite element, (index, value), in one pass over the
+    /// stored bits (no conversion).
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        fn scan<T: bytemuck::Pod>(
+            b: &[u8],
+            bad: impl Fn(T) -> bool,
+            value: impl Fn(T) -> f32,
+        ) -> Option<(usize, f32)> {
+            let size = std::mem::size_of::<T>();
+            b.chunks_exact(size)
+                .map(bytemuck::pod_read_unaligned::<T>)
+                .position(&bad)
+                .map(|i| (i, value(bytemuck::pod_read_unaligned(&b[i * size..]))))
+        }
+        match &self.data {
+            HostData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
+            HostData::Raw {
+                dtype,
+                bytes,
+                start,
+                end,
+            } => {
+                let b = &bytes[*start..*end];
+                // All-ones exponent: infinity or NaN.
+                match dtype {
+                    safetensors::Dtype::F32 => {
+                        scan(b, |x: u32| x & 0x7f80_0000 == 0x7f80_0000, f32::from_bits)
+                    }
+                    safetensors::Dtype::F16 => scan(
+                        b,
+                        |x: u16| x & 0x7c00 == 0x7c00,
+                        |x| half::f16::from_bits(x).to_f32(),
+                    ),
+                    safetensors::Dtype::BF16 => scan(
+                        b,
+                        |x: u16| x & 0x7f80 == 0x7f80,
+                        |x| half::bf16::from_bits(x).to_f32(),
+                    ),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Element `i` as f32 (a float tensor; see [`Self::is_float`]).
+    fn element(&self, i: usize) -> f32 {
+        match &self.data {
+            HostData::F32(v) => v[i],
+            HostData::Raw {
+                dtype,
+                bytes,
+                start,
+                ..
+            } => {
+                let b = &bytes[*start..];
+                let at = |size: usize| &b[i * size..(i + 1) * size];
+                match dtype {
+                    safetensors::Dtype::F16 => {
+                        half::f16::from_bits(bytemuck::pod_read_unaligned(at(2))).to_f32()
+                    }
+                    safetensors::Dtype::BF16 => {
+                        half::bf16::from_bits(bytemuck::pod_read_unaligned(at(2))).to_f32()
+                    }
+                    _ => f32::from_bits(bytemuck::pod_read_unaligned(at(4))),
                 }
             }
         }
@@ -181,14 +276,10 @@ impl Weights {
         let base = bytes.as_ptr() as usize;
         let mut out = BTreeMap::new();
         for (name, view) in st.tensors() {
+            // Every tensor is kept; one that is not a float is refused by
+            // name when a module asks for it, and is otherwise ignored
+            // (integer buffers such as position_ids, which no module reads).
             let dtype = view.dtype();
-            if !matches!(
-                dtype,
-                safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
-            ) {
-                // Integer buffers (position_ids) are skipped: no module reads them.
-                continue;
-            }
             let start = view.data().as_ptr() as usize - base;
             let end = start + view.data().len();
             out.insert(
@@ -223,6 +314,7 @@ impl Weights {
             .keys()
             .chain(generated.keys())
             .filter(|k| !used.contains(*k))
+            .filter(|k| self.tensors.get(*k).is_none_or(HostTensor::is_float))
             .cloned()
             .collect();
         out.sort();
@@ -238,8 +330,35 @@ impl Weights {
         self.tensors
             .values()
             .chain(generated.values())
+            .filter(|t| t.is_float())
             .map(HostTensor::numel)
             .sum()
+    }
+
+    /// A fingerprint of the weights the networks read: FNV-1a over each
+    /// used tensor's key and shape and 64 of its values spread over it,
+    /// rounded to f16 first, so that a checkpoint's f32 and fp16 files give
+    /// the same fingerprint while another model's (a fine-tune changes
+    /// every tensor) does not. Cheap: a few thousand values, not a pass.
+    pub fn fingerprint(&self) -> u64 {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let generated = self.generated();
+        let mut h = Fnv::default();
+        for (key, t) in self.tensors.iter().chain(generated.iter()) {
+            if !used.contains(key) {
+                continue;
+            }
+            h.write(key.as_bytes());
+            for &d in &t.shape {
+                h.write(&(d as u64).to_le_bytes());
+            }
+            let n = t.numel();
+            for k in 0..n.min(64) {
+                let v = half::f16::from_f32(t.element(k * n / n.min(64)));
+                h.write(&v.to_bits().to_le_bytes());
+            }
+        }
+        h.0
     }
 
     /// The element type most tensors are stored in.
@@ -247,6 +366,9 @@ impl Weights {
         let mut counts = BTreeMap::new();
         let generated = self.generated();
         for t in self.tensors.values().chain(generated.values()) {
+            if !t.is_float() {
+                continue;
+            }
             *counts.entry(t.stored_dtype()).or_insert(0usize) += t.numel();
         }
         counts
@@ -272,7 +394,13 @@ impl<'a> VarBuilder<'a> {
         }
     }
 
-    fn key(&self, name: &str) -> String {
+    /// Where the weights came from, for messages.
+    pub fn source(&self) -> &str {
+        &self.weights.source
+    }
+
+    /// The full key of `name` under this builder.
+    pub fn key(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
         } else {
@@ -320,8 +448,7 @@ impl<'a> VarBuilder<'a> {
                 actual: t.shape,
             });
         }
-        self.mark_used(key);
-        Ok(t)
+        self.checked(key, t)
     }
 
     /// The tensor `prefix.name` with whatever shape it has (a synthetic
@@ -338,9 +465,58 @@ impl<'a> VarBuilder<'a> {
                 file: self.weights.source.clone(),
                 key: key.clone(),
             })?;
+        self.checked(key, t)
+    }
+
+    /// `t` once its element type is one we read and every value is finite
+    /// (one pass over bytes already in memory), marked used.
+    fn checked(&self, key: String, t: HostTensor) -> Result<HostTensor, WeightError> {
+        let file = || self.weights.source.clone();
+        if let HostData::Raw { dtype, .. } = &t.data
+            && !is_float(*dtype)
+        {
+            let dtype = format!("{dtype:?}");
+            return Err(WeightError::DType {
+                file: file(),
+                key,
+                dtype,
+            });
+        }
+        if let Some((index, value)) = t.first_non_finite() {
+            return Err(WeightError::NonFinite {
+                file: file(),
+                key,
+                index,
+                value,
+            });
+        }
         self.mark_used(key);
         Ok(t)
     }
+}
+
+/// 64-bit FNV-1a.
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+fn is_float(dtype: safetensors::Dtype) -> bool {
+    matches!(
+        dtype,
+        safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+    )
 }
 
 /// A made-up tensor for `key` (see [`Weights::synthetic`]).

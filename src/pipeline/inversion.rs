@@ -4,8 +4,10 @@
 //!
 //! The file holds float32 tensors `z0` and `inverted/<t>` for every
 //! inversion timestep t, each (1, C, h, w), and the metadata
-//! `inversion_steps` and `latent_hw` ("hxw").
+//! `inversion_steps`, `latent_hw` ("hxw") and `model` (the fingerprint of
+//! the model it was made with, [`crate::models::sd::SdModel::fingerprint`]).
 
+use super::scheduler::{Ddim, either};
 use super::{PnpError, Result};
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,6 +19,9 @@ pub struct Inversion {
     pub z0: Vec<f32>,
     pub steps: usize,
     pub latents: BTreeMap<usize, Vec<f32>>,
+    /// The fingerprint of the model that made it (None: a file written
+    /// before fingerprints were recorded).
+    pub model: Option<String>,
 }
 
 /// A safetensors file of float32 tensors (name, shape, data) with `meta`.
@@ -52,16 +57,56 @@ impl Inversion {
         vec![1, self.channels(), self.hw[0], self.hw[1]]
     }
 
-    /// Refuses an inversion without a latent at every sampling timestep of
-    /// `grid` (the sampling starts from, and the source pass reads, those).
-    pub fn check_covers(&self, grid: &[usize]) -> Result<()> {
-        match grid.iter().find(|t| !self.latents.contains_key(t)) {
-            Some(t) => Err(PnpError::Input(format!(
-                "the {}-step inversion has no latent at sampling timestep {t} of {} sampling steps",
+    /// Refuses an inversion that is incomplete (a latent of its own grid
+    /// missing) or has no latent at some timestep of the `steps`-step
+    /// sampling grid (the sampling starts from, and the source pass reads,
+    /// those), naming the nearest sampling step counts it can serve.
+    pub fn check_covers(&self, scheduler: &Ddim, steps: usize) -> Result<()> {
+        let own = scheduler
+            .timesteps(self.steps)
+            .map_err(|e| PnpError::Input(format!("the inversion's declared step count: {e}")))?;
+        if let Some(t) = own.iter().find(|t| !self.latents.contains_key(t)) {
+            return Err(PnpError::Input(format!(
+                "the inversion declares {} steps but has no latent at timestep {t}: it is incomplete; make it again",
+                self.steps
+            )));
+        }
+        let grid = scheduler
+            .timesteps(steps)
+            .map_err(|e| PnpError::Input(format!("sampling steps: {e}")))?;
+        if grid.iter().any(|t| !self.latents.contains_key(t)) {
+            let nearest = scheduler.nearest_sampling_steps(self.steps, steps);
+            return Err(PnpError::Input(format!(
+                "the {}-step inversion has no latent at every timestep of {steps} sampling steps; the nearest sampling step counts it serves: {}",
                 self.steps,
-                grid.len()
+                either(&nearest)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses an inversion that is not for an image of `size` = [H, W]
+    /// pixels or whose latents do not have the model's `channels`.
+    pub fn check_fits(&self, size: [usize; 2], channels: usize) -> Result<()> {
+        let hw = [size[0] / 8, size[1] / 8];
+        if self.hw != hw || self.channels() != channels {
+            return Err(PnpError::Input(format!(
+                "the inversion's latents are {:?} but this image's are {:?}; it was made at another size or with another model",
+                self.latent_shape(),
+                [1, channels, hw[0], hw[1]]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses an inversion made with another model than the one with
+    /// fingerprint `model` (a file without a fingerprint is taken).
+    pub fn check_model(&self, model: &str) -> Result<()> {
+        match &self.model {
+            Some(m) if m != model => Err(PnpError::Input(format!(
+                "the inversion was made with another model (fingerprint {m}; this model's is {model}): its latents do not fit this model's features"
             ))),
-            None => Ok(()),
+            _ => Ok(()),
         }
     }
 
@@ -72,26 +117,25 @@ impl Inversion {
         for (step, z) in &self.latents {
             t.push((format!("inverted/{step}"), shape.clone(), z.as_slice()));
         }
-        let meta = HashMap::from([
+        let mut meta = HashMap::from([
             ("inversion_steps".to_string(), self.steps.to_string()),
             (
                 "latent_hw".to_string(),
                 format!("{}x{}", self.hw[0], self.hw[1]),
             ),
         ]);
+        if let Some(m) = &self.model {
+            meta.insert("model".to_string(), m.clone());
+        }
         f32_safetensors(&t, meta)
     }
 
     /// Reads a file written by [`Self::to_safetensors`] for an image whose
-    /// latent is (1, `channels`, h, w) with `hw` = (h, w). `name` names the
-    /// file in messages. Every tensor must be float32, of that shape, and
+    /// latent is (1, C, h, w) with `hw` = (h, w); the channels C are z0's,
+    /// checked against the model by [`Self::check_fits`]. `name` names the
+    /// file in messages. Every tensor must be float32, of one shape, and
     /// finite.
-    pub fn from_safetensors(
-        name: &str,
-        bytes: &[u8],
-        hw: [usize; 2],
-        channels: usize,
-    ) -> Result<Self> {
+    pub fn from_safetensors(name: &str, bytes: &[u8], hw: [usize; 2]) -> Result<Self> {
         let bad = |msg: String| PnpError::Input(format!("{name}: {msg}"));
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
             bad(format!(
@@ -100,14 +144,21 @@ impl Inversion {
         })?;
         let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("unreadable header ({e})")))?;
-        let steps: usize = md
-            .metadata()
-            .as_ref()
+        let meta = md.metadata().as_ref();
+        let model = meta.and_then(|m| m.get("model")).cloned();
+        let steps: usize = meta
             .and_then(|m| m.get("inversion_steps"))
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| {
                 bad("no inversion_steps metadata: not written by --save-inversion".into())
             })?;
+        let channels = st
+            .tensor("z0")
+            .map_err(|_| bad("no z0 tensor: not written by --save-inversion".into()))?
+            .shape()
+            .get(1)
+            .copied()
+            .unwrap_or(0);
         let want = [1, channels, hw[0], hw[1]];
         let mut latents = BTreeMap::new();
         let mut z0 = None;
@@ -147,6 +198,7 @@ impl Inversion {
             z0: z0.ok_or_else(|| bad("no z0 tensor".into()))?,
             steps,
             latents,
+            model,
         })
     }
 }

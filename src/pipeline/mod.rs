@@ -43,12 +43,23 @@ pub enum PnpError {
     #[error("pnp_f_t and pnp_attn_t are fractions of the sampling steps, in [0, 1]")]
     Fractions,
     #[error(
-        "a {inversion_steps}-step inversion does not store a latent at every timestep of {steps} sampling steps; use inversion steps in {compatible:?}"
+        "a {inversion_steps}-step inversion does not store a latent at every timestep of {steps} sampling steps; the nearest inversion step counts that do: {}",
+        scheduler::either(nearest)
     )]
     InversionGrid {
         inversion_steps: usize,
         steps: usize,
-        compatible: Vec<usize>,
+        /// The nearest counts that would work (see [`scheduler::Ddim::nearest_inversion_steps`]).
+        nearest: Vec<usize>,
+    },
+    #[error(
+        "the values after {phase} are not finite ({count} of {total} are NaN or infinite): {cause}"
+    )]
+    NonFinite {
+        phase: String,
+        count: usize,
+        total: usize,
+        cause: String,
     },
 }
 

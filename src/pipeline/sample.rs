@@ -62,12 +62,14 @@ impl Pipeline<'_> {
             latents.insert(t, z.clone());
             progress.tick();
         }
+        self.check_finite("the inversion", &z, "the UNet's weights")?;
         self.phase_done("inversion", timer);
         Ok(Inversion {
             hw,
             z0: z0.to_vec(),
             steps,
             latents,
+            model: Some(self.model.fingerprint()),
         })
     }
 
@@ -81,8 +83,8 @@ impl Pipeline<'_> {
         progress: &mut dyn Progress,
     ) -> Result<Vec<Vec<f32>>> {
         let n = opts.steps;
+        inv.check_covers(&self.scheduler, n)?;
         let grid = self.scheduler.timesteps(n)?;
-        inv.check_covers(&grid)?;
         let hw = inv.hw;
         let store_plan = self.store_plan(opts, hw)?;
         let schedule = store_plan.schedule;
@@ -128,6 +130,11 @@ impl Pipeline<'_> {
                     .step(&x, &guide(eps, lat, opts.guidance), t, n);
                 progress.tick();
             }
+            self.check_finite(
+                &format!("sampling prompt {}", pi + 1),
+                &x,
+                "the UNet's weights or an extreme guidance scale",
+            )?;
             finals.push(x);
         }
         let store_bytes = if store_plan.resident {
@@ -191,6 +198,11 @@ impl Pipeline<'_> {
         progress: &mut dyn Progress,
     ) -> Result<Inversion> {
         let timer = Timer::start();
+        if !guidance.is_finite() {
+            return Err(PnpError::Input(format!(
+                "the guidance scale must be a finite number, got {guidance}"
+            )));
+        }
         let grid = self.scheduler.timesteps(steps)?;
         let channels = self.model.unet.config.in_channels;
         let mut x = crate::rand::gaussian(seed, channels * hw[0] * hw[1]);
@@ -208,12 +220,18 @@ impl Pipeline<'_> {
                 .step(&x, &guide(&eps, lat, guidance), t, steps);
             progress.tick();
         }
+        self.check_finite(
+            "the generation",
+            &x,
+            "the UNet's weights or an extreme guidance scale",
+        )?;
         self.phase_done("generation", timer);
         Ok(Inversion {
             hw,
             z0: x,
             steps,
             latents,
+            model: Some(self.model.fingerprint()),
         })
     }
 }

@@ -154,6 +154,15 @@ impl Ddim {
                 ));
             }
         };
+        if let Some((t, b)) = betas
+            .iter()
+            .enumerate()
+            .find(|(_, b)| !(**b > 0.0 && **b < 1.0))
+        {
+            return unsupported(format!(
+                "beta_start {beta_start} and beta_end {beta_end} give beta {b} at timestep {t}; every beta must lie in (0, 1)"
+            ));
+        }
         let mut acc = 1f64;
         let alphas_cumprod: Vec<f32> = betas
             .iter()
@@ -319,11 +328,51 @@ impl Ddim {
         }
     }
 
+    /// The inversion step counts nearest to `inv_n` (the largest below it
+    /// and the smallest above it that exist) whose grid contains the
+    /// `samp_n`-step sampling grid: what an error suggests instead of a list.
+    pub fn nearest_inversion_steps(&self, inv_n: usize, samp_n: usize) -> Vec<usize> {
+        nearest(inv_n, self.num_train_timesteps, |n| {
+            self.inversion_grid_contains(n, samp_n)
+        })
+    }
+
+    /// The sampling step counts nearest to `samp_n` whose grid an
+    /// `inv_n`-step inversion contains.
+    pub fn nearest_sampling_steps(&self, inv_n: usize, samp_n: usize) -> Vec<usize> {
+        nearest(samp_n, self.num_train_timesteps, |n| {
+            self.inversion_grid_contains(inv_n, n)
+        })
+    }
+
     /// Every inversion step count whose grid contains the `samp_n`-step
     /// sampling grid, ascending (for error messages; empty if samp_n is invalid).
     pub fn compatible_inversion_steps(&self, samp_n: usize) -> Vec<usize> {
         (1..=self.num_train_timesteps)
             .filter(|&n| self.inversion_grid_contains(n, samp_n))
             .collect()
+    }
+}
+
+/// The largest n < `want` and the smallest n > `want` in 1..=`max` with
+/// `ok(n)` (those that exist), or `want` alone when it is ok.
+fn nearest(want: usize, max: usize, ok: impl Fn(usize) -> bool) -> Vec<usize> {
+    if (1..=max).contains(&want) && ok(want) {
+        return vec![want];
+    }
+    let below = (1..want.min(max + 1)).rev().find(|&n| ok(n));
+    let above = (want + 1..=max).find(|&n| ok(n));
+    below.into_iter().chain(above).collect()
+}
+
+/// "a", "a or b", or "none" when empty: counts for a message.
+pub fn either(counts: &[usize]) -> String {
+    match counts {
+        [] => "none".into(),
+        _ => counts
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(" or "),
     }
 }

@@ -73,11 +73,18 @@ pub(super) fn concat_rows(rows: &[&[f32]]) -> Vec<f32> {
 }
 
 /// Refuses an image size the networks cannot take (both sides positive
-/// multiples of 64: the VAE downsamples by 8, the UNet by 8 more).
+/// multiples of 64: the VAE downsamples by 8, the UNet by 8 more) or one
+/// beyond [`crate::picture::MAX_SIDE`].
 pub fn check_size([h, w]: [usize; 2]) -> Result<()> {
     if h % 64 != 0 || w % 64 != 0 || h == 0 || w == 0 {
         return Err(PnpError::Input(format!(
             "image size {w}x{h} is not a multiple of 64 on both sides; resize it (the command line's --width/--height do)"
+        )));
+    }
+    let max = crate::picture::MAX_SIDE;
+    if h > max || w > max {
+        return Err(PnpError::Input(format!(
+            "image size {w}x{h} is beyond the largest taken ({max} pixels a side); Stable Diffusion works at 512 to 1024"
         )));
     }
     Ok(())
@@ -154,6 +161,27 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// Refuses non-finite `values` at the end of `phase`, naming the likely
+    /// `cause` (and f16 overflow on an f16 run): a NaN would otherwise end
+    /// as a black image with no word. A pass over values the phase brought
+    /// back to the host anyway.
+    pub(super) fn check_finite(&self, phase: &str, values: &[f32], cause: &str) -> Result<()> {
+        let count = values.iter().filter(|v| !v.is_finite()).count();
+        if count == 0 {
+            return Ok(());
+        }
+        let cause = match self.dtype {
+            DType::F16 => format!("{cause}, or f16 overflow: rerun in f32 (--precision f32)"),
+            DType::F32 => cause.to_string(),
+        };
+        Err(PnpError::NonFinite {
+            phase: phase.to_string(),
+            count,
+            total: values.len(),
+            cause,
+        })
+    }
+
     pub(super) fn note_peak(&mut self, bytes: u64) {
         self.stats.peak_bytes = self.stats.peak_bytes.max(bytes);
     }
@@ -188,7 +216,13 @@ impl<'a> Pipeline<'a> {
             }
             plan.write(&x, &text.embed(&[enc.ids])?);
             plan.run();
-            out.push(plan.read(&y).await?);
+            let e = plan.read(&y).await?;
+            self.check_finite(
+                &format!("encoding the prompt {p:?}"),
+                &e,
+                "non-finite text encoder weights",
+            )?;
+            out.push(e);
             progress.tick();
         }
         self.phase_done("text encoder", timer);
@@ -228,6 +262,7 @@ impl<'a> Pipeline<'a> {
         let lat = vae.config.latent_channels;
         let n = lat * (h / 8) * (w / 8);
         let scale = vae.config.scaling_factor;
+        self.check_finite("the VAE encode", &moments[..n], "the VAE encoder's weights")?;
         self.phase_done("vae encode", timer);
         Ok(moments[..n].iter().map(|v| v * scale).collect())
     }
@@ -247,6 +282,7 @@ impl<'a> Pipeline<'a> {
         plan.write(&x, &z.iter().map(|v| v / scale).collect::<Vec<_>>());
         plan.run();
         let img = plan.read(&y).await?;
+        self.check_finite("the VAE decode", &img, "the VAE decoder's weights")?;
         self.phase_done("vae decode", timer);
         Ok(img
             .into_iter()

@@ -64,9 +64,8 @@ impl Pipeline<'_> {
         inversion: Option<Inversion>,
         progress: &mut dyn Progress,
     ) -> Result<Prepared> {
-        self.check_options(opts, prompts, inversion.as_ref())?;
+        self.check_translation(size, prompts, opts, inversion.as_ref())?;
         let hw = [size[0] / 8, size[1] / 8];
-        self.preflight(size, self.store_plan(opts, hw)?.max_batch())?;
         let embeddings = self.embeddings(opts, prompts, progress).await?;
         let inversion = match inversion {
             Some(inv) => inv,
@@ -85,6 +84,27 @@ impl Pipeline<'_> {
         })
     }
 
+    /// Every check of a translation of an image of `size` = [H, W] pixels
+    /// (with the given inversion, if any) that needs no GPU work: the
+    /// options, the inversion's fit, and the adapter's limits for the
+    /// largest graphs ([`Self::preflight`]). [`Self::prepare`] runs it; a
+    /// caller may run it before decoding the image.
+    pub fn check_translation(
+        &self,
+        size: [usize; 2],
+        prompts: &[&str],
+        opts: &PnpOptions,
+        given: Option<&Inversion>,
+    ) -> Result<()> {
+        check_size(size)?;
+        self.check_options(opts, prompts, given)?;
+        if let Some(inv) = given {
+            inv.check_fits(size, self.model.vae.config.latent_channels)?;
+        }
+        let hw = [size[0] / 8, size[1] / 8];
+        self.preflight(size, self.store_plan(opts, hw)?.max_batch())
+    }
+
     /// The options that do not depend on the image: prompts, fractions, and
     /// the inversion grid: of `inversion_steps`, or of the given inversion.
     fn check_options(
@@ -99,9 +119,23 @@ impl Pipeline<'_> {
         if !(0.0..=1.0).contains(&opts.pnp_f_t) || !(0.0..=1.0).contains(&opts.pnp_attn_t) {
             return Err(PnpError::Fractions);
         }
-        if let Some(inv) = given {
-            return inv.check_covers(&self.scheduler.timesteps(opts.steps)?);
+        if !opts.guidance.is_finite() {
+            return Err(PnpError::Input(format!(
+                "the guidance scale must be a finite number, got {}",
+                opts.guidance
+            )));
         }
+        let steps = |what: &str, n: usize| {
+            self.scheduler
+                .timesteps(n)
+                .map(drop)
+                .map_err(|e| PnpError::Input(format!("{what}: {e}")))
+        };
+        steps("sampling steps", opts.steps)?;
+        if let Some(inv) = given {
+            return inv.check_covers(&self.scheduler, opts.steps);
+        }
+        steps("inversion steps", opts.inversion_steps)?;
         let grid_ok = self
             .scheduler
             .inversion_grid_contains(opts.inversion_steps, opts.steps);
@@ -109,7 +143,9 @@ impl Pipeline<'_> {
             return Err(PnpError::InversionGrid {
                 inversion_steps: opts.inversion_steps,
                 steps: opts.steps,
-                compatible: self.scheduler.compatible_inversion_steps(opts.steps),
+                nearest: self
+                    .scheduler
+                    .nearest_inversion_steps(opts.inversion_steps, opts.steps),
             });
         }
         Ok(())

@@ -153,7 +153,11 @@ pub async fn translate(
     opts: &WebOptions,
     progress: &mut dyn Progress,
 ) -> Result<Output, String> {
-    let px = pnp::picture::decode(image_name, image, opts.width, opts.height).map_err(text)?;
+    let (px, notes) =
+        pnp::picture::decode(image_name, image, opts.width, opts.height).map_err(text)?;
+    for n in &notes {
+        progress.note(n);
+    }
     let prompts: Vec<&str> = opts
         .prompts
         .iter()
