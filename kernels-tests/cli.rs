@@ -150,7 +150,10 @@ fn bad_input_gets_clear_errors() {
         "--height",
         "64",
     ]);
-    assert!(!ok && err.contains("--inversion-steps in"), "{err}");
+    assert!(
+        !ok && err.contains("with --steps 50 use --inversion-steps 50"),
+        "{err}"
+    );
     let (ok, _, err) = pnp(&["info", "--model", "/no/such/model"]);
     assert!(!ok && err.contains("no such file or folder"), "{err}");
 }

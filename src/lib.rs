@@ -41,6 +41,8 @@
 // type for the device on every target.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gpu;
 pub mod graph;
 pub mod models;

@@ -56,6 +56,14 @@ pub enum GpuError {
         "{what} has {elems} elements; kernels address at most 4294967295 (32-bit indices). Use a smaller image size"
     )]
     TooManyElements { what: String, elems: usize },
+    #[error(
+        "{what} would dispatch {groups:?} workgroups; this adapter allows at most {limit} per dimension. Use a smaller image size"
+    )]
+    TooManyWorkgroups {
+        what: String,
+        groups: [u32; 3],
+        limit: u32,
+    },
 }
 
 /// How to choose the adapter. `name` matches a substring of the adapter name,

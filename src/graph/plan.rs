@@ -50,7 +50,15 @@ impl Graph {
             )
         };
         let max_buffer = self.gpu.limits.max_buffer_size;
+        let max_groups = self.gpu.limits.max_compute_workgroups_per_dimension;
         for node in &self.nodes {
+            if node.workgroups.iter().any(|&g| g > max_groups) {
+                return Err(GpuError::TooManyWorkgroups {
+                    what: node.label.clone(),
+                    groups: node.workgroups,
+                    limit: max_groups,
+                });
+            }
             for (id, w) in &node.binds {
                 let v = id.0 as usize;
                 let info = &self.values[v];

@@ -17,7 +17,11 @@ impl PerBlock {
     pub fn get(&self, i: usize) -> usize {
         match self {
             PerBlock::One(x) => *x,
-            PerBlock::Many(v) => v[i.min(v.len().saturating_sub(1))],
+            // An empty list reads as 0, which the consistency check refuses.
+            PerBlock::Many(v) => v
+                .get(i.min(v.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0),
         }
     }
 }
@@ -133,7 +137,7 @@ fn groups_divide(what: &str, channels: &[usize], groups: usize) -> Result<(), St
     positive("norm_num_groups", groups)?;
     for &c in channels {
         positive(what, c)?;
-        if c % groups != 0 {
+        if !c.is_multiple_of(groups) {
             return Err(format!(
                 "norm_num_groups {groups} does not divide {what} {c} (group norm needs equal groups)"
             ));
@@ -150,8 +154,12 @@ impl Consistent for UnetConfig {
         positive("cross_attention_dim", self.cross_attention_dim)?;
         positive_f32("norm_eps", self.norm_eps)?;
         let n = self.block_out_channels.len();
-        if n == 0 {
-            return Err("block_out_channels is empty".into());
+        // Images are taken in multiples of 64 pixels, 8 latent cells: three
+        // halvings, four blocks (SD 1.x and 2.x have four).
+        if !(1..=4).contains(&n) {
+            return Err(format!(
+                "block_out_channels has {n} entries; a Stable Diffusion UNet has 1 to 4"
+            ));
         }
         groups_divide(
             "block_out_channels",
@@ -172,7 +180,7 @@ impl Consistent for UnetConfig {
         for (i, &width) in self.block_out_channels.iter().enumerate() {
             let heads = self.heads(i);
             positive(&format!("the head count of block {i}"), heads)?;
-            if width % heads != 0 {
+            if !width.is_multiple_of(heads) {
                 return Err(format!(
                     "block {i} is {width} wide, which {heads} heads do not divide"
                 ));
@@ -214,7 +222,7 @@ impl Consistent for ClipConfig {
         positive("num_attention_heads", self.num_attention_heads)?;
         positive("hidden_size", self.hidden_size)?;
         positive_f32("layer_norm_eps", self.layer_norm_eps)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

@@ -143,8 +143,9 @@ impl HostTensor {
             let size = std::mem::size_of::<T>();
             b.chunks_exact(size)
                 .map(bytemuck::pod_read_unaligned::<T>)
-                .position(&bad)
-                .map(|i| (i, value(bytemuck::pod_read_unaligned(&b[i * size..]))))
+                .enumerate()
+                .find(|&(_, x)| bad(x))
+                .map(|(i, x)| (i, value(x)))
         }
         match &self.data {
             HostData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),

@@ -112,8 +112,13 @@ impl Ddim {
         let prediction = cfg_str(json, "prediction_type", "epsilon")?;
         let spacing = cfg_str(json, "timestep_spacing", "leading")?;
         let unsupported = |what: String| Err(SchedulerError::Config(what));
-        if n_train < 2 {
-            return unsupported(format!("num_train_timesteps = {n_train}; need at least 2"));
+        // SD trains on 1000; the cap keeps a damaged config from allocating
+        // the schedule of billions of timesteps.
+        const MAX_TRAIN: usize = 100_000;
+        if !(2..=MAX_TRAIN).contains(&n_train) {
+            return unsupported(format!(
+                "num_train_timesteps = {n_train}; it must be in 2..={MAX_TRAIN} (SD: 1000)"
+            ));
         }
         if prediction != "epsilon" {
             return unsupported(format!(
