@@ -12,8 +12,11 @@ use crate::pipeline::store::{TapShapes, Taps};
 use std::path::Path;
 use std::sync::Arc;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name, for the replay test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("config", config),
     ("ldm", ldm),
