@@ -692,6 +692,16 @@ fn images_and_prompts_get_notes() {
         (64, 128),
         "the portrait photo was processed sideways"
     );
+    // The pixels are turned, not only the size: the stored rows' red ramp
+    // (along x) runs down the shown image.
+    let (px, _) =
+        pnp::picture::decode("rotated.jpg", &rotated_jpeg(), Some(64), None).expect("decode");
+    let red = |x: usize, y: usize| px.data[y * px.width + x];
+    assert!(red(32, 127) - red(32, 0) > 0.5, "no ramp down the image");
+    assert!(
+        (red(0, 64) - red(63, 64)).abs() < 0.1,
+        "a ramp across the image"
+    );
 
     // A 1x1 image is upscaled; RGBA loses its alpha; 8:1 squashed to 1:1.
     let tiny = dir.join("tiny.png");
