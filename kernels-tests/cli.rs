@@ -157,3 +157,33 @@ fn bad_input_gets_clear_errors() {
     let (ok, _, err) = pnp(&["info", "--model", "/no/such/model"]);
     assert!(!ok && err.contains("no such file or folder"), "{err}");
 }
+
+#[test]
+fn a_successful_run_without_a_desktop_session_prints_no_error() {
+    let model = fixtures().join("models/sd15-tiny");
+    let image = fixtures().join("pnp/square.png");
+    let out = temp("no-session").join("o.png");
+    let run = Command::new(env!("CARGO_BIN_EXE_pnp"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .args(["translate", "--model"])
+        .arg(&model)
+        .arg("--image")
+        .arg(&image)
+        .args(["--prompt", "x", "--steps", "2", "--inversion-steps", "2"])
+        .args(["--width", "64", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run pnp");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    let errors: Vec<&str> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| l.contains("error:"))
+        .collect();
+    assert!(errors.is_empty(), "a successful run printed {errors:?}");
+}

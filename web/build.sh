@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --target wasm32-unknown-unknown -p pnp-web
+# The target folder cargo really uses (CARGO_TARGET_DIR, a config's
+# build.target-dir), not an assumed ./target.
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
-    target/wasm32-unknown-unknown/release/pnp_web.wasm
+    "$target_dir/wasm32-unknown-unknown/release/pnp_web.wasm"
 ls -l web/pkg

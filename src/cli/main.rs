@@ -72,7 +72,23 @@ impl Precision {
     }
 }
 
+/// Mesa's implicit device-select Vulkan layer connects to a Wayland display
+/// to rank the GPUs; without a desktop session (servers, containers, CI)
+/// libwayland then prints "error: XDG_RUNTIME_DIR is invalid or not set"
+/// although nothing fails. A compute-only program needs no such ranking
+/// (wgpu picks the adapter), so the layer is switched off through its
+/// manifest's disable variable, unless the user set that variable.
+fn quiet_window_system_probe() {
+    let session =
+        std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir());
+    if cfg!(target_os = "linux") && !session && std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: the first statement of main: no other thread exists yet.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_window_system_probe();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
