@@ -15,7 +15,7 @@ use pnp::models::nn::Ctx;
 use pnp::models::sd::SdModel;
 use pnp::models::tokenizer::ClipTokenizer;
 use pnp::pipeline::scheduler::Ddim;
-use pnp::pipeline::{Pipeline, PnpOptions, StoreMode};
+use pnp::pipeline::{NegativeSchedule, Pipeline, PnpOptions, StoreMode};
 use pnp::progress::Quiet;
 use serde_json::Value as Json;
 
@@ -161,4 +161,89 @@ fn pnp_matches_reference_sd2_wide_two_prompts() {
     let mut fails = Failures::default();
     run_case("sd2_wide_two_prompts", &mut fails);
     fails.finish("sd2_wide_two_prompts");
+}
+
+#[test]
+fn pnp_matches_reference_with_the_negative_prompt_schedule() {
+    let mut fails = Failures::default();
+    run_case("sd15_negative_schedule", &mut fails);
+    fails.finish("sd15_negative_schedule");
+}
+
+#[test]
+fn pnp_matches_reference_sd2_v_prediction() {
+    let mut fails = Failures::default();
+    run_case("sd2v_wide", &mut fails);
+    fails.finish("sd2v_wide");
+}
+
+/// The schedule's limits are today's guidance exactly, without the unused
+/// row: alpha 0 (constant) is the negative prompt's, alpha 1 (constant) the
+/// empty prompt's; anything between runs three target rows and differs.
+#[test]
+fn the_negative_schedule_limits_are_the_plain_guidance() {
+    let model_dir = fixture_path("models/sd15-tiny");
+    let gpu = gpu();
+    let dtype = DType::F32;
+    let model = SdModel::load_folder(Ctx { gpu: &gpu, dtype }, &model_dir).expect("model");
+    let tok = ClipTokenizer::from_dir(&model_dir.join("tokenizer")).expect("tokenizer");
+    let (pixels, hw) = load_png("square.png");
+    let base = PnpOptions {
+        steps: 4,
+        inversion_steps: 4,
+        ..PnpOptions::default()
+    };
+    let with = |alpha: Option<f64>, schedule: NegativeSchedule, negative: &str| PnpOptions {
+        negative_prompt_alpha: alpha,
+        negative_prompt_schedule: schedule,
+        negative_prompt: negative.into(),
+        ..base.clone()
+    };
+    let mut pipe = Pipeline::new(gpu.clone(), &model, &tok, Ddim::sd(), dtype);
+    let run = |pipe: &mut Pipeline, opts: &PnpOptions| {
+        let t = std::time::Instant::now();
+        let emb = pollster::block_on(pipe.embeddings(opts, &["a cat"], &mut Quiet)).expect("embed");
+        let z0 = pollster::block_on(pipe.encode_image(&pixels, hw)).expect("encode");
+        let lhw = [hw[0] / 8, hw[1] / 8];
+        let inv = pollster::block_on(pipe.invert(&z0, lhw, &emb.inversion, 4, &mut Quiet))
+            .expect("invert");
+        let inverting = pipe.stats.unet_evals;
+        let finals = pollster::block_on(pipe.sample(&inv, &emb, opts, &mut Quiet)).expect("sample");
+        eprintln!(
+            "{:?}: {:.1} s",
+            opts.negative_prompt_alpha,
+            t.elapsed().as_secs_f64()
+        );
+        (finals.concat(), pipe.stats.unet_evals - inverting)
+    };
+    let negative = "ugly, blurry";
+    let (plain, plain_rows) = run(&mut pipe, &with(None, NegativeSchedule::Linear, negative));
+    let (zero, zero_rows) = run(
+        &mut pipe,
+        &with(Some(0.0), NegativeSchedule::Constant, negative),
+    );
+    assert_eq!(zero, plain, "alpha 0 is not the negative prompt's guidance");
+    assert_eq!(zero_rows, plain_rows, "alpha 0 ran the unconditional row");
+    let (empty, empty_rows) = run(&mut pipe, &with(None, NegativeSchedule::Linear, ""));
+    let (one, one_rows) = run(
+        &mut pipe,
+        &with(Some(1.0), NegativeSchedule::Constant, negative),
+    );
+    assert_eq!(one, empty, "alpha 1 is not the empty prompt's guidance");
+    assert_eq!(one_rows, empty_rows, "alpha 1 ran the negative row");
+    let (mixed, mixed_rows) = run(
+        &mut pipe,
+        &with(Some(0.75), NegativeSchedule::Linear, negative),
+    );
+    // One more row (the unconditional one) at each of the 4 steps.
+    assert_eq!(
+        mixed_rows,
+        plain_rows + 4,
+        "the schedule runs three target rows"
+    );
+    let diff = mixed
+        .iter()
+        .zip(&plain)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff > 1e-3, "the schedule changed nothing ({diff})");
 }

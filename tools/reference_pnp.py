@@ -53,7 +53,7 @@ OUT = ROOT / "kernels-tests" / "fixtures" / "pnp"
 GENERATOR = "tools/reference_pnp.py"
 NEGATIVE = "ugly, blurry, black, low res, unrealistic"
 
-VARIANTS = {"sd15-tiny": None, "sd2-tiny": "fp16"}
+VARIANTS = {"sd15-tiny": None, "sd2-tiny": "fp16", "sd2v-tiny": "fp16"}
 
 CASES = {
     "sd15_square": dict(
@@ -67,6 +67,19 @@ CASES = {
     "sd2_wide_two_prompts": dict(
         model="sd2-tiny", image="wide.png", prompts=["a watercolor painting of a house", "a photo of a dog!!"],
         negative_prompt=NEGATIVE, inversion_prompt="", inversion_steps=8, steps=8, guidance=7.5,
+        pnp_f_t=0.5, pnp_attn_t=0.25,
+    ),
+    # The original PnP's negative-prompt schedule (MichalGeyer/plug-and-play):
+    # base = a_i * e_uncond + (1 - a_i) * e_neg, a_i = alpha * schedule[i].
+    "sd15_negative_schedule": dict(
+        model="sd15-tiny", image="square.png", prompts=["a photo of a cat"], negative_prompt=NEGATIVE,
+        inversion_prompt="", inversion_steps=10, steps=10, guidance=7.5, pnp_f_t=0.8, pnp_attn_t=0.5,
+        negative_prompt_alpha=0.75, negative_prompt_schedule="linear",
+    ),
+    # SD 2.x 768-style: v-prediction, attention upcast (sd2-tiny's weights).
+    "sd2v_wide": dict(
+        model="sd2v-tiny", image="wide.png", prompts=["a watercolor painting of a house"],
+        negative_prompt=NEGATIVE, inversion_prompt="a photo", inversion_steps=8, steps=8, guidance=7.5,
         pnp_f_t=0.5, pnp_attn_t=0.25,
     ),
 }
@@ -114,6 +127,30 @@ def load_image(name: str) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- models
+def write_v_model():
+    """sd2v-tiny: sd2-tiny's weights and tokenizer (relative links) with the
+    configs of an SD 2.x 768 checkpoint: prediction_type v_prediction and
+    upcast_attention true."""
+    src, dst = MODELS / "sd2-tiny", MODELS / "sd2v-tiny"
+    for f in sorted(src.rglob("*")):
+        if f.is_dir():
+            continue
+        rel = f.relative_to(src)
+        out = dst / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_symlink() or out.exists():
+            out.unlink()
+        if f.name in ("config.json", "scheduler_config.json", "model_index.json"):
+            cfg = json.loads(f.read_text())
+            if rel.parts[0] == "unet":
+                cfg["upcast_attention"] = True
+            if rel.parts[0] == "scheduler":
+                cfg["prediction_type"] = "v_prediction"
+            out.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        else:
+            out.symlink_to(Path("..") / ".." / "sd2-tiny" / rel)
+
+
 def load_model(model: str):
     folder = MODELS / model
     variant = VARIANTS[model]
@@ -129,12 +166,14 @@ def load_model(model: str):
 
 
 class Injector:
-    """Forward hooks that copy row 0's output into rows 1.. of a batch-3 (source|neg|pos) call.
+    """Forward hooks that copy row 0's output into rows 1.. of a batch-3 (source|neg|pos) call
+    (batch 4, source|neg|uncond|pos, with the negative-prompt schedule).
 
     conv2 of up_blocks[1].resnets[1] (the residual branch before the shortcut add and before
     the division by output_scale_factor) and to_q / to_k of the 8 decoder attn1 layers."""
 
-    def __init__(self, unet: UNet2DConditionModel):
+    def __init__(self, unet: UNet2DConditionModel, rows: int = 3):
+        self.rows = rows
         self.conv_on = False
         self.qk_on = False
         self.handles = []
@@ -152,11 +191,11 @@ class Injector:
         def fn(module, inputs, output):
             if not (self.conv_on if kind == "conv" else self.qk_on):
                 return None
-            assert output.shape[0] % 3 == 0
-            sb = output.shape[0] // 3
+            assert output.shape[0] % self.rows == 0
+            sb = output.shape[0] // self.rows
             out = output.clone()
-            out[sb:2 * sb] = output[:sb]
-            out[2 * sb:] = output[:sb]
+            for r in range(1, self.rows):
+                out[r * sb:(r + 1) * sb] = output[:sb]
             self.calls[kind] += 1
             return out
         return fn
@@ -202,6 +241,9 @@ def run_case(case: dict, components, dtype, inject: bool = True) -> dict:
         mu, mu_prev = a ** 0.5, ap ** 0.5
         sigma, sigma_prev = (1 - a) ** 0.5, (1 - ap) ** 0.5
         eps = unet(z, t, encoder_hidden_states=c_inv).sample
+        if inv_sched.config.prediction_type == "v_prediction":
+            # eps from v at the timestep the UNet was given, as DDIMScheduler.step does
+            eps = a ** 0.5 * eps + (1 - a) ** 0.5 * z
         x0 = (z - sigma_prev * eps) / mu_prev
         z = mu * x0 + sigma * eps
         stored[int(t)] = z
@@ -214,20 +256,33 @@ def run_case(case: dict, components, dtype, inject: bool = True) -> dict:
     n_f, n_qk = int(n * case["pnp_f_t"]), int(n * case["pnp_attn_t"])
     for t in ts:
         assert int(t) in stored, f"sampling timestep {int(t)} not in the inversion grid"
-    injector = Injector(unet)
+    alpha = case.get("negative_prompt_alpha")
+    rows = 3 if alpha is None else 4
+    if alpha is not None:
+        kind = case["negative_prompt_schedule"]
+        ramp = np.linspace(0, 1, n)
+        shape = {"linear": np.flip(ramp), "constant": np.ones(n), "exp": np.exp(-6 * ramp)}[kind]
+        weights = alpha * shape
+    injector = Injector(unet, rows)
     finals = []
     try:
         for prompt in case["prompts"]:
             c_pos = embed(tok, te, prompt, dtype)
-            ctx = torch.cat([c_src, c_neg, c_pos], 0)
+            # source | negative | (unconditional "") | target
+            ctx = torch.cat([c_src, c_neg] + ([c_src] if rows == 4 else []) + [c_pos], 0)
             x = stored[int(ts[0])]
             for i, t in enumerate(ts):
                 injector.conv_on = inject and i < n_f
                 injector.qk_on = inject and i < n_qk
-                inp = torch.cat([stored[int(t)], x, x], 0)
+                inp = torch.cat([stored[int(t)]] + [x] * (rows - 1), 0)
                 out = unet(inp, t, encoder_hidden_states=ctx).sample
-                _, eps_neg, eps_pos = out.chunk(3)
-                eps = eps_neg + case["guidance"] * (eps_pos - eps_neg)
+                parts = out.chunk(rows)
+                eps_neg, eps_pos = parts[1], parts[-1]
+                base = eps_neg
+                if rows == 4:
+                    a_i = float(weights[i])
+                    base = a_i * parts[2] + (1 - a_i) * eps_neg
+                eps = base + case["guidance"] * (eps_pos - base)
                 x = sched.step(eps, t, x, eta=0.0).prev_sample
             finals.append(x)
     finally:
@@ -236,6 +291,7 @@ def run_case(case: dict, components, dtype, inject: bool = True) -> dict:
     if inject:
         assert injector.calls["conv"] == n_f * len(case["prompts"]), injector.calls
         assert injector.calls["qk"] == 16 * n_qk * len(case["prompts"]), injector.calls
+    assert sched.config.prediction_type == inv_sched.config.prediction_type
     final = torch.cat(finals, 0)
 
     # Stage 4: decode
@@ -262,9 +318,13 @@ def stats(t: torch.Tensor) -> str:
 def main():
     versions = {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
     print("versions:", versions)
+    only = sys.argv[1:]  # case names; none: every case
     write_images()
+    write_v_model()
     cache = {}
     for name, case in CASES.items():
+        if only and name not in only:
+            continue
         if case["model"] not in cache:
             cache[case["model"]] = load_model(case["model"])
         comps = cache[case["model"]]
@@ -295,6 +355,9 @@ def main():
             "pnp_f_t": case["pnp_f_t"], "pnp_attn_t": case["pnp_attn_t"],
             "width": r32["width"], "height": r32["height"], "f64_max_abs_diff": d,
         }
+        for k in ("negative_prompt_alpha", "negative_prompt_schedule"):
+            if k in case:
+                meta_case[k] = case[k]
         meta = {"case": json.dumps(meta_case), "generator": GENERATOR, **versions}
         write_safetensors(OUT / f"{name}.safetensors", tensors, meta)
         for k in sorted(tensors):

@@ -6,7 +6,7 @@
 
 use pnp::gpu::{DType, Gpu};
 use pnp::graph::{Graph, Value};
-use pnp::pipeline::PnpOptions;
+use pnp::pipeline::{NegativeSchedule, PnpOptions};
 use serde_json::Value as Json;
 use std::collections::HashMap;
 
@@ -108,6 +108,13 @@ pub fn case_options(c: &Json) -> PnpOptions {
         guidance: p_f32(c, "guidance"),
         pnp_f_t: p_f64(c, "pnp_f_t"),
         pnp_attn_t: p_f64(c, "pnp_attn_t"),
+        negative_prompt_alpha: c["negative_prompt_alpha"].as_f64(),
+        negative_prompt_schedule: match c["negative_prompt_schedule"].as_str() {
+            None | Some("linear") => NegativeSchedule::Linear,
+            Some("constant") => NegativeSchedule::Constant,
+            Some("exp") => NegativeSchedule::Exp,
+            Some(other) => panic!("unknown negative_prompt_schedule {other:?}"),
+        },
         ..Default::default()
     }
 }

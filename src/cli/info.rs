@@ -43,12 +43,21 @@ pub fn run(cmd: InfoCmd, adapter: Option<String>) -> Result<()> {
         v.block_out_channels, v.latent_channels, v.scaling_factor
     );
     println!(
-        "tokenizer: {} tokens per prompt; scheduler: {}",
+        "tokenizer: {} tokens per prompt; scheduler: {}, {} prediction{}",
         m.loaded.tokenizer.max_len(),
         if m.loaded.scheduler_config.is_some() {
             "the model's DDIM config"
         } else {
             "Stable Diffusion's DDIM defaults (the model has no scheduler config)"
+        },
+        match m.scheduler.prediction {
+            pnp::pipeline::scheduler::Prediction::Epsilon => "epsilon",
+            pnp::pipeline::scheduler::Prediction::V => "v",
+        },
+        if u.upcast_attention {
+            "; attention upcast (the fused attention kernel computes in f32 at every precision)"
+        } else {
+            ""
         }
     );
     for a in &model.assumed {

@@ -19,7 +19,7 @@ pub mod store;
 pub mod translate;
 
 pub use inversion::Inversion;
-pub use options::{Embeddings, PnpOptions, StoreMode};
+pub use options::{Embeddings, GuidanceBase, NegativeSchedule, PnpOptions, StoreMode};
 pub use stages::Pipeline;
 pub use translate::{Prepared, Translation};
 

@@ -18,6 +18,34 @@ pub enum StoreMode {
     Inline,
 }
 
+/// How the original PnP's negative-prompt weight falls over the sampling
+/// steps (docs/ALGORITHM.md, "Variants from the paper").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum NegativeSchedule {
+    /// 1 falling linearly to 0 at the last step (numpy `flip(linspace(0, 1, T))`).
+    #[default]
+    Linear,
+    /// 1 at every step.
+    Constant,
+    /// exp(-6 linspace(0, 1, T)).
+    Exp,
+}
+
+impl NegativeSchedule {
+    /// The schedule's value at each of `steps` sampling steps.
+    pub fn values(self, steps: usize) -> Vec<f64> {
+        // numpy's linspace(0, 1, T): i / (T - 1), and [0] for T = 1.
+        let ramp = (0..steps).map(|i| i as f64 / (steps.max(2) - 1) as f64);
+        match self {
+            NegativeSchedule::Linear => ramp.rev().collect(),
+            NegativeSchedule::Constant => vec![1.0; steps],
+            NegativeSchedule::Exp => ramp.map(|r| (-6.0 * r).exp()).collect(),
+        }
+    }
+}
+
 /// The algorithm's settings; the defaults are the authors' (docs/ALGORITHM.md, "Defaults").
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
@@ -46,6 +74,14 @@ pub struct PnpOptions {
     /// Fraction of the sampling steps with self-attention q/k injection.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = PnpOptions::default().pnp_attn_t))]
     pub pnp_attn_t: f64,
+    /// The original PnP's negative-prompt schedule: guidance extrapolates
+    /// from a_i e("") + (1 - a_i) e(negative), a_i = alpha x schedule[i].
+    /// Absent: from the negative prompt alone (pnp-diffusers).
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub negative_prompt_alpha: Option<f64>,
+    /// The schedule of --negative-prompt-alpha over the sampling steps.
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = NegativeSchedule::Linear))]
+    pub negative_prompt_schedule: NegativeSchedule,
     /// Feature store: auto (resident if it fits), resident, or inline (the reference's batch-3 call).
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = StoreMode::Auto))]
     pub store: StoreMode,
@@ -64,13 +100,54 @@ impl Default for PnpOptions {
             guidance: 7.5,
             pnp_f_t: 0.8,
             pnp_attn_t: 0.5,
+            negative_prompt_alpha: None,
+            negative_prompt_schedule: NegativeSchedule::Linear,
             store: StoreMode::Auto,
             store_budget: 2 << 30,
         }
     }
 }
 
+/// What classifier-free guidance extrapolates from, for a whole sampling.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GuidanceBase {
+    /// e(negative prompt): pnp-diffusers (no schedule, or alpha 0 throughout).
+    Negative,
+    /// e(""): a schedule of 1 throughout (the negative row is not run).
+    Unconditional,
+    /// a_i e("") + (1 - a_i) e(negative), a_i per sampling step: three
+    /// target rows (negative, unconditional, target) per step.
+    Mixed(Vec<f64>),
+}
+
+impl GuidanceBase {
+    /// Target rows of each UNet call (besides an inline source row).
+    pub fn rows(&self) -> usize {
+        match self {
+            GuidanceBase::Mixed(_) => 3,
+            _ => 2,
+        }
+    }
+}
+
 impl PnpOptions {
+    /// The guidance base these options ask for (see [`GuidanceBase`]).
+    pub fn guidance_base(&self) -> GuidanceBase {
+        let Some(alpha) = self.negative_prompt_alpha else {
+            return GuidanceBase::Negative;
+        };
+        let a: Vec<f64> = (self.negative_prompt_schedule.values(self.steps).into_iter())
+            .map(|v| alpha * v)
+            .collect();
+        if a.iter().all(|&v| v == 0.0) {
+            GuidanceBase::Negative
+        } else if a.iter().all(|&v| v == 1.0) {
+            GuidanceBase::Unconditional
+        } else {
+            GuidanceBase::Mixed(a)
+        }
+    }
+
     /// The texts to encode, in the order of [`Embeddings`]' fields.
     pub fn texts<'a>(&'a self, targets: &[&'a str]) -> Vec<&'a str> {
         let mut texts = vec![self.inversion_prompt.as_str(), "", &self.negative_prompt];

@@ -4,7 +4,7 @@
 //! "Source pass", "Injected sampling").
 
 use super::inversion::Inversion;
-use super::options::{Embeddings, PnpOptions};
+use super::options::{Embeddings, GuidanceBase, PnpOptions};
 use super::stages::{Pipeline, PlanCache, concat_rows};
 use super::store::{FeatureStore, Schedule, StorePlan, TapShapes, capture_hooks, inject_hooks};
 use super::{PnpError, Result};
@@ -22,6 +22,22 @@ pub fn guide(eps: &[f32], lat: usize, guidance: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Guidance with the original PnP's negative-prompt schedule: from rows
+/// (negative, unconditional, conditional), the base b = a e_u + (1 - a) e_n
+/// and b + g (e_c - b).
+pub fn guide_mixed(eps: &[f32], lat: usize, guidance: f32, a: f32) -> Vec<f32> {
+    let (n, rest) = eps.split_at(lat);
+    let (u, c) = rest.split_at(lat);
+    n.iter()
+        .zip(u)
+        .zip(c)
+        .map(|((n, u), c)| {
+            let b = a * u + (1.0 - a) * n;
+            b + guidance * (c - b)
+        })
+        .collect()
+}
+
 impl Pipeline<'_> {
     /// The feature store decision for a translation at latent size `hw`.
     pub fn store_plan(&self, opts: &PnpOptions, hw: [usize; 2]) -> Result<StorePlan> {
@@ -34,6 +50,7 @@ impl Pipeline<'_> {
             self.dtype,
             self.max_binding(),
             opts.store_budget,
+            opts.guidance_base().rows(),
         ))
     }
 
@@ -55,7 +72,8 @@ impl Pipeline<'_> {
         let mut z = z0.to_vec();
         let mut latents = BTreeMap::new();
         for (i, &t) in grid.iter().enumerate() {
-            let eps = self.run_unet(&p, &z, t, c_inv).await?;
+            let out = self.run_unet(&p, &z, t, c_inv).await?;
+            let eps = self.scheduler.epsilon(&out, &z, t);
             z = self
                 .scheduler
                 .invert_step(&z, &eps, t, (i > 0).then(|| grid[i - 1]));
@@ -104,11 +122,22 @@ impl Pipeline<'_> {
         let mut plans = PlanCache::default();
         let lat = inv.z0.len();
         let mut finals = Vec::new();
+        let base = opts.guidance_base();
+        let rows = base.rows();
+        // The guidance rows' texts: negative, or "", or both (the schedule).
+        let unguided: Vec<&[f32]> = match &base {
+            GuidanceBase::Negative => vec![&emb.negative],
+            GuidanceBase::Unconditional => vec![&emb.source],
+            GuidanceBase::Mixed(_) => vec![&emb.negative, &emb.source],
+        };
         for (pi, c) in emb.targets.iter().enumerate() {
             progress.phase(&format!("sampling prompt {}", pi + 1), n);
             let mut x = inv.latents[&grid[0]].clone();
-            let ctx2 = concat_rows(&[&emb.negative, c]);
-            let ctx3 = concat_rows(&[&emb.source, &emb.negative, c]);
+            let mut texts = unguided.clone();
+            texts.push(c);
+            let ctx = concat_rows(&texts);
+            texts.insert(0, &emb.source);
+            let ctx_inline = concat_rows(&texts);
             for (i, &t) in grid.iter().enumerate() {
                 let what = schedule.at(i);
                 let batch = store_plan.batch(what);
@@ -118,16 +147,21 @@ impl Pipeline<'_> {
                     })
                 })?;
                 p.plan.set_step(i);
-                let (xs, ctx) = match batch {
-                    3 => (concat_rows(&[&inv.latents[&t], &x, &x]), &ctx3),
-                    _ => (concat_rows(&[&x, &x]), &ctx2),
-                };
-                let eps = self.run_unet(p, &xs, t, ctx).await?;
+                let inline = batch > rows;
+                let mut xs: Vec<&[f32]> = vec![&x; rows];
+                if inline {
+                    xs.insert(0, &inv.latents[&t]);
+                }
+                let ctx = if inline { &ctx_inline } else { &ctx };
+                let out = self.run_unet(p, &concat_rows(&xs), t, ctx).await?;
                 // The inline call's row 0 is the source row: not guided.
-                let eps = &eps[(batch - 2) * lat..];
-                x = self
-                    .scheduler
-                    .step(&x, &guide(eps, lat, opts.guidance), t, n);
+                let out = &out[(batch - rows) * lat..];
+                let guided = match &base {
+                    GuidanceBase::Mixed(a) => guide_mixed(out, lat, opts.guidance, a[i] as f32),
+                    _ => guide(out, lat, opts.guidance),
+                };
+                let eps = self.scheduler.epsilon(&guided, &x, t);
+                x = self.scheduler.step(&x, &eps, t, n);
                 progress.tick();
             }
             self.check_finite(
@@ -214,10 +248,10 @@ impl Pipeline<'_> {
         progress.phase("generation", grid.len());
         for &t in &grid {
             latents.insert(t, x.clone());
-            let eps = self.run_unet(&p, &concat_rows(&[&x, &x]), t, &ctx).await?;
-            x = self
-                .scheduler
-                .step(&x, &guide(&eps, lat, guidance), t, steps);
+            let out = self.run_unet(&p, &concat_rows(&[&x, &x]), t, &ctx).await?;
+            let guided = guide(&out, lat, guidance);
+            let eps = self.scheduler.epsilon(&guided, &x, t);
+            x = self.scheduler.step(&x, &eps, t, steps);
             progress.tick();
         }
         self.check_finite(

@@ -1,5 +1,6 @@
 //! The DDIM scheduler (docs/ALGORITHM.md, "The scheduler"), bit-compatible with
-//! diffusers' `DDIMScheduler` (eta = 0, epsilon prediction, "leading" spacing).
+//! diffusers' `DDIMScheduler` (eta = 0, "leading" spacing; epsilon or v
+//! prediction, the latter turned into epsilon by [`Ddim::epsilon`]).
 //!
 //! diffusers keeps `alphas_cumprod` in float32, so it is rebuilt here the way
 //! PyTorch's CPU kernels compute it:
@@ -26,6 +27,15 @@ pub enum SchedulerError {
 
 pub type Result<T> = std::result::Result<T, SchedulerError>;
 
+/// What the UNet predicts (the scheduler config's `prediction_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    /// The noise (SD 1.x, SD 2.x base).
+    Epsilon,
+    /// v = sqrt(a) eps - sqrt(1 - a) x0 (SD 2.x 768 checkpoints).
+    V,
+}
+
 /// DDIM with eta = 0 (deterministic), as used by PnP for inversion and sampling.
 #[derive(Clone, Debug)]
 pub struct Ddim {
@@ -33,6 +43,7 @@ pub struct Ddim {
     final_alpha_cumprod: f32,
     num_train_timesteps: usize,
     steps_offset: usize,
+    pub prediction: Prediction,
 }
 
 /// `torch.linspace(start, end, steps, dtype=torch.float32)` on an AVX2/AVX512 CPU.
@@ -120,11 +131,15 @@ impl Ddim {
                 "num_train_timesteps = {n_train}; it must be in 2..={MAX_TRAIN} (SD: 1000)"
             ));
         }
-        if prediction != "epsilon" {
-            return unsupported(format!(
-                "prediction_type \"{prediction}\" is not supported (only \"epsilon\")"
-            ));
-        }
+        let prediction = match prediction {
+            "epsilon" => Prediction::Epsilon,
+            "v_prediction" => Prediction::V,
+            other => {
+                return unsupported(format!(
+                    "prediction_type \"{other}\" is not supported (\"epsilon\" or \"v_prediction\")"
+                ));
+            }
+        };
         if spacing != "leading" {
             return unsupported(format!(
                 "timestep_spacing \"{spacing}\" is not supported (only \"leading\")"
@@ -186,6 +201,7 @@ impl Ddim {
             final_alpha_cumprod,
             num_train_timesteps: n_train,
             steps_offset,
+            prediction,
         })
     }
 
@@ -253,6 +269,25 @@ impl Ddim {
             .rev()
             .map(|i| i * ratio + self.steps_offset)
             .collect())
+    }
+
+    /// The noise the UNet's output `out` at timestep `t` on the latent `x`
+    /// stands for: `out` itself under epsilon prediction; under v
+    /// prediction `sqrt(a) v + sqrt(1 - a) x`, as diffusers'
+    /// `DDIMScheduler.step` computes `pred_epsilon` (a = alphas_cumprod[t],
+    /// f32). The DDIM updates then take it as they take epsilon: their x0,
+    /// `(x - sqrt(1 - a) eps) / sqrt(a)`, is diffusers' `sqrt(a) x -
+    /// sqrt(1 - a) v` up to rounding. Guidance commutes with this (it is
+    /// affine in `out` with the same `x` for every row).
+    pub fn epsilon<'a>(&self, out: &'a [f32], x: &[f32], t: usize) -> std::borrow::Cow<'a, [f32]> {
+        match self.prediction {
+            Prediction::Epsilon => std::borrow::Cow::Borrowed(out),
+            Prediction::V => {
+                let a = self.alpha(t);
+                let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
+                out.iter().zip(x).map(|(&v, &x)| sa * v + sb * x).collect()
+            }
+        }
     }
 
     /// `alphas_cumprod[t]`.

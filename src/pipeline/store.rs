@@ -202,6 +202,9 @@ pub struct StorePlan {
     pub bytes: u64,
     /// Why `auto` fell back to the inline row, for the user.
     pub fallback: Option<String>,
+    /// Target rows of each sampling call: 2 (negative, target), or 3 with
+    /// the negative-prompt schedule ([`super::options::GuidanceBase::rows`]).
+    pub target_rows: usize,
 }
 
 impl StorePlan {
@@ -214,6 +217,7 @@ impl StorePlan {
         dtype: DType,
         max_binding: u64,
         budget: u64,
+        target_rows: usize,
     ) -> Self {
         let bytes = shapes.store_bytes(schedule, dtype);
         let fits = shapes.largest_tensor(schedule, dtype) <= max_binding && bytes <= budget;
@@ -236,13 +240,14 @@ impl StorePlan {
             resident,
             bytes,
             fallback,
+            target_rows,
         }
     }
 
-    /// Rows of the UNet call of sampling step `i`: the inline source row
-    /// makes an injected step 3 (source, negative, target), else 2.
+    /// Rows of the UNet call of a sampling step injecting `what`: the
+    /// target rows, and the inline source row first when it injects.
     pub fn batch(&self, what: Inject) -> usize {
-        if !self.resident && what.any() { 3 } else { 2 }
+        self.target_rows + (!self.resident && what.any()) as usize
     }
 
     /// The largest batch any sampling step runs (step 0 injects whatever
