@@ -8,7 +8,7 @@
 mod common;
 
 use common::{Failures, Fixture, Tol, compare, p_usize};
-use pnp::pipeline::scheduler::Ddim;
+use pnp::pipeline::scheduler::{Ddim, Prediction};
 
 fn fixture() -> Fixture {
     Fixture::load("scheduler.safetensors")
@@ -132,8 +132,23 @@ fn config_checks() {
     for (k, v, msg) in [
         (
             "prediction_type",
-            serde_json::json!("v_prediction"),
+            serde_json::json!("sample"),
             "prediction_type",
+        ),
+        (
+            "beta_end",
+            serde_json::json!(2.0),
+            "every beta must lie in (0, 1)",
+        ),
+        (
+            "beta_start",
+            serde_json::json!(-0.1),
+            "every beta must lie in (0, 1)",
+        ),
+        (
+            "num_train_timesteps",
+            serde_json::json!(1_000_000_000_000u64),
+            "num_train_timesteps",
         ),
         (
             "beta_schedule",
@@ -152,6 +167,10 @@ fn config_checks() {
         let e = Ddim::from_config(&bad).unwrap_err().to_string();
         assert!(e.contains(msg), "{k}: {e}");
     }
+    let mut v = cfg.clone();
+    v["prediction_type"] = serde_json::json!("v_prediction");
+    assert_eq!(Ddim::from_config(&v).unwrap().prediction, Prediction::V);
+    assert_eq!(d.prediction, Prediction::Epsilon);
     cfg["set_alpha_to_one"] = serde_json::json!(true);
     assert_eq!(Ddim::from_config(&cfg).unwrap().final_alpha_cumprod(), 1.0);
 }
