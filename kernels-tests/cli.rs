@@ -56,10 +56,43 @@ fn translate_writes_images_latents_and_reuses_an_inversion() {
         "--latents-out",
         lat.to_str().expect("utf-8"),
     ];
+    let report = dir.join("run.json");
     let mut first = base.to_vec();
     first.extend(["--save-inversion", inv.to_str().expect("utf-8")]);
+    first.extend(["--report", report.to_str().expect("utf-8")]);
     let (ok, stdout, stderr) = pnp(&first);
     assert!(ok, "translate failed:\n{stdout}\n{stderr}");
+    // The run record: what was asked, what it cost, how often the host waited.
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    assert_eq!(
+        r["prompts"],
+        serde_json::json!(["a photo of a cat", "a dog"])
+    );
+    assert_eq!(r["size"], serde_json::json!([128, 128]));
+    assert_eq!(r["options"]["steps"], 4);
+    let evals = r["unet_evals"].as_u64().expect("unet_evals");
+    assert!(
+        stdout.contains(&format!("UNet evaluations: {evals} ")),
+        "{stdout}"
+    );
+    for k in [
+        "gpu_submits",
+        "gpu_reads",
+        "weights_bytes",
+        "peak_planned_bytes",
+    ] {
+        assert!(r[k].as_u64().is_some_and(|v| v > 0), "{k}: {r}");
+    }
+    let phases = r["phases"].as_array().expect("phases");
+    assert!(phases.iter().any(|p| p["name"] == "inversion"), "{r}");
+    let kernels = r["kernels"].as_array().expect("kernels");
+    assert!(
+        kernels
+            .iter()
+            .any(|k| k.as_str().is_some_and(|k| k.starts_with("conv."))),
+        "{r}"
+    );
     for i in 0..2 {
         let img = image::open(dir.join(format!("out-{i}.png"))).expect("output image");
         assert_eq!(

@@ -64,6 +64,8 @@ pub enum Kind {
     Image,
     /// Tensors (safetensors), any extension.
     Tensors,
+    /// A JSON record (`--report`), any extension.
+    Record,
 }
 
 /// The outputs of one command, checked together before any work.

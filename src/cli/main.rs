@@ -7,6 +7,7 @@ mod generate;
 mod info;
 mod model;
 mod progress;
+mod report;
 mod translate;
 
 use anyhow::Result;
@@ -62,6 +63,14 @@ pub fn open_gpu(adapter: Option<String>) -> Result<Arc<Gpu>> {
 }
 
 impl Precision {
+    /// The flag's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+
     /// The storage type on `gpu`, or why it has none.
     pub fn dtype(self, gpu: &Gpu) -> Result<DType> {
         match self {

@@ -3,6 +3,7 @@
 use crate::files::{self, InputImage, Kind, Outputs};
 use crate::model::ModelArgs;
 use crate::progress::Bars;
+use crate::report::{Measured, Report};
 use anyhow::{Context, Result, bail};
 use pnp::pipeline::inversion::f32_safetensors;
 use pnp::pipeline::scheduler::either;
@@ -42,6 +43,10 @@ pub struct TranslateCmd {
     /// do not match this model's features: results are unpredictable).
     #[arg(long)]
     force: bool,
+    /// Write a JSON record of the run here: parameters, adapter, phase
+    /// seconds, UNet evaluations, GPU submits and reads, memory, kernels.
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// Whether --inversion-steps was given on the command line (set by main).
     #[arg(skip)]
     pub inversion_steps_given: bool,
@@ -70,6 +75,9 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
     }
     if let Some(p) = &cmd.save_inversion {
         outputs.add(p, Kind::Tensors, "--save-inversion");
+    }
+    if let Some(p) = &cmd.report {
+        outputs.add(p, Kind::Record, "--report");
     }
     let mut inputs = vec![cmd.image.as_path()];
     inputs.extend(cmd.load_inversion.as_deref());
@@ -123,6 +131,7 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
         pixels.width,
         pixels.height
     );
+    let counters = gpu.counters.values();
     let prepare = pipe.prepare(&pixels.data, size, &prompts, opts, loaded, &mut bars);
     let prepared = cli_words(pollster::block_on(prepare))?;
     // Saved before sampling, so a failure there does not lose the inversion.
@@ -151,6 +160,45 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
         files::write_atomic(p, &f32_safetensors(&tensors, HashMap::new())?)?;
     }
 
+    if let Some(p) = &cmd.report {
+        let measured = Measured {
+            gpu: &gpu,
+            stats: &pipe.stats,
+            counters: gpu.counters.values() - counters,
+            weights_bytes: model
+                .report
+                .iter()
+                .map(|r| r.parameters as u64)
+                .sum::<u64>()
+                * m.dtype.size() as u64,
+        };
+        let c = measured.counters;
+        let record = Report {
+            command: "translate",
+            version: env!("CARGO_PKG_VERSION"),
+            model: &cmd.model.model,
+            precision: cmd.model.precision.name(),
+            image: cmd.image.display().to_string(),
+            size: [pixels.width, pixels.height],
+            prompts: &cmd.prompts,
+            options: opts,
+            adapter: gpu.describe(),
+            phases: measured.phases(),
+            unet_evals: pipe.stats.unet_evals,
+            gpu_submits: c.submits,
+            gpu_reads: c.reads,
+            gpu_read_bytes: c.read_bytes,
+            gpu_writes: c.writes,
+            gpu_write_bytes: c.write_bytes,
+            peak_planned_bytes: pipe.stats.peak_bytes,
+            weights_bytes: measured.weights_bytes,
+            peak_bytes_with_weights: pipe.stats.peak_bytes + measured.weights_bytes,
+            used_feature_store: pipe.stats.used_store,
+            kernels: measured.kernels(),
+        };
+        files::write_atomic(p, &serde_json::to_vec_pretty(&record)?)?;
+    }
+
     let s = &pipe.stats;
     println!("translated {} with {} prompt(s):", cmd.image.display(), n);
     for (p, path) in cmd.prompts.iter().zip(&written) {
@@ -158,6 +206,9 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
     }
     if let Some(p) = &cmd.latents_out {
         println!("  latents -> {}", p.display());
+    }
+    if let Some(p) = &cmd.report {
+        println!("  run record -> {}", p.display());
     }
     println!(
         "features: {}",

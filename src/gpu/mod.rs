@@ -83,6 +83,73 @@ pub struct Capabilities {
     pub timestamps: bool,
 }
 
+/// What the host asked of the device, counted since it was opened: how
+/// often the CPU waits for the GPU (`reads`) is what a GPU-resident loop
+/// drives down.
+#[derive(Debug, Default)]
+pub struct Counters {
+    submits: std::sync::atomic::AtomicU64,
+    reads: std::sync::atomic::AtomicU64,
+    read_bytes: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+    write_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterValues {
+    /// Command buffers submitted.
+    pub submits: u64,
+    /// Host reads of GPU buffers (each one waits for the queue).
+    pub reads: u64,
+    pub read_bytes: u64,
+    /// Host writes into GPU buffers (weights, inputs, step uniforms).
+    pub writes: u64,
+    pub write_bytes: u64,
+}
+
+impl Counters {
+    fn add(c: &std::sync::atomic::AtomicU64, n: u64) {
+        c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn submit(&self) {
+        Self::add(&self.submits, 1);
+    }
+    pub(crate) fn read(&self, bytes: u64) {
+        Self::add(&self.reads, 1);
+        Self::add(&self.read_bytes, bytes);
+    }
+    pub(crate) fn write(&self, bytes: u64) {
+        Self::add(&self.writes, 1);
+        Self::add(&self.write_bytes, bytes);
+    }
+
+    /// The counts so far.
+    pub fn values(&self) -> CounterValues {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        CounterValues {
+            submits: get(&self.submits),
+            reads: get(&self.reads),
+            read_bytes: get(&self.read_bytes),
+            writes: get(&self.writes),
+            write_bytes: get(&self.write_bytes),
+        }
+    }
+}
+
+impl std::ops::Sub for CounterValues {
+    type Output = CounterValues;
+    fn sub(self, o: CounterValues) -> CounterValues {
+        CounterValues {
+            submits: self.submits - o.submits,
+            reads: self.reads - o.reads,
+            read_bytes: self.read_bytes - o.read_bytes,
+            writes: self.writes - o.writes,
+            write_bytes: self.write_bytes - o.write_bytes,
+        }
+    }
+}
+
 /// An opened device with its queue, limits and pipeline cache.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -97,6 +164,8 @@ pub struct Gpu {
     /// stay under it. `None`: no bound.
     pub loop_budget: Option<usize>,
     pub(crate) pipelines: PipelineCache,
+    /// Submits, reads and writes so far.
+    pub counters: Counters,
 }
 
 impl Gpu {
@@ -145,6 +214,7 @@ impl Gpu {
             .contains("llvmpipe")
             .then_some(48_000);
         Ok(Arc::new(Gpu {
+            counters: Counters::default(),
             pipelines: PipelineCache::default(),
             loop_budget,
             device,
@@ -237,6 +307,8 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
         self.queue.submit([enc.finish()]);
+        self.counters.submit();
+        self.counters.read(bytes);
         let slice = staging.slice(..);
         let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {

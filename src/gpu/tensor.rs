@@ -116,8 +116,9 @@ impl Tensor {
     /// Overwrites the tensor with host values.
     pub fn write_f32(&self, gpu: &Gpu, data: &[f32]) {
         debug_assert_eq!(data.len(), self.numel());
-        gpu.queue
-            .write_buffer(&self.buffer, self.offset, &encode(data, self.dtype));
+        let bytes = encode(data, self.dtype);
+        gpu.queue.write_buffer(&self.buffer, self.offset, &bytes);
+        gpu.counters.write(bytes.len() as u64);
     }
 
     /// Reads the tensor back as f32.

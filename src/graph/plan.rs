@@ -208,6 +208,7 @@ impl Graph {
             mapped_at_creation: false,
         });
         gpu.queue.write_buffer(&uniforms, 0, &blocks);
+        gpu.counters.write(blocks.len() as u64);
 
         let mut steps = Vec::with_capacity(self.nodes.len());
         for (node, &uoff) in self.nodes.iter().zip(&offsets) {
@@ -305,6 +306,7 @@ impl Plan {
             self.gpu
                 .queue
                 .write_buffer(&self.uniforms, at, bytemuck::bytes_of(&v));
+            self.gpu.counters.write(4);
         }
     }
 
@@ -319,6 +321,7 @@ impl Plan {
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         self.encode(&mut enc);
         self.gpu.queue.submit([enc.finish()]);
+        self.gpu.counters.submit();
     }
 
     /// Storage of a pinned value (input, output or external).
