@@ -145,3 +145,60 @@ fn requested_shader_variants_validate_and_translate() {
         failures.join("\n\n")
     );
 }
+
+/// The performance model's arithmetic (`pnp bench plan`): a GEMM, a
+/// convolution and an attention recorded for another device report the
+/// FLOPs of their formulas, the bytes of their bindings, and the weights as
+/// external bytes; recording for a large binding splits nothing that the
+/// small one splits.
+#[test]
+fn the_performance_model_counts_flops_bytes_and_splits() {
+    let gpu = gpu();
+    let dt = DType::F32;
+    let record = |max_binding: Option<u64>| {
+        let mut g = Graph::new(gpu.clone(), dt);
+        match max_binding {
+            Some(b) => g.model_device(b),
+            None => g.set_max_binding(1 << 14),
+        }
+        let (m, k, n) = (96, 40, 72);
+        let x = g.input("x", &[1, m, k], dt);
+        let w = g.external("w", &Tensor::empty(&gpu, "w", &[n, k], dt));
+        pnp::ops::linear(&mut g, &x, &w, pnp::ops::Epilogue::NONE).expect("linear");
+        let img = g.input("img", &[1, 8, 32, 32], dt);
+        let cw = g.external("cw", &Tensor::empty(&gpu, "cw", &[16, 8, 3, 3], dt));
+        let cb = g.external("cb", &Tensor::empty(&gpu, "cb", &[16], dt));
+        pnp::ops::conv2d(&mut g, &img, &cw, &cb, pnp::ops::Conv2d::same(1), None).expect("conv");
+        let q = g.input("q", &[2, 50, 64], dt);
+        pnp::ops::attention(&mut g, &q, &q, &q, 2, false, None).expect("attention");
+        g
+    };
+    let g = record(Some(1 << 31));
+    let d = g.dispatches();
+    let flops = |family: &str| -> u64 {
+        d.iter()
+            .filter(|x| x.family == family)
+            .map(|x| x.flops)
+            .sum()
+    };
+    assert_eq!(flops("gemm"), 2 * 96 * 72 * 40);
+    assert_eq!(flops("conv"), 2 * 16 * 32 * 32 * 8 * 9);
+    // 2 batches, 2 heads of 32, 50 queries by 50 keys: q k^T and p v.
+    assert_eq!(flops("attention"), 4 * 2 * 2 * 50 * 50 * 32);
+    let gemm = d.iter().find(|x| x.family == "gemm").expect("gemm");
+    assert_eq!(
+        gemm.bytes,
+        4 * (96 * 40 + 72 * 40 + 96 * 72),
+        "A, B and C bound once"
+    );
+    assert_eq!(g.external_bytes(), 4 * (72 * 40 + 16 * 8 * 9 + 16));
+    assert!(g.activation_bytes() >= 4 * (96 * 40 + 8 * 32 * 32 + 2 * 50 * 64));
+    // The same ops under a 16 KiB binding split into more dispatches.
+    let small = record(None);
+    assert!(
+        small.dispatches().len() > d.len(),
+        "{} vs {}",
+        small.dispatches().len(),
+        d.len()
+    );
+}

@@ -54,12 +54,17 @@ enum Cmd {
 
 /// Opens the adapter (by name when given) and says which it is.
 pub fn open_gpu(adapter: Option<String>) -> Result<Arc<Gpu>> {
-    let gpu = pollster::block_on(Gpu::new(&GpuOptions {
-        adapter_name: adapter,
-        ..Default::default()
-    }))?;
+    let gpu = open_gpu_quietly(adapter)?;
     println!("adapter: {}", gpu.describe());
     Ok(gpu)
+}
+
+/// [`open_gpu`] saying the adapter on stderr (stdout carries JSON).
+pub fn open_gpu_quietly(adapter: Option<String>) -> Result<Arc<Gpu>> {
+    Ok(pollster::block_on(Gpu::new(&GpuOptions {
+        adapter_name: adapter,
+        ..Default::default()
+    }))?)
 }
 
 impl Precision {

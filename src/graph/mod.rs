@@ -67,6 +67,10 @@ pub(crate) struct Node {
     pub binds: Vec<(ValueId, Option<Window>)>,
     pub workgroups: [u32; 3],
     pub label: String,
+    /// Arithmetic of the dispatch, for the performance model: set by the
+    /// ops that do real math (GEMM, convolution, attention), else one
+    /// operation per output element.
+    pub flops: u64,
 }
 
 /// Part of a value bound on its own: elements `start .. start + len`, with
@@ -121,6 +125,23 @@ pub struct Graph {
     /// Largest storage binding, in bytes: the device's, unless lowered with
     /// [`Graph::set_max_binding`]. Ops split their work to stay under it.
     pub(crate) max_binding: u64,
+    /// Loop iterations one invocation may run (the device's, see
+    /// [`Gpu::loop_budget`]); attention splits its keys under it.
+    pub(crate) loop_budget: Option<usize>,
+    /// Recorded for another device's limits ([`Graph::model_device`]): for
+    /// the performance model, never planned.
+    model_only: bool,
+}
+
+/// One dispatch of a recorded graph, as the performance model sees it.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    /// Kernel family (`shaders/<family>.wgsl`).
+    pub family: &'static str,
+    pub flops: u64,
+    /// Bytes of every binding (inputs read and outputs written once).
+    pub bytes: u64,
+    pub workgroups: u64,
 }
 
 /// An element offset into a tensor that may move with the step:
@@ -149,6 +170,8 @@ impl Graph {
     pub fn new(gpu: Arc<Gpu>, dtype: DType) -> Self {
         Graph {
             max_binding: gpu.max_binding(),
+            loop_budget: gpu.loop_budget,
+            model_only: false,
             gpu,
             dtype,
             values: Vec::new(),
@@ -165,6 +188,46 @@ impl Graph {
 
     pub fn max_binding(&self) -> u64 {
         self.max_binding
+    }
+
+    /// Records the ops as they would be on a device whose largest binding
+    /// is `max_binding` and whose loops are unbounded (a discrete GPU), for
+    /// the performance model ([`Graph::dispatches`]); such a graph is never
+    /// planned.
+    pub fn model_device(&mut self, max_binding: u64) {
+        self.max_binding = max_binding;
+        self.loop_budget = None;
+        self.model_only = true;
+    }
+
+    /// Bytes of the storage the graph binds but does not own (weights,
+    /// feature stores), each value once.
+    pub fn external_bytes(&self) -> u64 {
+        (self.values.iter())
+            .filter(|v| matches!(v.storage, Storage::External(_)))
+            .map(|v| (v.shape.iter().product::<usize>() * v.dtype.size()) as u64)
+            .sum()
+    }
+
+    /// Every dispatch recorded so far, with its arithmetic, bytes and grid.
+    pub fn dispatches(&self) -> Vec<Dispatch> {
+        self.nodes
+            .iter()
+            .map(|n| Dispatch {
+                family: n.key.family,
+                flops: n.flops,
+                bytes: n
+                    .binds
+                    .iter()
+                    .map(|(id, w)| {
+                        let info = &self.values[id.0 as usize];
+                        let elems = w.map_or(info.shape.iter().product(), |w| w.len);
+                        (elems * info.dtype.size()) as u64
+                    })
+                    .sum(),
+                workgroups: n.workgroups.iter().map(|&g| g as u64).product(),
+            })
+            .collect()
     }
 
     /// Whether `elems` elements of `dtype` fit one binding.
@@ -300,6 +363,10 @@ impl Graph {
         params: Vec<u32>,
         workgroups: [u32; 3],
     ) -> usize {
+        let flops = outputs
+            .iter()
+            .map(|(v, w)| w.map_or(v.numel(), |w| w.len) as u64)
+            .sum();
         let mut bindings = Vec::new();
         let mut binds = Vec::new();
         for (i, (v, w)) in outputs.iter().enumerate() {
@@ -322,8 +389,14 @@ impl Graph {
             binds,
             workgroups,
             label: format!("{family}::{entry}"),
+            flops,
         });
         self.nodes.len() - 1
+    }
+
+    /// Sets the arithmetic of node `node` (see [`Node::flops`]).
+    pub(crate) fn set_flops(&mut self, node: usize, flops: usize) {
+        self.nodes[node].flops = flops as u64;
     }
 
     /// Makes word `word` of node `node`'s uniform block `base + per_step * step`,

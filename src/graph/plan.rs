@@ -93,11 +93,11 @@ impl Graph {
         Ok(())
     }
 
-    /// Assigns storage, creates pipelines, uniform blocks and bind groups.
-    pub fn plan(&self) -> Result<Plan, GpuError> {
-        let gpu = self.gpu.clone();
+    /// Best-fit sharing of intermediates, in node order: each
+    /// intermediate's slot and each slot's size. Pure bookkeeping: nothing
+    /// is allocated (the performance model reads it too).
+    pub(crate) fn assign_slots(&self) -> (Vec<Option<usize>>, Vec<u64>) {
         let n_values = self.values.len();
-
         // Lifetimes: first node that binds a value, last node that binds it.
         let mut first = vec![usize::MAX; n_values];
         let mut last = vec![0usize; n_values];
@@ -108,14 +108,9 @@ impl Graph {
                 last[v] = last[v].max(i);
             }
         }
-
-        // Best-fit sharing of intermediates, in node order.
-        let size_of =
-            |v: usize| padded_bytes(self.values[v].shape.iter().product(), self.values[v].dtype);
         let mut slot_size: Vec<u64> = Vec::new();
         let mut free: Vec<usize> = Vec::new();
         let mut slot_of: Vec<Option<usize>> = vec![None; n_values];
-        let mut unshared = 0u64;
         let mut starts: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
         let mut ends: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
         for v in 0..n_values {
@@ -126,8 +121,7 @@ impl Graph {
         }
         for i in 0..self.nodes.len() {
             for &v in &starts[i] {
-                let need = size_of(v);
-                unshared += need;
+                let need = self.value_bytes(v);
                 let pick = free
                     .iter()
                     .enumerate()
@@ -153,6 +147,38 @@ impl Graph {
                 }
             }
         }
+        (slot_of, slot_size)
+    }
+
+    /// Device bytes of value `v` as planned (padded).
+    pub(crate) fn value_bytes(&self, v: usize) -> u64 {
+        padded_bytes(self.values[v].shape.iter().product(), self.values[v].dtype)
+    }
+
+    /// Bytes a plan of this graph would hold: the shared intermediate slots
+    /// plus its inputs and outputs (weights and stores are external).
+    pub fn activation_bytes(&self) -> u64 {
+        let (_, slots) = self.assign_slots();
+        let io: u64 = (0..self.values.len())
+            .filter(|&v| matches!(self.values[v].storage, Storage::Input | Storage::Output))
+            .map(|v| self.value_bytes(v))
+            .sum();
+        slots.iter().sum::<u64>() + io
+    }
+
+    /// Assigns storage, creates pipelines, uniform blocks and bind groups.
+    pub fn plan(&self) -> Result<Plan, GpuError> {
+        assert!(
+            !self.model_only,
+            "a graph recorded for another device's limits is never planned"
+        );
+        let gpu = self.gpu.clone();
+        let (slot_of, slot_size) = self.assign_slots();
+        let size_of = |v: usize| self.value_bytes(v);
+        let unshared: u64 = (0..self.values.len())
+            .filter(|&v| slot_of[v].is_some())
+            .map(size_of)
+            .sum();
 
         self.check_limits()?;
 

@@ -182,7 +182,7 @@ pub fn attention_views(
     let o = g.temp(&[batch, lq, c], q.value.dtype);
     // Keys per dispatch: all of them, unless the driver bounds an invocation's
     // loop iterations (about 2D + 8 per key, see attention.wgsl).
-    let chunk = match g.gpu.loop_budget {
+    let chunk = match g.loop_budget {
         Some(budget) => (budget / (2 * d + 8) / KEY_TILE * KEY_TILE).max(KEY_TILE),
         None => lk,
     };
@@ -227,6 +227,8 @@ pub fn attention_views(
             words(&params),
             [u(lq.div_ceil(64)), u(heads), u(batch)],
         );
+        // q k^T and p v: 2 multiply-adds per (query, key, channel).
+        g.set_flops(node, 4 * batch * heads * lq * (k_end - k_begin) * d);
         g.step_param(node, word_of!(AttentionParams, q_off), q.offset);
         g.step_param(node, word_of!(AttentionParams, k_off), k.offset);
         g.step_param(node, word_of!(AttentionParams, v_off), v.offset);

@@ -137,7 +137,7 @@ pub fn conv2d(
                 ];
                 let batches = if fits { b } else { 1 };
                 let wg = [u(plane_out.div_ceil(64)), u(mc.div_ceil(64)), u(batches)];
-                g.push_windowed(
+                let node = g.push_windowed(
                     "conv",
                     "main",
                     x.dtype,
@@ -147,6 +147,7 @@ pub fn conv2d(
                     params,
                     wg,
                 );
+                g.set_flops(node, 2 * mc * plane_out * cc * taps * batches);
             }
         }
     }

@@ -156,7 +156,7 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
                     format!("grid {wg:?} exceeds 65535 workgroups per dimension"),
                 ));
             }
-            g.push_windowed(
+            let node = g.push_windowed(
                 "gemm",
                 "main",
                 dtype,
@@ -166,6 +166,7 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
                 params,
                 wg,
             );
+            g.set_flops(node, 2 * mc * s.n * s.k * batches);
         }
     }
     Ok(out)

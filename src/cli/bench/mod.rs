@@ -3,6 +3,7 @@
 
 mod kernels;
 mod pipeline;
+mod plan;
 
 use anyhow::{Context, Result, anyhow};
 use clap::Subcommand;
@@ -11,6 +12,8 @@ use clap::Subcommand;
 pub enum BenchCmd {
     /// UNet steps, VAE and whole translations at real SD shapes, with synthetic weights (no files needed).
     Pipeline(pipeline::PipelineBenchOptions),
+    /// The performance model: dispatches, FLOPs, bytes, starved dispatches, memory and a roofline estimate per graph, for a chosen GPU, without running anything.
+    Plan(plan::PlanOptions),
     /// GFLOP/s and GB/s of each kernel at SD 1.5/2.1 shapes for 512x512.
     Kernels {
         /// Smaller token counts and spatial sizes, for software adapters such as lavapipe.
@@ -26,8 +29,16 @@ pub enum BenchCmd {
 }
 
 pub fn run(cmd: BenchCmd, adapter: Option<String>) -> Result<()> {
-    let gpu = crate::open_gpu(adapter)?;
+    let gpu = match &cmd {
+        BenchCmd::Plan(p) if p.json => {
+            let gpu = crate::open_gpu_quietly(adapter)?;
+            eprintln!("adapter: {}", gpu.describe());
+            gpu
+        }
+        _ => crate::open_gpu(adapter)?,
+    };
     match cmd {
+        BenchCmd::Plan(opts) => plan::run(&gpu, &opts),
         BenchCmd::Pipeline(opts) => {
             let dtype = opts.precision.dtype(&gpu)?;
             pipeline::run(&gpu, &opts, dtype, &mut std::io::stdout())

@@ -123,6 +123,20 @@ impl Timed {
     }
 }
 
+/// The real networks of `arch` with made-up weights, on the device.
+pub fn synthetic_model(gpu: &Gpu, arch: Arch, dtype: DType) -> Result<SdModel, BoxError> {
+    let (tc, uc, vc) = arch.configs();
+    let name = arch.name();
+    let synthetic = |part: &str, seed| Weights::synthetic(format!("synthetic {name} {part}"), seed);
+    Ok(SdModel::from_parts(
+        Ctx { gpu, dtype },
+        PathBuf::from(format!("synthetic:{name}")),
+        (synthetic("text_encoder", 1), tc),
+        (synthetic("unet", 2), uc),
+        (synthetic("vae", 3), vc),
+    )?)
+}
+
 /// Builds the synthetic model and runs every timing, writing a report to `out`.
 pub fn run(
     gpu: &Arc<Gpu>,
@@ -143,19 +157,8 @@ pub fn run(
     )?;
 
     // Build.
-    let (tc, uc, vc) = opts.arch.configs();
     let start = Instant::now();
-    let cx = Ctx { gpu, dtype };
-    let model = SdModel::from_parts(
-        cx,
-        PathBuf::from(format!("synthetic:{name}")),
-        (
-            Weights::synthetic(format!("synthetic {name} text_encoder"), 1),
-            tc,
-        ),
-        (Weights::synthetic(format!("synthetic {name} unet"), 2), uc),
-        (Weights::synthetic(format!("synthetic {name} vae"), 3), vc),
-    )?;
+    let model = synthetic_model(gpu, opts.arch, dtype)?;
     gpu.wait_idle()?;
     writeln!(
         out,
