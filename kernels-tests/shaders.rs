@@ -202,3 +202,20 @@ fn the_performance_model_counts_flops_bytes_and_splits() {
         d.len()
     );
 }
+
+/// Release builds create shader modules without wgpu's runtime checks;
+/// `checked_shaders` (or PNP_CHECKED_SHADERS=1, as one CI run sets) keeps
+/// them, and the adapter line says so.
+#[test]
+fn release_builds_drop_the_shader_runtime_checks_unless_asked() {
+    let opts = |checked| pnp::gpu::GpuOptions {
+        checked_shaders: checked,
+        ..Default::default()
+    };
+    let checked = pollster::block_on(pnp::gpu::Gpu::new(&opts(true))).expect("gpu");
+    assert!(checked.checked_shaders());
+    assert!(checked.describe().contains("checked shaders"));
+    let default = pollster::block_on(pnp::gpu::Gpu::new(&opts(false))).expect("gpu");
+    let asked = std::env::var("PNP_CHECKED_SHADERS").is_ok_and(|v| v == "1");
+    assert_eq!(default.checked_shaders(), cfg!(debug_assertions) || asked);
+}

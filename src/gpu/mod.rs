@@ -66,6 +66,19 @@ pub enum GpuError {
     },
 }
 
+/// Whether shader modules keep wgpu's runtime checks: in debug builds, when
+/// asked in `opts`, or with `PNP_CHECKED_SHADERS=1` (the bounds-check path's
+/// cost is what a release build saves).
+fn checked_shaders(opts: &GpuOptions) -> bool {
+    let env = || {
+        #[cfg(not(target_arch = "wasm32"))]
+        return std::env::var("PNP_CHECKED_SHADERS").is_ok_and(|v| v == "1");
+        #[cfg(target_arch = "wasm32")]
+        false
+    };
+    cfg!(debug_assertions) || opts.checked_shaders || env()
+}
+
 /// How to choose the adapter. `name` matches a substring of the adapter name,
 /// case-insensitively (`--adapter` / `PNP_ADAPTER`).
 #[derive(Clone, Debug, Default)]
@@ -73,6 +86,10 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Do not enable SHADER_F16 even where the adapter has it.
     pub disable_f16: bool,
+    /// Keep wgpu's runtime checks (index clamps, loop bounding) in every
+    /// shader even in a release build (also `PNP_CHECKED_SHADERS=1`).
+    /// Debug builds always keep them.
+    pub checked_shaders: bool,
 }
 
 /// Features this crate uses where the adapter offers them.
@@ -215,7 +232,7 @@ impl Gpu {
             .then_some(48_000);
         Ok(Arc::new(Gpu {
             counters: Counters::default(),
-            pipelines: PipelineCache::default(),
+            pipelines: PipelineCache::new(checked_shaders(opts)),
             loop_budget,
             device,
             queue,
@@ -223,6 +240,11 @@ impl Gpu {
             limits,
             caps,
         }))
+    }
+
+    /// Whether shader modules keep wgpu's runtime checks (see [`GpuOptions::checked_shaders`]).
+    pub fn checked_shaders(&self) -> bool {
+        self.pipelines.checked()
     }
 
     /// One line naming the adapter, its backend and the features in use.
@@ -236,6 +258,9 @@ impl Gpu {
         }
         if self.caps.timestamps {
             feats.push("timestamps");
+        }
+        if self.checked_shaders() {
+            feats.push("checked shaders");
         }
         // Browsers do not expose the adapter's name to WebGPU.
         let name = match (self.info.name.as_str(), self.info.driver_info.as_str()) {

@@ -137,9 +137,26 @@ pub struct Pipeline {
 #[derive(Default)]
 pub struct PipelineCache {
     map: Mutex<HashMap<KernelKey, Arc<Pipeline>>>,
+    /// Whether modules keep wgpu's runtime checks (index clamps, loop
+    /// bounding); see [`PipelineCache::new`].
+    checked: bool,
 }
 
 impl PipelineCache {
+    /// A cache whose shader modules keep wgpu's runtime checks when
+    /// `checked`, and otherwise are created without them (see `get`).
+    pub fn new(checked: bool) -> Self {
+        PipelineCache {
+            checked,
+            ..Default::default()
+        }
+    }
+
+    /// Whether this cache's modules keep wgpu's runtime checks.
+    pub fn checked(&self) -> bool {
+        self.checked
+    }
+
     /// Every key a pipeline was made for so far: the variants the ops
     /// really requested (the shader test validates exactly these).
     pub fn keys(&self) -> Vec<KernelKey> {
@@ -156,10 +173,25 @@ impl PipelineCache {
             "{}::{} {:?} {:?}",
             key.family, key.entry, key.dtype, key.consts
         );
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(&label),
             source: wgpu::ShaderSource::Wgsl(shader_source(key).into()),
-        });
+        };
+        let module = if self.checked {
+            device.create_shader_module(desc)
+        } else {
+            // SAFETY: every index a kernel computes is bounded by the shape
+            // words of its uniform block, which the ops derive from the
+            // bound values' shapes and windows (the planner refuses values
+            // past u32 addressing and bindings past the device's limits);
+            // every loop runs to a uniform count. The kernel tests run each
+            // family at edge shapes (tails, splits, windows) against
+            // PyTorch, and one CI run keeps the checks
+            // (PNP_CHECKED_SHADERS=1) to compare.
+            unsafe {
+                device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        };
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,
