@@ -174,3 +174,37 @@ fn config_checks() {
     cfg["set_alpha_to_one"] = serde_json::json!(true);
     assert_eq!(Ddim::from_config(&cfg).unwrap().final_alpha_cumprod(), 1.0);
 }
+
+/// The constant-time grid test agrees with set inclusion of the grids
+/// themselves, for SD's steps_offset 1 and for 0, over every pair of counts
+/// up to 120 (and stays fast for a config with 100,000 train steps: the
+/// fuzzer found the old set-based search quadratic there).
+#[test]
+fn grid_containment_is_set_inclusion() {
+    for offset in [0, 1] {
+        let mut cfg = serde_json::json!({
+            "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "set_alpha_to_one": false,
+            "steps_offset": offset, "clip_sample": false,
+        });
+        let d = Ddim::from_config(&cfg).unwrap();
+        for inv in 1..=120 {
+            for samp in 1..=120 {
+                let want = match (d.timesteps(inv), d.timesteps(samp)) {
+                    (Ok(i), Ok(s)) => s.iter().all(|t| i.contains(t)),
+                    _ => false,
+                };
+                assert_eq!(
+                    d.inversion_grid_contains(inv, samp),
+                    want,
+                    "{inv} {samp} offset {offset}"
+                );
+            }
+        }
+        cfg["num_train_timesteps"] = serde_json::json!(100_000);
+        let big = Ddim::from_config(&cfg).unwrap();
+        let t = std::time::Instant::now();
+        let _ = big.nearest_inversion_steps(99_991, 99_989);
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+    }
+}

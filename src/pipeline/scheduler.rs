@@ -355,17 +355,25 @@ impl Ddim {
     /// Whether an `inv_n`-step inversion stores a latent at every timestep of
     /// an `samp_n`-step sampling grid (PnP starts sampling from, and injects
     /// from, the inversion latents). False if either count is invalid.
+    /// Constant time: both grids are `i * ratio + steps_offset`, so the
+    /// sampling grid is inside the inversion's when its ratio is a multiple
+    /// of the inversion's and its last index falls within the inversion's
+    /// (the error messages search over every count with it).
     pub fn inversion_grid_contains(&self, inv_n: usize, samp_n: usize) -> bool {
-        match (self.timesteps(inv_n), self.timesteps(samp_n)) {
-            (Ok(inv), Ok(samp)) => {
-                let mut have = vec![false; self.num_train_timesteps];
-                for t in inv {
-                    have[t] = true;
-                }
-                samp.iter().all(|&t| have[t])
-            }
-            _ => false,
+        if !self.valid_steps(inv_n) || !self.valid_steps(samp_n) {
+            return false;
         }
+        if samp_n == 1 {
+            return true;
+        }
+        let (ri, rs) = (self.step_ratio(inv_n), self.step_ratio(samp_n));
+        rs.is_multiple_of(ri) && (samp_n - 1) * rs / ri < inv_n
+    }
+
+    /// Whether [`Self::timesteps`] takes `n` (without building the grid).
+    fn valid_steps(&self, n: usize) -> bool {
+        (1..=self.num_train_timesteps).contains(&n)
+            && (n - 1) * self.step_ratio(n) + self.steps_offset < self.num_train_timesteps
     }
 
     /// The inversion step counts nearest to `inv_n` (the largest below it
