@@ -219,3 +219,27 @@ fn release_builds_drop_the_shader_runtime_checks_unless_asked() {
     let asked = std::env::var("PNP_CHECKED_SHADERS").is_ok_and(|v| v == "1");
     assert_eq!(default.checked_shaders(), cfg!(debug_assertions) || asked);
 }
+
+/// An error no scope catches (wgpu's default handler panics) is kept and
+/// returned by the next read as a GpuError, once.
+#[test]
+fn uncaptured_device_errors_become_errors_not_panics() {
+    let gpu = pollster::block_on(pnp::gpu::Gpu::new(&Default::default())).expect("gpu");
+    let ok = Tensor::from_f32(&gpu, "ok", &[1.0, 2.0], &[2], DType::F32);
+    let too_big = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("too big"),
+        size: gpu.limits.max_buffer_size + 4,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    drop(too_big);
+    let err = pollster::block_on(ok.to_f32(&gpu)).expect_err("the error was lost");
+    assert!(
+        matches!(err, pnp::gpu::GpuError::Validation { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        pollster::block_on(ok.to_f32(&gpu)).expect("read"),
+        [1.0, 2.0]
+    );
+}

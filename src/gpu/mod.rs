@@ -183,6 +183,9 @@ pub struct Gpu {
     pub(crate) pipelines: PipelineCache,
     /// Submits, reads and writes so far.
     pub counters: Counters,
+    /// The first error no error scope caught (wgpu's default handler would
+    /// panic); reported by the next read ([`Gpu::read_bytes`]).
+    uncaptured: Arc<std::sync::Mutex<Option<wgpu::Error>>>,
 }
 
 impl Gpu {
@@ -230,7 +233,16 @@ impl Gpu {
             .to_lowercase()
             .contains("llvmpipe")
             .then_some(48_000);
+        // Errors outside a scope are kept for the next read to report,
+        // never a panic (wgpu's default handler panics).
+        let uncaptured = Arc::new(std::sync::Mutex::new(None));
+        let slot = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut first = slot.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert(e);
+        }));
         Ok(Arc::new(Gpu {
+            uncaptured,
             counters: Counters::default(),
             pipelines: PipelineCache::new(checked_shaders(opts)),
             loop_budget,
@@ -315,6 +327,27 @@ impl Gpu {
         Ok(out)
     }
 
+    /// The first error the device reported outside an error scope since
+    /// the last call, as a [`GpuError`] saying what we were doing.
+    pub fn take_error(&self, what: &str) -> Result<(), GpuError> {
+        let taken = self
+            .uncaptured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match taken {
+            None => Ok(()),
+            Some(wgpu::Error::OutOfMemory { source }) => Err(GpuError::OutOfMemory {
+                what: what.to_string(),
+                detail: source.to_string(),
+            }),
+            Some(e) => Err(GpuError::Validation {
+                what: what.to_string(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
     /// Copies `bytes` bytes of `buffer` from `offset` back to the host.
     pub async fn read_bytes(
         &self,
@@ -353,6 +386,8 @@ impl Gpu {
         let out = data[..bytes as usize].to_vec();
         drop(data);
         staging.unmap();
+        // Whatever ran before this read and failed is reported here.
+        self.take_error("running the GPU work before a read")?;
         Ok(out)
     }
 
