@@ -185,7 +185,8 @@ pub struct Gpu {
     pub counters: Counters,
     /// The first error no error scope caught (wgpu's default handler would
     /// panic); reported by the next read ([`Gpu::read_bytes`]).
-    uncaptured: Arc<std::sync::Mutex<Option<wgpu::Error>>>,
+    /// (out of memory?, message).
+    uncaptured: Arc<std::sync::Mutex<Option<(bool, String)>>>,
 }
 
 impl Gpu {
@@ -239,7 +240,8 @@ impl Gpu {
         let slot = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let mut first = slot.lock().unwrap_or_else(|p| p.into_inner());
-            first.get_or_insert(e);
+            let oom = matches!(e, wgpu::Error::OutOfMemory { .. });
+            first.get_or_insert((oom, e.to_string()));
         }));
         Ok(Arc::new(Gpu {
             uncaptured,
@@ -337,13 +339,13 @@ impl Gpu {
             .take();
         match taken {
             None => Ok(()),
-            Some(wgpu::Error::OutOfMemory { source }) => Err(GpuError::OutOfMemory {
+            Some((true, detail)) => Err(GpuError::OutOfMemory {
                 what: what.to_string(),
-                detail: source.to_string(),
+                detail,
             }),
-            Some(e) => Err(GpuError::Validation {
+            Some((false, detail)) => Err(GpuError::Validation {
                 what: what.to_string(),
-                detail: e.to_string(),
+                detail,
             }),
         }
     }
