@@ -258,5 +258,6 @@ fn planar_from_png(png: &[u8]) -> Vec<f32> {
     let (w, h) = image_size(png);
     pnp::picture::decode("output", png, Some(w), Some(h))
         .expect("our own PNG decodes")
+        .0
         .data
 }
