@@ -1,47 +1,49 @@
 //! `--report FILE`: a JSON record of one run: what was asked, on which
 //! adapter, what each phase cost, and how often the host waited for the GPU.
 
+use crate::model::ModelArgs;
 use pnp::gpu::{CounterValues, DType, Gpu};
 use pnp::pipeline::{PnpOptions, Stats};
 use serde::Serialize;
+use std::path::Path;
 
 /// The record `--report` writes.
 #[derive(Serialize)]
 pub struct Report<'a> {
-    pub command: &'static str,
-    pub version: &'static str,
-    pub model: &'a str,
-    pub precision: &'static str,
-    pub image: String,
+    command: &'static str,
+    version: &'static str,
+    model: &'a str,
+    precision: &'static str,
+    image: String,
     /// [width, height] processed.
-    pub size: [usize; 2],
-    pub prompts: &'a [String],
-    pub options: &'a PnpOptions,
-    pub adapter: String,
-    pub phases: Vec<Phase>,
-    pub unet_evals: usize,
+    size: [usize; 2],
+    prompts: &'a [String],
+    options: &'a PnpOptions,
+    adapter: String,
+    phases: Vec<Phase>,
+    unet_evals: usize,
     /// Counted over the translation (after the model was loaded).
-    pub gpu_submits: u64,
+    gpu_submits: u64,
     /// Host reads of GPU buffers over the translation; each waits for the GPU.
-    pub gpu_reads: u64,
-    pub gpu_read_bytes: u64,
-    pub gpu_writes: u64,
-    pub gpu_write_bytes: u64,
-    pub peak_planned_bytes: u64,
-    pub weights_bytes: u64,
-    pub peak_bytes_with_weights: u64,
-    pub used_feature_store: bool,
+    gpu_reads: u64,
+    gpu_read_bytes: u64,
+    gpu_writes: u64,
+    gpu_write_bytes: u64,
+    peak_planned_bytes: u64,
+    weights_bytes: u64,
+    peak_bytes_with_weights: u64,
+    used_feature_store: bool,
     /// Every kernel variant compiled for the run (family.entry, type, constants).
-    pub kernels: Vec<String>,
+    kernels: Vec<String>,
 }
 
 #[derive(Serialize)]
 pub struct Phase {
-    pub name: String,
-    pub seconds: f64,
+    name: String,
+    seconds: f64,
 }
 
-/// The parts of a report the run measured.
+/// What a run measured, from which [`Measured::report`] makes the record.
 pub struct Measured<'a> {
     pub gpu: &'a Gpu,
     pub stats: &'a Stats,
@@ -49,8 +51,44 @@ pub struct Measured<'a> {
     pub weights_bytes: u64,
 }
 
-impl Measured<'_> {
-    pub fn phases(&self) -> Vec<Phase> {
+impl<'a> Measured<'a> {
+    /// The record of a run of `command` with these measurements.
+    pub fn report(
+        &self,
+        command: &'static str,
+        model: &'a ModelArgs,
+        image: &Path,
+        size: [usize; 2],
+        prompts: &'a [String],
+        options: &'a PnpOptions,
+    ) -> Report<'a> {
+        let (s, c) = (self.stats, self.counters);
+        Report {
+            command,
+            version: env!("CARGO_PKG_VERSION"),
+            model: &model.model,
+            precision: model.precision.name(),
+            image: image.display().to_string(),
+            size,
+            prompts,
+            options,
+            adapter: self.gpu.describe(),
+            phases: self.phases(),
+            unet_evals: s.unet_evals,
+            gpu_submits: c.submits,
+            gpu_reads: c.reads,
+            gpu_read_bytes: c.read_bytes,
+            gpu_writes: c.writes,
+            gpu_write_bytes: c.write_bytes,
+            peak_planned_bytes: s.peak_bytes,
+            weights_bytes: self.weights_bytes,
+            peak_bytes_with_weights: s.peak_bytes + self.weights_bytes,
+            used_feature_store: s.used_store,
+            kernels: self.kernels(),
+        }
+    }
+
+    fn phases(&self) -> Vec<Phase> {
         let p = &self.stats.phases;
         p.iter()
             .map(|(name, seconds)| Phase {
@@ -60,7 +98,7 @@ impl Measured<'_> {
             .collect()
     }
 
-    pub fn kernels(&self) -> Vec<String> {
+    fn kernels(&self) -> Vec<String> {
         let mut keys: Vec<String> = (self.gpu.kernel_keys().iter())
             .map(|k| {
                 let consts: Vec<String> =

@@ -3,7 +3,7 @@
 use crate::files::{self, InputImage, Kind, Outputs};
 use crate::model::ModelArgs;
 use crate::progress::Bars;
-use crate::report::{Measured, Report};
+use crate::report::Measured;
 use anyhow::{Context, Result, bail};
 use pnp::pipeline::inversion::f32_safetensors;
 use pnp::pipeline::scheduler::either;
@@ -106,10 +106,10 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
     let mut bars = Bars::default();
     let m = cmd.model.load(&gpu, &mut bars)?;
     let model = &m.loaded.model;
-    if let Some(inv) = &loaded {
+    if let (Some(inv), Some(path)) = (&loaded, &cmd.load_inversion) {
         match inv.check_model(&model.fingerprint()) {
             Err(e) if cmd.force => bars.note(&format!("{e} (taken: --force)")),
-            Err(e) => bail!("{}: {e}; pass --force to use it anyway", inv_path(&cmd)),
+            Err(e) => bail!("{}: {e}; pass --force to use it anyway", path.display()),
             Ok(()) => {}
         }
     }
@@ -161,41 +161,26 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
     }
 
     if let Some(p) = &cmd.report {
+        let weights = model
+            .report
+            .iter()
+            .map(|r| r.parameters as u64)
+            .sum::<u64>();
         let measured = Measured {
             gpu: &gpu,
             stats: &pipe.stats,
             counters: gpu.counters.values() - counters,
-            weights_bytes: model
-                .report
-                .iter()
-                .map(|r| r.parameters as u64)
-                .sum::<u64>()
-                * m.dtype.size() as u64,
+            weights_bytes: weights * m.dtype.size() as u64,
         };
-        let c = measured.counters;
-        let record = Report {
-            command: "translate",
-            version: env!("CARGO_PKG_VERSION"),
-            model: &cmd.model.model,
-            precision: cmd.model.precision.name(),
-            image: cmd.image.display().to_string(),
-            size: [pixels.width, pixels.height],
-            prompts: &cmd.prompts,
-            options: opts,
-            adapter: gpu.describe(),
-            phases: measured.phases(),
-            unet_evals: pipe.stats.unet_evals,
-            gpu_submits: c.submits,
-            gpu_reads: c.reads,
-            gpu_read_bytes: c.read_bytes,
-            gpu_writes: c.writes,
-            gpu_write_bytes: c.write_bytes,
-            peak_planned_bytes: pipe.stats.peak_bytes,
-            weights_bytes: measured.weights_bytes,
-            peak_bytes_with_weights: pipe.stats.peak_bytes + measured.weights_bytes,
-            used_feature_store: pipe.stats.used_store,
-            kernels: measured.kernels(),
-        };
+        let size = [pixels.width, pixels.height];
+        let record = measured.report(
+            "translate",
+            &cmd.model,
+            &cmd.image,
+            size,
+            &cmd.prompts,
+            opts,
+        );
         files::write_atomic(p, &serde_json::to_vec_pretty(&record)?)?;
     }
 
@@ -220,12 +205,6 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
     );
     print_stats(s);
     Ok(())
-}
-
-fn inv_path(cmd: &TranslateCmd) -> String {
-    cmd.load_inversion
-        .as_ref()
-        .map_or(String::new(), |p| p.display().to_string())
 }
 
 /// The library's wording, in the command line's flags.
