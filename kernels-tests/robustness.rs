@@ -581,6 +581,28 @@ fn damaged_models_are_refused_by_translate_info_and_generate_alike() {
         &watch,
     );
 
+    // A single-file checkpoint whose blocks contradict the group count it
+    // does not record (SD's 32, assumed): the error says it was assumed.
+    // (--config with the tokenizer and the text encoder's config only.)
+    let config = dir.join("partial-config");
+    std::fs::create_dir_all(config.join("text_encoder")).expect("mkdir");
+    std::os::unix::fs::symlink(tiny_model().join("tokenizer"), config.join("tokenizer"))
+        .expect("link");
+    let te = "text_encoder/config.json";
+    std::os::unix::fs::symlink(tiny_model().join(te), config.join(te)).expect("link");
+    let single = fixtures().join("models/sd15-tiny.safetensors");
+    let args = ["info", "--model", s(&single), "--config", s(&config)];
+    refused(
+        &args,
+        &[
+            "norm_num_groups 32 does not divide",
+            "were assumed",
+            "--config DIR",
+        ],
+        Before::Work,
+        &watch,
+    );
+
     let error = |e: &str| {
         e.lines()
             .rfind(|l| l.starts_with("error:"))

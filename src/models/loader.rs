@@ -374,9 +374,21 @@ async fn load_single(
             })
         })?;
     let ck = split_ldm_tensors(path, all, &overrides)?;
-    let tc: ClipConfig = from_json(path, &ck.text_config)?;
-    let uc: UnetConfig = from_json(path, &ck.unet_config)?;
-    let vc: VaeConfig = from_json(path, &ck.vae_config)?;
+    // A config the weights contradict is most often one of the values a
+    // single file does not record and SD's were assumed for: say so.
+    let assumed = |e: WeightError| match (e, ck.assumed.is_empty()) {
+        (WeightError::Config { path, msg }, false) => WeightError::Config {
+            path,
+            msg: format!(
+                "{msg}; a single-file checkpoint does not record {}, so Stable Diffusion's values were assumed: give this model's diffusers folder for its configs (on the command line: --config DIR)",
+                ck.assumed.join(", ")
+            ),
+        },
+        (e, _) => e,
+    };
+    let tc: ClipConfig = from_json(path, &ck.text_config).map_err(assumed)?;
+    let uc: UnetConfig = from_json(path, &ck.unet_config).map_err(assumed)?;
+    let vc: VaeConfig = from_json(path, &ck.vae_config).map_err(assumed)?;
     let mut model = cx
         .gpu
         .scoped("uploading the checkpoint", || {
