@@ -69,13 +69,20 @@ pub fn target_size(
             (round64(w * s), round64(h * s))
         }
     };
-    if size.0 == 0 || size.1 == 0 || size.0 % 64 != 0 || size.1 % 64 != 0 {
-        return Err(PictureError::Size(size.0, size.1));
-    }
-    if size.0 > MAX_SIDE || size.1 > MAX_SIDE {
-        return Err(PictureError::TooLarge(size.0, size.1));
-    }
+    check_size(size.0, size.1)?;
     Ok(size)
+}
+
+/// The sizes the networks take: both sides positive multiples of 64 (the
+/// VAE downsamples by 8, the UNet by 8 more) and at most [`MAX_SIDE`].
+pub fn check_size(width: usize, height: usize) -> Result<(), PictureError> {
+    if width == 0 || height == 0 || !width.is_multiple_of(64) || !height.is_multiple_of(64) {
+        return Err(PictureError::Size(width, height));
+    }
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(PictureError::TooLarge(width, height));
+    }
+    Ok(())
 }
 
 fn decoder<'a>(name: &str, bytes: &'a [u8]) -> Result<impl image::ImageDecoder + 'a, PictureError> {

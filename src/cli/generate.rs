@@ -5,8 +5,10 @@
 use crate::files::{self, Kind, Outputs};
 use crate::model::ModelArgs;
 use crate::progress::Bars;
+use crate::translate::cli_words;
 use anyhow::Result;
 use pnp::pipeline::Pipeline;
+use pnp::pipeline::options::check_guidance;
 use pnp::pipeline::stages::check_size;
 use pnp::progress::Progress;
 use std::path::PathBuf;
@@ -40,9 +42,7 @@ pub struct GenerateCmd {
 
 pub fn run(cmd: GenerateCmd, adapter: Option<String>) -> Result<()> {
     check_size([cmd.height, cmd.width])?;
-    if !cmd.guidance.is_finite() {
-        anyhow::bail!("--guidance must be a finite number, got {}", cmd.guidance);
-    }
+    cli_words(check_guidance(cmd.guidance))?;
     let mut outputs = Outputs::default();
     outputs.add(&cmd.out, Kind::Image, "--out");
     if let Some(p) = &cmd.save_features {

@@ -85,9 +85,7 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
     let image = InputImage::open(&cmd.image, cmd.width, cmd.height)?;
     let size = image.size();
     let opts = &cmd.opts;
-    if !opts.guidance.is_finite() {
-        bail!("--guidance must be a finite number, got {}", opts.guidance);
-    }
+    cli_words(opts.check())?;
     let loaded = match &cmd.load_inversion {
         Some(p) => Some(load_inversion(p, size)?),
         None => None,
@@ -208,9 +206,10 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
 }
 
 /// The library's wording, in the command line's flags.
-fn cli_words<T>(r: std::result::Result<T, PnpError>) -> Result<T> {
+pub fn cli_words<T>(r: std::result::Result<T, PnpError>) -> Result<T> {
     match r {
         Ok(v) => Ok(v),
+        Err(PnpError::Guidance(g)) => bail!("--guidance must be a finite number, got {g}"),
         Err(PnpError::Fractions) => {
             bail!("--pnp-f-t and --pnp-attn-t are fractions of the sampling steps, in [0, 1]")
         }

@@ -42,6 +42,8 @@ pub enum PnpError {
     Input(String),
     #[error("pnp_f_t and pnp_attn_t are fractions of the sampling steps, in [0, 1]")]
     Fractions,
+    #[error("the guidance scale must be a finite number, got {0}")]
+    Guidance(f32),
     #[error(
         "a {inversion_steps}-step inversion does not store a latent at every timestep of {steps} sampling steps; the nearest inversion step counts that do: {}",
         scheduler::either(nearest)

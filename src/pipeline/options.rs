@@ -2,6 +2,7 @@
 //! (clap, feature "cli"), the page deserialises it (serde), and the defaults
 //! are written once, here (docs/ALGORITHM.md, "Defaults").
 
+use super::PnpError;
 use serde::{Deserialize, Serialize};
 
 /// Where the target pass gets the source row's features.
@@ -130,7 +131,34 @@ impl GuidanceBase {
     }
 }
 
+/// Refuses a guidance scale that is not a finite number (it would turn
+/// every latent into NaN).
+pub fn check_guidance(guidance: f32) -> Result<(), PnpError> {
+    if !guidance.is_finite() {
+        return Err(PnpError::Guidance(guidance));
+    }
+    Ok(())
+}
+
 impl PnpOptions {
+    /// Refuses settings that are wrong whatever the model and the image:
+    /// fractions outside [0, 1], a negative-prompt alpha outside [0, 1], a
+    /// guidance scale that is not finite. Needs nothing but the options, so
+    /// a caller can run it before opening a GPU.
+    pub fn check(&self) -> Result<(), PnpError> {
+        if !(0.0..=1.0).contains(&self.pnp_f_t) || !(0.0..=1.0).contains(&self.pnp_attn_t) {
+            return Err(PnpError::Fractions);
+        }
+        if let Some(a) = self.negative_prompt_alpha
+            && !(0.0..=1.0).contains(&a)
+        {
+            return Err(PnpError::Input(format!(
+                "the negative-prompt alpha is a weight in [0, 1], got {a}"
+            )));
+        }
+        check_guidance(self.guidance)
+    }
+
     /// The guidance base these options ask for (see [`GuidanceBase`]).
     pub fn guidance_base(&self) -> GuidanceBase {
         let Some(alpha) = self.negative_prompt_alpha else {

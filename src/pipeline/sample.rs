@@ -4,7 +4,7 @@
 //! "Source pass", "Injected sampling").
 
 use super::inversion::Inversion;
-use super::options::{Embeddings, GuidanceBase, PnpOptions};
+use super::options::{Embeddings, GuidanceBase, PnpOptions, check_guidance};
 use super::stages::{Pipeline, PlanCache, concat_rows};
 use super::store::{FeatureStore, Schedule, StorePlan, TapShapes, capture_hooks, inject_hooks};
 use super::{PnpError, Result};
@@ -232,11 +232,7 @@ impl Pipeline<'_> {
         progress: &mut dyn Progress,
     ) -> Result<Inversion> {
         let timer = Timer::start();
-        if !guidance.is_finite() {
-            return Err(PnpError::Input(format!(
-                "the guidance scale must be a finite number, got {guidance}"
-            )));
-        }
+        check_guidance(guidance)?;
         let grid = self.scheduler.timesteps(steps)?;
         let channels = self.model.unet.config.in_channels;
         let mut x = crate::rand::gaussian(seed, channels * hw[0] * hw[1]);

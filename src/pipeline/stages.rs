@@ -72,22 +72,9 @@ pub(super) fn concat_rows(rows: &[&[f32]]) -> Vec<f32> {
     rows.iter().flat_map(|r| r.iter().copied()).collect()
 }
 
-/// Refuses an image size the networks cannot take (both sides positive
-/// multiples of 64: the VAE downsamples by 8, the UNet by 8 more) or one
-/// beyond [`crate::picture::MAX_SIDE`].
+/// Refuses an image size the networks cannot take ([`crate::picture::check_size`]).
 pub fn check_size([h, w]: [usize; 2]) -> Result<()> {
-    if h % 64 != 0 || w % 64 != 0 || h == 0 || w == 0 {
-        return Err(PnpError::Input(format!(
-            "image size {w}x{h} is not a multiple of 64 on both sides; resize it (the command line's --width/--height do)"
-        )));
-    }
-    let max = crate::picture::MAX_SIDE;
-    if h > max || w > max {
-        return Err(PnpError::Input(format!(
-            "image size {w}x{h} is beyond the largest taken ({max} pixels a side); Stable Diffusion works at 512 to 1024"
-        )));
-    }
-    Ok(())
+    crate::picture::check_size(w, h).map_err(|e| PnpError::Input(e.to_string()))
 }
 
 impl<'a> Pipeline<'a> {

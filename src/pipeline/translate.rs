@@ -116,22 +116,7 @@ impl Pipeline<'_> {
         if prompts.is_empty() {
             return Err(PnpError::Input("give at least one target prompt".into()));
         }
-        if !(0.0..=1.0).contains(&opts.pnp_f_t) || !(0.0..=1.0).contains(&opts.pnp_attn_t) {
-            return Err(PnpError::Fractions);
-        }
-        if let Some(a) = opts.negative_prompt_alpha
-            && !(0.0..=1.0).contains(&a)
-        {
-            return Err(PnpError::Input(format!(
-                "the negative-prompt alpha is a weight in [0, 1], got {a}"
-            )));
-        }
-        if !opts.guidance.is_finite() {
-            return Err(PnpError::Input(format!(
-                "the guidance scale must be a finite number, got {}",
-                opts.guidance
-            )));
-        }
+        opts.check()?;
         let steps = |what: &str, n: usize| {
             self.scheduler
                 .timesteps(n)

@@ -36,7 +36,8 @@ pub struct Profile {
     pub source: &'static str,
 }
 
-/// The profiles: figures from the vendors' datasheets and whitepapers.
+/// The profiles, in [`ProfileName`]'s order: figures from the vendors'
+/// datasheets and whitepapers.
 pub const PROFILES: &[Profile] = &[
     Profile {
         name: "h100",
@@ -87,16 +88,8 @@ pub enum ProfileName {
 
 impl ProfileName {
     fn profile(self) -> &'static Profile {
-        let name = match self {
-            ProfileName::H100 => "h100",
-            ProfileName::A100 => "a100",
-            ProfileName::Rtx4090 => "rtx4090",
-            ProfileName::M2max => "m2max",
-        };
-        PROFILES
-            .iter()
-            .find(|p| p.name == name)
-            .expect("every name has a profile")
+        // PROFILES lists them in this enum's order.
+        &PROFILES[self as usize]
     }
 }
 
@@ -300,4 +293,18 @@ pub fn run(gpu: &Arc<Gpu>, opts: &PlanOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProfileName;
+    use clap::ValueEnum;
+
+    #[test]
+    fn each_profile_name_finds_its_profile() {
+        for p in ProfileName::value_variants() {
+            let flag = p.to_possible_value().expect("named");
+            assert_eq!(p.profile().name, flag.get_name());
+        }
+    }
 }
