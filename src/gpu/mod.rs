@@ -167,6 +167,25 @@ impl std::ops::Sub for CounterValues {
     }
 }
 
+/// Submissions not yet known to be complete, oldest first ([`Gpu::submit`]).
+#[derive(Default)]
+pub struct InFlight {
+    pending: std::collections::VecDeque<(
+        wgpu::SubmissionIndex,
+        futures_channel::oneshot::Receiver<()>,
+    )>,
+}
+
+impl InFlight {
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
 /// An opened device with its queue, limits and pipeline cache.
 pub struct Gpu {
     pub device: wgpu::Device,
@@ -357,7 +376,22 @@ impl Gpu {
         offset: u64,
         bytes: u64,
     ) -> Result<Vec<u8>, GpuError> {
-        let size = bytes.div_ceil(4) * 4;
+        let mut parts = self.read_many(&[(buffer, offset, bytes)]).await?;
+        Ok(parts.pop().unwrap_or_default())
+    }
+
+    /// Copies several ranges `(buffer, offset, bytes)` back to the host in
+    /// one read: one staging buffer, one wait.
+    pub async fn read_many(
+        &self,
+        ranges: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<Vec<Vec<u8>>, GpuError> {
+        let mut at = Vec::with_capacity(ranges.len());
+        let mut size = 0;
+        for (_, _, bytes) in ranges {
+            at.push(size);
+            size += bytes.div_ceil(4) * 4;
+        }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size: size.max(4),
@@ -365,10 +399,13 @@ impl Gpu {
             mapped_at_creation: false,
         });
         let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        for ((buffer, offset, bytes), &to) in ranges.iter().zip(&at) {
+            enc.copy_buffer_to_buffer(buffer, *offset, &staging, to, bytes.div_ceil(4) * 4);
+        }
         self.queue.submit([enc.finish()]);
         self.counters.submit();
-        self.counters.read(bytes);
+        self.counters
+            .read(ranges.iter().map(|(_, _, b)| b).sum::<u64>());
         let slice = staging.slice(..);
         let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -385,12 +422,48 @@ impl Gpu {
         let data = slice
             .get_mapped_range()
             .map_err(|e| GpuError::Readback(e.to_string()))?;
-        let out = data[..bytes as usize].to_vec();
+        let out = ranges
+            .iter()
+            .zip(&at)
+            .map(|((_, _, bytes), &to)| data[to as usize..(to + bytes) as usize].to_vec())
+            .collect();
         drop(data);
         staging.unmap();
         // Whatever ran before this read and failed is reported here.
         self.take_error("running the GPU work before a read")?;
         Ok(out)
+    }
+
+    /// Submits `work` without waiting; [`InFlight::oldest_done`] waits for
+    /// it, in submission order.
+    pub fn submit(&self, work: wgpu::CommandBuffer, flight: &mut InFlight) {
+        let index = self.queue.submit([work]);
+        self.counters.submit();
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        flight.pending.push_back((index, rx));
+    }
+
+    /// Waits for the oldest submission `flight` holds (a completion
+    /// callback, not a read): how a loop of back-to-back submissions reports
+    /// progress. Any error the device raised meanwhile is returned.
+    pub async fn oldest_done(&self, flight: &mut InFlight) -> Result<(), GpuError> {
+        let Some((_index, done)) = flight.pending.pop_front() else {
+            return Ok(());
+        };
+        // Native backends fire callbacks from a poll; the browser fires them itself.
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(_index),
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        done.await
+            .map_err(|_| GpuError::Readback("the completion callback was dropped".into()))?;
+        self.take_error("running the GPU work")
     }
 
     /// Waits until the queue is idle (native only; a no-op in the browser).

@@ -46,6 +46,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("copy", include_str!("../../shaders/copy.wgsl")),
     ("upsample", include_str!("../../shaders/upsample.wgsl")),
     ("timestep", include_str!("../../shaders/timestep.wgsl")),
+    ("ddim", include_str!("../../shaders/ddim.wgsl")),
 ];
 
 /// Shared files appended after a family's own: the tiled-matmul main loop of

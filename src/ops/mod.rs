@@ -4,6 +4,7 @@
 
 mod attention;
 mod conv;
+mod ddim;
 mod elementwise;
 mod gemm;
 mod layout;
@@ -13,6 +14,7 @@ mod timestep;
 
 pub use attention::{View, attention, attention_views};
 pub use conv::{Conv2d, conv2d};
+pub use ddim::{DDIM_COEFFICIENTS, Guidance, Slot, ddim_update, latent_rows};
 pub use elementwise::{Unary, add, add_row, mul, scale, unary};
 pub use gemm::{Act, Epilogue, GEGLU_GROUP, geglu_interleave, gemm, linear};
 pub use layout::{concat, copy_into, transpose_last2, upsample_nearest2x};

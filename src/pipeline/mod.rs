@@ -10,6 +10,7 @@
 //! - [`translate`]: the stages in order, with every check before GPU work.
 //! - [`inversion`]: an inversion, and its file format.
 
+mod gpu_loop;
 pub mod inversion;
 pub mod options;
 pub mod sample;

@@ -3,12 +3,16 @@
 //! text-to-image generation (docs/ALGORITHM.md, "DDIM inversion",
 //! "Source pass", "Injected sampling").
 
+use super::gpu_loop::{LoopIo, StepTables, coefficients};
 use super::inversion::Inversion;
 use super::options::{Embeddings, GuidanceBase, PnpOptions, check_guidance};
+use super::scheduler::Prediction;
 use super::stages::{Pipeline, PlanCache, concat_rows};
 use super::store::{FeatureStore, Schedule, StorePlan, TapShapes, capture_hooks, inject_hooks};
 use super::{PnpError, Result};
+use crate::gpu::{InFlight, Tensor};
 use crate::models::hooks::Hooks;
+use crate::ops::{Guidance, Slot};
 use crate::progress::{Progress, Timer};
 use std::collections::BTreeMap;
 
@@ -54,7 +58,10 @@ impl Pipeline<'_> {
         ))
     }
 
-    /// DDIM inversion of z0 under the inversion prompt's embedding `c_inv`.
+    /// DDIM inversion of z0 under the inversion prompt's embedding `c_inv`,
+    /// on the GPU: the trajectory stays in a state buffer of `steps + 1`
+    /// slots (slot j holds z at the j-th timestep of the descending grid,
+    /// slot `steps` holds z0) and is read back once at the end.
     pub async fn invert(
         &mut self,
         z0: &[f32],
@@ -64,23 +71,62 @@ impl Pipeline<'_> {
         progress: &mut dyn Progress,
     ) -> Result<Inversion> {
         let timer = Timer::start();
-        let mut grid = self.scheduler.timesteps(steps)?;
-        grid.reverse(); // ascending
-        let p = self.unet_plan(1, hw, None, |_| Ok(Hooks::default()))?;
-        self.note_peak(p.plan.planned_bytes());
-        progress.phase("inversion", grid.len());
-        let mut z = z0.to_vec();
-        let mut latents = BTreeMap::new();
-        for (i, &t) in grid.iter().enumerate() {
-            let out = self.run_unet(&p, &z, t, c_inv).await?;
-            let eps = self.scheduler.epsilon(&out, &z, t);
-            z = self
-                .scheduler
-                .invert_step(&z, &eps, t, (i > 0).then(|| grid[i - 1]));
-            latents.insert(t, z.clone());
-            progress.tick();
+        let grid = self.scheduler.timesteps(steps)?; // descending
+        self.check_slots("the inversion", steps + 1, hw)?;
+        let s = &self.scheduler;
+        let coef: Vec<_> = (0..steps)
+            .map(|j| {
+                let prev = grid.get(j + 1).copied();
+                coefficients(
+                    0.0,
+                    0.0,
+                    s.v_coefficients(grid[j]),
+                    s.invert_coefficients(grid[j], prev),
+                )
+            })
+            .collect();
+        let tables = StepTables::new(&self.gpu, &grid, &coef);
+        let lat = z0.len();
+        let mut init = vec![0f32; steps * lat];
+        init.extend_from_slice(z0);
+        let state = self.slots("inversion", steps + 1, hw, Some(&init));
+        let ctx = self.text_rows(&[c_inv]);
+        let io = LoopIo {
+            state: &state,
+            read: Slot {
+                base: 1,
+                per_step: 1,
+            },
+            source: None,
+            update: Some((
+                Slot {
+                    base: 0,
+                    per_step: 1,
+                },
+                Guidance {
+                    row0: 0,
+                    rows: 1,
+                    v_prediction: self.scheduler.prediction == Prediction::V,
+                },
+            )),
+            tables: &tables,
+            ctx: &ctx,
+        };
+        let plan = self.loop_plan(1, hw, &io, None, |_| Ok(Hooks::default()))?;
+        self.note_peak(plan.planned_bytes() + state.bytes());
+        progress.phase("inversion", steps);
+        let mut flight = InFlight::default();
+        // The grid ascends in time: the step index j descends.
+        for j in (0..steps).rev() {
+            self.submit_step(&plan, j, 1, &mut flight, progress).await?;
         }
-        self.check_finite("the inversion", &z, "the UNet's weights")?;
+        self.drain(&mut flight, progress).await?;
+        let all = state.to_f32(&self.gpu).await?;
+        self.check_finite("the inversion", &all[..steps * lat], "the UNet's weights")?;
+        let latents: BTreeMap<usize, Vec<f32>> = (grid.iter())
+            .zip(all.chunks_exact(lat))
+            .map(|(&t, z)| (t, z.to_vec()))
+            .collect();
         self.phase_done("inversion", timer);
         Ok(Inversion {
             hw,
@@ -100,6 +146,37 @@ impl Pipeline<'_> {
         opts: &PnpOptions,
         progress: &mut dyn Progress,
     ) -> Result<Vec<Vec<f32>>> {
+        let finals = self.sample_on_gpu(inv, emb, opts, progress).await?;
+        let all = finals.to_f32(&self.gpu).await?;
+        let finals: Vec<Vec<f32>> = all
+            .chunks_exact(inv.z0.len())
+            .map(<[f32]>::to_vec)
+            .collect();
+        self.check_sampled(&finals)?;
+        Ok(finals)
+    }
+
+    /// Refuses non-finite final latents, naming the prompt.
+    pub(super) fn check_sampled(&self, finals: &[Vec<f32>]) -> Result<()> {
+        for (pi, x) in finals.iter().enumerate() {
+            self.check_finite(
+                &format!("sampling prompt {}", pi + 1),
+                x,
+                "the UNet's weights or an extreme guidance scale",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::sample`] without the read: the final latents stay on the GPU,
+    /// (prompts, C, h, w) float32.
+    pub(super) async fn sample_on_gpu(
+        &mut self,
+        inv: &Inversion,
+        emb: &Embeddings,
+        opts: &PnpOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Tensor> {
         let n = opts.steps;
         inv.check_covers(&self.scheduler, n)?;
         let grid = self.scheduler.timesteps(n)?;
@@ -109,67 +186,104 @@ impl Pipeline<'_> {
         if let Some(note) = &store_plan.fallback {
             progress.note(note);
         }
+        self.check_slots("the sampling", n + 1, hw)?;
+        // The inversion's latents on the sampling grid, slot i at step i: the
+        // source rows, and slot 0 the start of every prompt's sampling.
+        let sources: Vec<f32> = concat_rows(
+            &grid
+                .iter()
+                .map(|t| inv.latents[t].as_slice())
+                .collect::<Vec<_>>(),
+        );
+        let sources = self.slots("source latents", n, hw, Some(&sources));
         self.stats.used_store = store_plan.resident;
         let store = match store_plan.resident {
             true => Some(
-                self.source_pass(inv, emb, &store_plan, &grid, progress)
+                self.source_pass(&sources, emb, &store_plan, &grid, hw, progress)
                     .await?,
             ),
             false => None,
         };
 
         let timer = Timer::start();
-        let mut plans = PlanCache::default();
-        let lat = inv.z0.len();
-        let mut finals = Vec::new();
         let base = opts.guidance_base();
         let rows = base.rows();
-        // The guidance rows' texts: negative, or "", or both (the schedule).
+        let s = &self.scheduler;
+        let coef: Vec<_> = (0..n)
+            .map(|i| {
+                let mix = match &base {
+                    GuidanceBase::Mixed(a) => a[i] as f32,
+                    _ => 0.0,
+                };
+                let (v, update) = (s.v_coefficients(grid[i]), s.step_coefficients(grid[i], n));
+                coefficients(opts.guidance, mix, v, update)
+            })
+            .collect();
+        let tables = StepTables::new(&self.gpu, &grid, &coef);
+        let state = self.slots("sampling", n + 1, hw, None);
+        let finals = self.slots("final latents", emb.targets.len(), hw, None);
+        // The guidance rows' texts: negative, or "", or both (the schedule),
+        // then the target; the inline calls put the source row first.
         let unguided: Vec<&[f32]> = match &base {
             GuidanceBase::Negative => vec![&emb.negative],
             GuidanceBase::Unconditional => vec![&emb.source],
             GuidanceBase::Mixed(_) => vec![&emb.negative, &emb.source],
         };
+        let mut texts = unguided.clone();
+        texts.push(&emb.targets[0]);
+        let ctx = self.text_rows(&texts);
+        texts.insert(0, &emb.source);
+        let ctx_inline = self.text_rows(&texts);
+        let v_prediction = self.scheduler.prediction == Prediction::V;
+        let mut plans = PlanCache::default();
+        let mut flight = InFlight::default();
         for (pi, c) in emb.targets.iter().enumerate() {
             progress.phase(&format!("sampling prompt {}", pi + 1), n);
-            let mut x = inv.latents[&grid[0]].clone();
-            let mut texts = unguided.clone();
-            texts.push(c);
-            let ctx = concat_rows(&texts);
-            texts.insert(0, &emb.source);
-            let ctx_inline = concat_rows(&texts);
-            for (i, &t) in grid.iter().enumerate() {
+            self.write_text_row(&ctx, rows - 1, c);
+            self.write_text_row(&ctx_inline, rows, c);
+            self.copy_slot(&sources, 0, &state, 0);
+            for i in 0..n {
                 let what = schedule.at(i);
                 let batch = store_plan.batch(what);
-                let p = plans.get(what, || {
-                    self.unet_plan(batch, hw, store.as_ref(), |v| {
+                let inline = batch > rows;
+                let io = LoopIo {
+                    state: &state,
+                    read: Slot {
+                        base: 0,
+                        per_step: 1,
+                    },
+                    source: inline.then_some((
+                        &sources,
+                        Slot {
+                            base: 0,
+                            per_step: 1,
+                        },
+                        1,
+                    )),
+                    update: Some((
+                        Slot {
+                            base: 1,
+                            per_step: 1,
+                        },
+                        Guidance {
+                            row0: batch - rows,
+                            rows,
+                            v_prediction,
+                        },
+                    )),
+                    tables: &tables,
+                    ctx: if inline { &ctx_inline } else { &ctx },
+                };
+                let plan = plans.get(what, || {
+                    self.loop_plan(batch, hw, &io, store.as_ref(), |v| {
                         Ok(inject_hooks(&self.taps, v, what))
                     })
                 })?;
-                p.plan.set_step(i);
-                let inline = batch > rows;
-                let mut xs: Vec<&[f32]> = vec![&x; rows];
-                if inline {
-                    xs.insert(0, &inv.latents[&t]);
-                }
-                let ctx = if inline { &ctx_inline } else { &ctx };
-                let out = self.run_unet(p, &concat_rows(&xs), t, ctx).await?;
-                // The inline call's row 0 is the source row: not guided.
-                let out = &out[(batch - rows) * lat..];
-                let guided = match &base {
-                    GuidanceBase::Mixed(a) => guide_mixed(out, lat, opts.guidance, a[i] as f32),
-                    _ => guide(out, lat, opts.guidance),
-                };
-                let eps = self.scheduler.epsilon(&guided, &x, t);
-                x = self.scheduler.step(&x, &eps, t, n);
-                progress.tick();
+                self.submit_step(plan, i, batch, &mut flight, progress)
+                    .await?;
             }
-            self.check_finite(
-                &format!("sampling prompt {}", pi + 1),
-                &x,
-                "the UNet's weights or an extreme guidance scale",
-            )?;
-            finals.push(x);
+            self.copy_slot(&state, n, &finals, pi);
+            self.drain(&mut flight, progress).await?;
         }
         let store_bytes = if store_plan.resident {
             store_plan.bytes
@@ -182,33 +296,48 @@ impl Pipeline<'_> {
     }
 
     /// The source row's features for every injected step, once for all
-    /// prompts: z_t of the inversion under the empty prompt, captured.
+    /// prompts: z_t of the inversion (`sources`' slot i at step i) under the
+    /// empty prompt, captured.
     async fn source_pass(
         &mut self,
-        inv: &Inversion,
+        sources: &Tensor,
         emb: &Embeddings,
         store_plan: &StorePlan,
         grid: &[usize],
+        hw: [usize; 2],
         progress: &mut dyn Progress,
     ) -> Result<FeatureStore> {
         let timer = Timer::start();
         let schedule = store_plan.schedule;
         let store = FeatureStore::new(&self.gpu, &store_plan.shapes, schedule, self.dtype);
+        let tables = StepTables::new(&self.gpu, grid, &[]);
+        let ctx = self.text_rows(&[&emb.source]);
         let mut plans = PlanCache::default();
         let steps = schedule.source_steps();
         progress.phase("source features", steps);
-        for (i, &t) in grid.iter().enumerate().take(steps) {
+        let mut flight = InFlight::default();
+        for i in 0..steps {
             let what = schedule.at(i);
-            let p = plans.get(what, || {
-                self.unet_plan(1, inv.hw, Some(&store), |v| {
+            let io = LoopIo {
+                state: sources,
+                read: Slot {
+                    base: 0,
+                    per_step: 1,
+                },
+                source: None,
+                update: None,
+                tables: &tables,
+                ctx: &ctx,
+            };
+            let plan = plans.get(what, || {
+                self.loop_plan(1, hw, &io, Some(&store), |v| {
                     v.map(|v| capture_hooks(&self.taps, v, what))
                         .ok_or_else(|| PnpError::Input("the store was not bound".into()))
                 })
             })?;
-            p.plan.set_step(i);
-            let _ = self.run_unet(p, &inv.latents[&t], t, &emb.source).await?;
-            progress.tick();
+            self.submit_step(plan, i, 1, &mut flight, progress).await?;
         }
+        self.drain(&mut flight, progress).await?;
         self.note_peak(plans.planned_bytes() + store_plan.bytes);
         self.phase_done("source pass (feature store)", timer);
         Ok(store)
@@ -234,27 +363,67 @@ impl Pipeline<'_> {
         let timer = Timer::start();
         check_guidance(guidance)?;
         let grid = self.scheduler.timesteps(steps)?;
+        self.check_slots("the generation", steps + 1, hw)?;
         let channels = self.model.unet.config.in_channels;
-        let mut x = crate::rand::gaussian(seed, channels * hw[0] * hw[1]);
-        let p = self.unet_plan(2, hw, None, |_| Ok(Hooks::default()))?;
-        self.note_peak(p.plan.planned_bytes());
-        let ctx = concat_rows(&[c_neg, c_pos]);
-        let lat = x.len();
-        let mut latents = BTreeMap::new();
-        progress.phase("generation", grid.len());
-        for &t in &grid {
-            latents.insert(t, x.clone());
-            let out = self.run_unet(&p, &concat_rows(&[&x, &x]), t, &ctx).await?;
-            let guided = guide(&out, lat, guidance);
-            let eps = self.scheduler.epsilon(&guided, &x, t);
-            x = self.scheduler.step(&x, &eps, t, steps);
-            progress.tick();
+        let lat = channels * hw[0] * hw[1];
+        let mut init = crate::rand::gaussian(seed, lat);
+        init.resize((steps + 1) * lat, 0.0);
+        // Slot i: the latent step i starts from (the trajectory), slot
+        // `steps`: the final one.
+        let state = self.slots("generation", steps + 1, hw, Some(&init));
+        let s = &self.scheduler;
+        let coef: Vec<_> = (grid.iter())
+            .map(|&t| {
+                coefficients(
+                    guidance,
+                    0.0,
+                    s.v_coefficients(t),
+                    s.step_coefficients(t, steps),
+                )
+            })
+            .collect();
+        let tables = StepTables::new(&self.gpu, &grid, &coef);
+        let ctx = self.text_rows(&[c_neg, c_pos]);
+        let io = LoopIo {
+            state: &state,
+            read: Slot {
+                base: 0,
+                per_step: 1,
+            },
+            source: None,
+            update: Some((
+                Slot {
+                    base: 1,
+                    per_step: 1,
+                },
+                Guidance {
+                    row0: 0,
+                    rows: 2,
+                    v_prediction: self.scheduler.prediction == Prediction::V,
+                },
+            )),
+            tables: &tables,
+            ctx: &ctx,
+        };
+        let plan = self.loop_plan(2, hw, &io, None, |_| Ok(Hooks::default()))?;
+        self.note_peak(plan.planned_bytes() + state.bytes());
+        progress.phase("generation", steps);
+        let mut flight = InFlight::default();
+        for i in 0..steps {
+            self.submit_step(&plan, i, 2, &mut flight, progress).await?;
         }
+        self.drain(&mut flight, progress).await?;
+        let all = state.to_f32(&self.gpu).await?;
+        let x = all[steps * lat..].to_vec();
         self.check_finite(
             "the generation",
             &x,
             "the UNet's weights or an extreme guidance scale",
         )?;
+        let latents = (grid.iter())
+            .zip(all.chunks_exact(lat))
+            .map(|(&t, z)| (t, z.to_vec()))
+            .collect();
         self.phase_done("generation", timer);
         Ok(Inversion {
             hw,

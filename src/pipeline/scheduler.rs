@@ -283,11 +283,41 @@ impl Ddim {
         match self.prediction {
             Prediction::Epsilon => std::borrow::Cow::Borrowed(out),
             Prediction::V => {
-                let a = self.alpha(t);
-                let (sa, sb) = (a.sqrt(), (1.0 - a).sqrt());
+                let [sa, sb] = self.v_coefficients(t);
                 out.iter().zip(x).map(|(&v, &x)| sa * v + sb * x).collect()
             }
         }
+    }
+
+    /// `[sqrt(a), sqrt(1 - a)]` at t (f32): epsilon = sqrt(a) v + sqrt(1 - a) x.
+    pub fn v_coefficients(&self, t: usize) -> [f32; 2] {
+        let a = self.alpha(t);
+        [a.sqrt(), (1.0 - a).sqrt()]
+    }
+
+    /// The sampling step's coefficients from t of an `n`-step grid, in the
+    /// form the GPU loop takes (`shaders/ddim.wgsl`): `[c_eps, c_div, c_x0,
+    /// c_dir]` with `x0 = (x - c_eps e) / c_div`, `x' = c_x0 x0 + c_dir e`.
+    /// The values [`Self::step`] uses, computed in f32 as diffusers does.
+    pub fn step_coefficients(&self, t: usize, n: usize) -> [f32; 4] {
+        let a = self.alpha(t);
+        let ap = self.prev_alpha(t, n);
+        // diffusers: (1 - ap - std_dev_t**2) ** 0.5 with std_dev_t = 0.
+        [
+            (1.0 - a).sqrt(),
+            a.sqrt(),
+            ap.sqrt(),
+            (1.0 - ap - 0.0).sqrt(),
+        ]
+    }
+
+    /// The inversion step's coefficients (to t from `t_prev`, see
+    /// [`Self::invert_step`]) in the same form: `[sqrt(1 - ap), sqrt(ap),
+    /// sqrt(a), sqrt(1 - a)]`, each computed in f64 and rounded once.
+    pub fn invert_coefficients(&self, t: usize, t_prev: Option<usize>) -> [f32; 4] {
+        let a = self.alpha(t) as f64;
+        let ap = t_prev.map_or(self.final_alpha_cumprod, |p| self.alpha(p)) as f64;
+        [(1.0 - ap).sqrt(), ap.sqrt(), a.sqrt(), (1.0 - a).sqrt()].map(|c| c as f32)
     }
 
     /// `alphas_cumprod[t]`.
@@ -312,13 +342,7 @@ impl Ddim {
     /// sqrt is sometimes 1 ulp off it, so results match diffusers to ~1 ulp.
     pub fn step(&self, x: &[f32], eps: &[f32], t: usize, n: usize) -> Vec<f32> {
         assert_eq!(x.len(), eps.len(), "step: x and eps lengths differ");
-        let a = self.alpha(t);
-        let ap = self.prev_alpha(t, n);
-        let sqrt_beta = (1.0 - a).sqrt();
-        let sqrt_a = a.sqrt();
-        let sqrt_ap = ap.sqrt();
-        // diffusers: (1 - ap - std_dev_t**2) ** 0.5 with std_dev_t = 0.
-        let dir = (1.0 - ap - 0.0).sqrt();
+        let [sqrt_beta, sqrt_a, sqrt_ap, dir] = self.step_coefficients(t, n);
         x.iter()
             .zip(eps)
             .map(|(&x, &e)| {

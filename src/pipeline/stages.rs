@@ -3,14 +3,14 @@
 
 use super::options::{Embeddings, PnpOptions};
 use super::scheduler::Ddim;
-use super::store::{Inject, StoreValues, Taps};
+use super::store::{Inject, Taps};
 use super::{PnpError, Result, Stats};
-use crate::gpu::{DType, Gpu};
+use crate::gpu::{DType, Gpu, Tensor};
 use crate::graph::{Graph, Plan, Value};
-use crate::models::hooks::Hooks;
 use crate::models::sd::SdModel;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::Unet;
+use crate::ops::{self, Slot};
 use crate::progress::{Progress, Timer};
 use std::sync::Arc;
 
@@ -29,28 +29,15 @@ pub struct Pipeline<'a> {
     max_binding: u64,
 }
 
-/// A UNet graph with its inputs, planned.
-pub(super) struct UnetPlan {
-    pub plan: Plan,
-    pub x: Value,
-    pub t: Value,
-    pub ctx: Value,
-    pub eps: Value,
-}
-
 /// UNet plans by the injections they make: a phase builds each variant once.
 #[derive(Default)]
 pub(super) struct PlanCache {
-    plans: Vec<(Inject, UnetPlan)>,
+    plans: Vec<(Inject, Plan)>,
 }
 
 impl PlanCache {
     /// The plan for `what`, built by `build` the first time it is asked for.
-    pub fn get(
-        &mut self,
-        what: Inject,
-        build: impl FnOnce() -> Result<UnetPlan>,
-    ) -> Result<&UnetPlan> {
+    pub fn get(&mut self, what: Inject, build: impl FnOnce() -> Result<Plan>) -> Result<&Plan> {
         let at = match self.plans.iter().position(|(w, _)| *w == what) {
             Some(at) => at,
             None => {
@@ -63,8 +50,15 @@ impl PlanCache {
 
     /// Bytes the cached plans hold together.
     pub fn planned_bytes(&self) -> u64 {
-        self.plans.iter().map(|(_, p)| p.plan.planned_bytes()).sum()
+        self.plans.iter().map(|(_, p)| p.planned_bytes()).sum()
     }
+}
+
+/// Decoded pixels in [-1, 1] to [0, 1].
+pub(super) fn to_unit(img: Vec<f32>) -> Vec<f32> {
+    img.into_iter()
+        .map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
+        .collect()
 }
 
 /// `rows` one after another.
@@ -188,32 +182,59 @@ impl<'a> Pipeline<'a> {
         let text = &self.model.text;
         let d = text.config.hidden_size;
         let len = tokenizer.max_len();
-        let mut g = self.graph();
-        let x = g.input("token embeddings", &[1, len, d], self.dtype);
-        let y = text.forward(&mut g, &x)?;
-        g.output(&y);
-        let plan = g.plan()?;
-        self.note_peak(plan.planned_bytes());
-        progress.phase("text", prompts.len());
-        let mut out = Vec::new();
+        progress.phase("text", 1);
+        let mut ids = Vec::with_capacity(prompts.len());
         for p in prompts {
             let enc = tokenizer.encode(p)?;
             if let Some(w) = enc.warning() {
                 progress.note(&w);
             }
-            plan.write(&x, &text.embed(&[enc.ids])?);
-            plan.run();
-            let e = plan.read(&y).await?;
+            ids.push(enc.ids);
+        }
+        // Every prompt in one batch: one run, one read.
+        let mut g = self.graph();
+        let x = g.input("token embeddings", &[prompts.len(), len, d], self.dtype);
+        let y = text.forward(&mut g, &x)?;
+        g.output(&y);
+        let plan = g.plan()?;
+        self.note_peak(plan.planned_bytes());
+        plan.write(&x, &text.embed(&ids)?);
+        plan.run();
+        let all = plan.read(&y).await?;
+        let out: Vec<Vec<f32>> = all.chunks_exact(len * d).map(<[f32]>::to_vec).collect();
+        for (p, e) in prompts.iter().zip(&out) {
             self.check_finite(
                 &format!("encoding the prompt {p:?}"),
-                &e,
+                e,
                 "non-finite text encoder weights",
             )?;
-            out.push(e);
-            progress.tick();
         }
+        progress.tick();
         self.phase_done("text encoder", timer);
         Ok(out)
+    }
+
+    /// Text rows `(rows, tokens, width)` in the graph's type on the device,
+    /// from embeddings of one prompt each: a phase's UNet context, written once.
+    pub(super) fn text_rows(&self, rows: &[&[f32]]) -> Tensor {
+        let per = rows.first().map_or(0, |r| r.len());
+        let d = self.model.unet.config.cross_attention_dim;
+        Tensor::from_f32(
+            &self.gpu,
+            "text rows",
+            &concat_rows(rows),
+            &[rows.len(), per / d.max(1), d],
+            self.dtype,
+        )
+    }
+
+    /// Overwrites row `row` of [`Self::text_rows`]' tensor `rows` (the next
+    /// prompt's), after the work submitted so far.
+    pub(super) fn write_text_row(&self, rows: &Tensor, row: usize, e: &[f32]) {
+        let bytes = crate::gpu::tensor::encode(e, rows.dtype);
+        let at = rows.offset + (row * e.len() * rows.dtype.size()) as u64;
+        self.gpu.queue.write_buffer(&rows.buffer, at, &bytes);
+        self.gpu.counters.write(bytes.len() as u64);
     }
 
     /// Every text embedding a translation with `opts` and `targets` needs.
@@ -256,25 +277,66 @@ impl<'a> Pipeline<'a> {
 
     /// VAE decode: latent (1, 4, h, w) -> pixels (3, 8h, 8w) in [0, 1].
     pub async fn decode(&mut self, z: &[f32], hw: [usize; 2]) -> Result<Vec<f32>> {
+        let z = self.slots("latent", 1, hw, Some(z));
+        let images = self.decode_on_gpu(&z, hw).await?;
+        let img = images.to_f32(&self.gpu).await?;
+        self.check_finite("the VAE decode", &img, "the VAE decoder's weights")?;
+        Ok(to_unit(img))
+    }
+
+    /// VAE decode of every slot of `latents` ((n, 4, h, w) float32 on the
+    /// device) into (n, 3, 8h, 8w) in the graph's type, in [-1, 1], left on
+    /// the device; [`to_unit`] maps them to [0, 1] once read.
+    pub(super) async fn decode_on_gpu(
+        &mut self,
+        latents: &Tensor,
+        hw: [usize; 2],
+    ) -> Result<Tensor> {
         let timer = Timer::start();
         let vae = &self.model.vae;
         let lat = vae.config.latent_channels;
+        let n = latents.shape[0];
         let mut g = self.graph();
-        let x = g.input("latent", &[1, lat, hw[0], hw[1]], self.dtype);
+        let state = g.external("latents", latents);
+        let (x, _) = ops::latent_rows(
+            &mut g,
+            &state,
+            Slot {
+                base: 0,
+                per_step: 1,
+            },
+            None,
+            None,
+            1,
+            &[lat, hw[0], hw[1]],
+            1.0 / vae.config.scaling_factor,
+        )?;
         let y = vae.decode(&mut g, &x)?;
         g.output(&y);
         let plan = g.plan()?;
         self.note_peak(plan.planned_bytes());
-        let scale = vae.config.scaling_factor;
-        plan.write(&x, &z.iter().map(|v| v / scale).collect::<Vec<_>>());
-        plan.run();
-        let img = plan.read(&y).await?;
-        self.check_finite("the VAE decode", &img, "the VAE decoder's weights")?;
+        let mut shape = y.shape.clone();
+        shape[0] = n;
+        let images = Tensor::empty(&self.gpu, "images", &shape, self.dtype);
+        let out = plan.tensor(&y);
+        for i in 0..n {
+            plan.set_step(i);
+            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+            plan.encode(&mut enc);
+            enc.copy_buffer_to_buffer(
+                &out.buffer,
+                out.offset,
+                &images.buffer,
+                images.offset + i as u64 * out.bytes(),
+                out.bytes(),
+            );
+            self.gpu.queue.submit([enc.finish()]);
+            self.gpu.counters.submit();
+        }
+        self.gpu.wait_idle()?;
+        self.gpu.take_error("the VAE decode")?;
         self.phase_done("vae decode", timer);
-        Ok(img
-            .into_iter()
-            .map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
-            .collect())
+        Ok(images)
     }
 
     /// The UNet's inputs for `batch` rows of latents of size `hw`: latents,
@@ -298,49 +360,5 @@ impl<'a> Pipeline<'a> {
             self.dtype,
         );
         (x, t, ctx)
-    }
-
-    /// A UNet graph of `batch` rows with the hooks `hooks` makes from the
-    /// store's values (None when no store is bound), planned.
-    pub(super) fn unet_plan(
-        &self,
-        batch: usize,
-        hw: [usize; 2],
-        store: Option<&super::store::FeatureStore>,
-        hooks: impl FnOnce(Option<&StoreValues>) -> Result<Hooks<'_>>,
-    ) -> Result<UnetPlan> {
-        let unet = &self.model.unet;
-        let mut g = self.graph();
-        let (x, t, ctx) = self.unet_inputs(&mut g, batch, hw);
-        let values = store.map(|s| s.bind(&mut g));
-        let hooks = hooks(values.as_ref())?;
-        let eps = unet.forward_hooked(&mut g, &x, &t, &ctx, &hooks)?;
-        drop(hooks);
-        g.output(&eps);
-        let plan = g.plan()?;
-        Ok(UnetPlan {
-            plan,
-            x,
-            t,
-            ctx,
-            eps,
-        })
-    }
-
-    /// One UNet evaluation: writes the inputs, runs, reads eps.
-    pub(super) async fn run_unet(
-        &mut self,
-        p: &UnetPlan,
-        x: &[f32],
-        t: usize,
-        ctx: &[f32],
-    ) -> Result<Vec<f32>> {
-        let batch = p.x.dim(0);
-        p.plan.write(&p.x, x);
-        p.plan.write(&p.t, &vec![t as f32; batch]);
-        p.plan.write(&p.ctx, ctx);
-        p.plan.run();
-        self.stats.unet_evals += batch;
-        Ok(p.plan.read(&p.eps).await?)
     }
 }

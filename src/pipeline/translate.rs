@@ -5,9 +5,10 @@
 
 use super::inversion::Inversion;
 use super::options::{Embeddings, PnpOptions};
-use super::stages::{Pipeline, check_size};
+use super::stages::{Pipeline, check_size, to_unit};
 use super::{PnpError, Result};
-use crate::gpu::DType;
+use crate::gpu::tensor::decode;
+use crate::gpu::{DType, Tensor};
 use crate::models::hooks::Hooks;
 use crate::progress::Progress;
 
@@ -144,7 +145,8 @@ impl Pipeline<'_> {
     }
 
     /// The sampling for every target prompt, sharing one inversion and one
-    /// feature store, and the VAE decode: the final latents and the images.
+    /// feature store, and the VAE decode: the final latents and the images,
+    /// read back together once everything has run.
     pub async fn finish(
         &mut self,
         prepared: &Prepared,
@@ -152,15 +154,33 @@ impl Pipeline<'_> {
         progress: &mut dyn Progress,
     ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
         let finals = self
-            .sample(&prepared.inversion, &prepared.embeddings, opts, progress)
+            .sample_on_gpu(&prepared.inversion, &prepared.embeddings, opts, progress)
             .await?;
-        progress.phase("decode", finals.len());
-        let mut images = Vec::with_capacity(finals.len());
-        for z in &finals {
-            images.push(self.decode(z, prepared.hw).await?);
+        let n = finals.shape[0];
+        progress.phase("decode", n);
+        let images = self.decode_on_gpu(&finals, prepared.hw).await?;
+        let bytes = self
+            .gpu
+            .read_many(&[
+                (&finals.buffer, finals.offset, finals.bytes()),
+                (&images.buffer, images.offset, images.bytes()),
+            ])
+            .await?;
+        let split = |t: &Tensor, b: &[u8]| -> Vec<Vec<f32>> {
+            let all = decode(b, t.numel(), t.dtype);
+            all.chunks_exact(t.numel() / n)
+                .map(<[f32]>::to_vec)
+                .collect()
+        };
+        let finals = split(&finals, &bytes[0]);
+        self.check_sampled(&finals)?;
+        let mut out = Vec::with_capacity(n);
+        for img in split(&images, &bytes[1]) {
+            self.check_finite("the VAE decode", &img, "the VAE decoder's weights")?;
+            out.push(to_unit(img));
             progress.tick();
         }
-        Ok((finals, images))
+        Ok((finals, out))
     }
 
     /// Records the largest graphs a translation of an image of `size` = [H,
