@@ -136,6 +136,9 @@ pub struct Graph {
 /// One dispatch of a recorded graph, as the performance model sees it.
 #[derive(Clone, Debug)]
 pub struct Dispatch {
+    /// Hoisted out of the replay: runs once per refresh of the plan, not
+    /// every step ([`Graph::constant_nodes`]).
+    pub once: bool,
     /// Kernel family (`shaders/<family>.wgsl`).
     pub family: &'static str,
     pub flops: u64,
@@ -209,11 +212,95 @@ impl Graph {
             .sum()
     }
 
+    /// Which nodes compute the same thing on every replay, so that a plan
+    /// runs them once ([`Plan::refresh`]) instead of every step: nodes with
+    /// no step-dependent word that read only constant values and write only
+    /// intermediates. Constant values are the externals no node writes
+    /// (weights, a phase's text rows) and the intermediates whose every
+    /// writer is constant. The cross-attention keys and values of an
+    /// unchanged text context are such nodes.
+    pub(crate) fn constant_nodes(&self) -> Vec<bool> {
+        let is_write = |n: &Node, i: usize| n.key.bindings[i].1 == Access::ReadWrite;
+        let mut written_external = vec![false; self.values.len()];
+        for n in &self.nodes {
+            for (i, (v, _)) in n.binds.iter().enumerate() {
+                if is_write(n, i) {
+                    written_external[v.0 as usize] = true;
+                }
+            }
+        }
+        let mut dynamic = vec![false; self.nodes.len()];
+        for d in &self.dynamic {
+            dynamic[d.node] = true;
+        }
+        let mut constant: Vec<bool> = (0..self.nodes.len()).map(|i| !dynamic[i]).collect();
+        // Shrinks to a fixed point: a value is constant while all its
+        // writers are.
+        loop {
+            let mut value_const: Vec<bool> = (self.values.iter().enumerate())
+                .map(|(v, info)| match info.storage {
+                    Storage::External(_) => !written_external[v],
+                    Storage::Intermediate => true,
+                    Storage::Input | Storage::Output => false,
+                })
+                .collect();
+            for (n, node) in self.nodes.iter().enumerate() {
+                for (i, (v, _)) in node.binds.iter().enumerate() {
+                    let info = &self.values[v.0 as usize];
+                    if is_write(node, i) && matches!(info.storage, Storage::Intermediate) {
+                        value_const[v.0 as usize] &= constant[n];
+                    }
+                }
+            }
+            let mut changed = false;
+            for (n, node) in self.nodes.iter().enumerate() {
+                if !constant[n] {
+                    continue;
+                }
+                let ok = node.binds.iter().enumerate().all(|(i, (v, _))| {
+                    let info = &self.values[v.0 as usize];
+                    if is_write(node, i) {
+                        matches!(info.storage, Storage::Intermediate)
+                    } else {
+                        value_const[v.0 as usize]
+                    }
+                });
+                if !ok {
+                    constant[n] = false;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return constant;
+            }
+        }
+    }
+
+    /// The values written by constant nodes ([`Self::constant_nodes`]):
+    /// kept in buffers of their own, since they outlive every replay.
+    pub(crate) fn hoisted_values(&self) -> Vec<bool> {
+        let constant = self.constant_nodes();
+        let mut hoisted = vec![false; self.values.len()];
+        for (n, node) in self.nodes.iter().enumerate() {
+            if constant[n] {
+                for (i, (v, _)) in node.binds.iter().enumerate() {
+                    if node.key.bindings[i].1 == Access::ReadWrite {
+                        hoisted[v.0 as usize] = true;
+                    }
+                }
+            }
+        }
+        hoisted
+    }
+
     /// Every dispatch recorded so far, with its arithmetic, bytes and grid.
     pub fn dispatches(&self) -> Vec<Dispatch> {
+        let constant = self.constant_nodes();
         self.nodes
             .iter()
-            .map(|n| Dispatch {
+            .zip(constant)
+            .map(|(n, once)| Dispatch {
+                once,
                 family: n.key.family,
                 flops: n.flops,
                 bytes: n

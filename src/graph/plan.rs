@@ -8,6 +8,7 @@ use crate::gpu::tensor::{STORAGE_USAGE, padded_bytes};
 use crate::gpu::{Gpu, GpuError, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 struct Step {
     pipeline: wgpu::ComputePipeline,
@@ -17,7 +18,13 @@ struct Step {
 
 pub struct Plan {
     gpu: Arc<Gpu>,
+    /// The dispatches of every replay.
     steps: Vec<Step>,
+    /// The constant dispatches ([`Graph::constant_nodes`]), run before the
+    /// first replay and after each [`Plan::refresh`].
+    prologue: Vec<Step>,
+    /// The prologue's results are out of date.
+    stale: AtomicBool,
     /// Storage of every input, output and external value, by id.
     pinned: HashMap<ValueId, Tensor>,
     /// Bytes of planned intermediate buffers.
@@ -113,8 +120,10 @@ impl Graph {
         let mut slot_of: Vec<Option<usize>> = vec![None; n_values];
         let mut starts: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
         let mut ends: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
+        let hoisted = self.hoisted_values();
         for v in 0..n_values {
-            if first[v] != usize::MAX && matches!(self.values[v].storage, Storage::Intermediate) {
+            let shared = matches!(self.values[v].storage, Storage::Intermediate) && !hoisted[v];
+            if first[v] != usize::MAX && shared {
                 starts[first[v]].push(v);
                 ends[last[v]].push(v);
             }
@@ -156,11 +165,15 @@ impl Graph {
     }
 
     /// Bytes a plan of this graph would hold: the shared intermediate slots
-    /// plus its inputs and outputs (weights and stores are external).
+    /// plus its inputs, outputs and hoisted values (weights and stores are
+    /// external).
     pub fn activation_bytes(&self) -> u64 {
         let (_, slots) = self.assign_slots();
+        let hoisted = self.hoisted_values();
         let io: u64 = (0..self.values.len())
-            .filter(|&v| matches!(self.values[v].storage, Storage::Input | Storage::Output))
+            .filter(|&v| {
+                hoisted[v] || matches!(self.values[v].storage, Storage::Input | Storage::Output)
+            })
             .map(|v| self.value_bytes(v))
             .sum();
         slots.iter().sum::<u64>() + io
@@ -195,12 +208,15 @@ impl Graph {
             .enumerate()
             .map(|(i, &s)| alloc(&format!("slot {i}"), s))
             .collect();
+        let constant = self.constant_nodes();
+        let hoisted = self.hoisted_values();
         let mut pinned = HashMap::new();
         let mut io_bytes = 0;
         for (v, info) in self.values.iter().enumerate() {
             let tensor = match &info.storage {
                 Storage::External(t) => t.clone(),
-                Storage::Input | Storage::Output => {
+                Storage::Intermediate if !hoisted[v] => continue,
+                Storage::Input | Storage::Output | Storage::Intermediate => {
                     let size = size_of(v);
                     io_bytes += size;
                     Tensor {
@@ -210,7 +226,6 @@ impl Graph {
                         dtype: info.dtype,
                     }
                 }
-                Storage::Intermediate => continue,
             };
             pinned.insert(ValueId(v as u32), tensor);
         }
@@ -237,7 +252,8 @@ impl Graph {
         gpu.counters.write(blocks.len() as u64);
 
         let mut steps = Vec::with_capacity(self.nodes.len());
-        for (node, &uoff) in self.nodes.iter().zip(&offsets) {
+        let mut prologue = Vec::new();
+        for ((node, &uoff), once) in self.nodes.iter().zip(&offsets).zip(constant) {
             let pipeline = gpu.pipelines.get(&gpu.device, &node.key);
             let ubytes = (node.params.len().div_ceil(4).max(1) * 16) as u64;
             let mut entries = vec![wgpu::BindGroupEntry {
@@ -284,11 +300,15 @@ impl Graph {
                 layout: &pipeline.layout,
                 entries: &entries,
             });
-            steps.push(Step {
+            let step = Step {
                 pipeline: pipeline.pipeline.clone(),
                 bind_group,
                 workgroups: node.workgroups,
-            });
+            };
+            match once {
+                true => prologue.push(step),
+                false => steps.push(step),
+            }
         }
 
         let dynamic = self
@@ -299,6 +319,8 @@ impl Graph {
         Ok(Plan {
             gpu: gpu.clone(),
             steps,
+            prologue,
+            stale: AtomicBool::new(true),
             pinned,
             dynamic,
             intermediate_bytes: slot_size.iter().sum(),
@@ -310,18 +332,34 @@ impl Graph {
 }
 
 impl Plan {
-    /// Records every dispatch into one compute pass.
+    /// Records every dispatch of a replay into one compute pass, after the
+    /// constant ones when they are stale.
     pub fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("plan"),
             timestamp_writes: None,
         });
-        for s in &self.steps {
+        let prologue = match self.stale.swap(false, Ordering::Relaxed) {
+            true => self.prologue.as_slice(),
+            false => &[],
+        };
+        for s in prologue.iter().chain(&self.steps) {
             pass.set_pipeline(&s.pipeline);
             pass.set_bind_group(0, &s.bind_group, &[]);
             let [x, y, z] = s.workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
+    }
+
+    /// Marks the constant dispatches to run again before the next replay:
+    /// an external they read (the text rows) was rewritten.
+    pub fn refresh(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    /// Dispatches of one replay, and of the constant prologue.
+    pub fn dispatch_counts(&self) -> (usize, usize) {
+        (self.steps.len(), self.prologue.len())
     }
 
     /// Points every step-dependent parameter at `step` (takes effect for the
@@ -371,10 +409,10 @@ impl Plan {
     }
 
     pub fn len(&self) -> usize {
-        self.steps.len()
+        self.steps.len() + self.prologue.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.steps.is_empty()
+        self.len() == 0
     }
 }

@@ -14,8 +14,9 @@ use super::stages::Pipeline;
 use super::store::{FeatureStore, StoreValues};
 use super::{PnpError, Result};
 use crate::gpu::{DType, Gpu, InFlight, Tensor};
-use crate::graph::Plan;
+use crate::graph::{Graph, Plan};
 use crate::models::hooks::Hooks;
+use crate::models::unet::Unet;
 use crate::ops::{self, DDIM_COEFFICIENTS, Guidance, Slot};
 use crate::progress::Progress;
 
@@ -36,7 +37,7 @@ pub(super) fn coefficients(
 }
 
 /// A phase's per-step tables on the GPU.
-pub(super) struct StepTables {
+pub struct StepTables {
     /// (steps) float32 timesteps.
     pub timesteps: Tensor,
     /// (steps, 8) float32 update coefficients.
@@ -44,6 +45,8 @@ pub(super) struct StepTables {
 }
 
 impl StepTables {
+    /// Tables of one step per entry of `timesteps`, with `coef` (empty for
+    /// a phase without updates).
     pub fn new(gpu: &Gpu, timesteps: &[usize], coef: &[[f32; DDIM_COEFFICIENTS]]) -> Self {
         let ts: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
         let flat: Vec<f32> = coef.iter().flatten().copied().collect();
@@ -56,7 +59,7 @@ impl StepTables {
 
 /// How one loop plan takes its inputs from the GPU state and where its
 /// result goes.
-pub(super) struct LoopIo<'a> {
+pub struct LoopIo<'a> {
     /// The latent state, (slots, C, h, w) float32.
     pub state: &'a Tensor,
     /// The slot the UNet's latent rows come from.
@@ -70,6 +73,43 @@ pub(super) struct LoopIo<'a> {
     pub tables: &'a StepTables,
     /// Text rows, (batch, tokens, width) in the graph's type.
     pub ctx: &'a Tensor,
+}
+
+/// Records one step of the loop into `g`: the UNet's latent rows and
+/// timesteps from the state ([`ops::latent_rows`]), the UNet of `batch` rows
+/// at latent size `hw` with `hooks`, and the update ([`ops::ddim_update`]).
+pub fn record_step(
+    g: &mut Graph,
+    unet: &Unet,
+    batch: usize,
+    hw: [usize; 2],
+    io: &LoopIo,
+    hooks: &Hooks,
+) -> Result<()> {
+    let state = g.external("latent state", io.state);
+    let table = g.external("step timesteps", &io.tables.timesteps);
+    let source = io
+        .source
+        .map(|(t, slot, rows)| (g.external("source latents", t), slot, rows));
+    let ctx = g.external("text", io.ctx);
+    let latent = [unet.config.in_channels, hw[0], hw[1]];
+    let (x, t) = ops::latent_rows(
+        g,
+        &state,
+        io.read,
+        source.as_ref().map(|(v, s, r)| (v, *s, *r)),
+        Some(&table),
+        batch,
+        &latent,
+        1.0,
+    )?;
+    let t = t.expect("latent_rows makes timesteps when given a table");
+    let out = unet.forward_hooked(g, &x, &t, &ctx, hooks)?;
+    if let Some((next, guidance)) = io.update {
+        let coef = g.external("step coefficients", &io.tables.coef);
+        ops::ddim_update(g, &state, io.read, next, &out, guidance, &coef)?;
+    }
+    Ok(())
 }
 
 impl Pipeline<'_> {
@@ -113,34 +153,11 @@ impl Pipeline<'_> {
         store: Option<&FeatureStore>,
         hooks: impl FnOnce(Option<&StoreValues>) -> Result<Hooks<'_>>,
     ) -> Result<Plan> {
-        let unet = &self.model.unet;
         let mut g = self.graph();
-        let state = g.external("latent state", io.state);
-        let table = g.external("step timesteps", &io.tables.timesteps);
-        let source = io
-            .source
-            .map(|(t, slot, rows)| (g.external("source latents", t), slot, rows));
-        let ctx = g.external("text", io.ctx);
-        let latent = [unet.config.in_channels, hw[0], hw[1]];
-        let (x, t) = ops::latent_rows(
-            &mut g,
-            &state,
-            io.read,
-            source.as_ref().map(|(v, s, r)| (v, *s, *r)),
-            Some(&table),
-            batch,
-            &latent,
-            1.0,
-        )?;
-        let t = t.expect("latent_rows makes timesteps when given a table");
         let values = store.map(|s| s.bind(&mut g));
         let hooks = hooks(values.as_ref())?;
-        let out = unet.forward_hooked(&mut g, &x, &t, &ctx, &hooks)?;
+        record_step(&mut g, &self.model.unet, batch, hw, io, &hooks)?;
         drop(hooks);
-        if let Some((next, guidance)) = io.update {
-            let coef = g.external("step coefficients", &io.tables.coef);
-            ops::ddim_update(&mut g, &state, io.read, next, &out, guidance, &coef)?;
-        }
         Ok(g.plan()?)
     }
 

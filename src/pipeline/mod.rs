@@ -19,6 +19,7 @@ pub mod stages;
 pub mod store;
 pub mod translate;
 
+pub use gpu_loop::{LoopIo, StepTables, record_step};
 pub use inversion::Inversion;
 pub use options::{Embeddings, GuidanceBase, NegativeSchedule, PnpOptions, StoreMode};
 pub use stages::Pipeline;

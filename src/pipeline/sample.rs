@@ -241,6 +241,7 @@ impl Pipeline<'_> {
             progress.phase(&format!("sampling prompt {}", pi + 1), n);
             self.write_text_row(&ctx, rows - 1, c);
             self.write_text_row(&ctx_inline, rows, c);
+            plans.refresh();
             self.copy_slot(&sources, 0, &state, 0);
             for i in 0..n {
                 let what = schedule.at(i);

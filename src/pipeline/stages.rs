@@ -48,6 +48,12 @@ impl PlanCache {
         Ok(&self.plans[at].1)
     }
 
+    /// Reruns every plan's constant dispatches before its next replay (the
+    /// text rows they read were rewritten).
+    pub fn refresh(&self) {
+        self.plans.iter().for_each(|(_, p)| p.refresh());
+    }
+
     /// Bytes the cached plans hold together.
     pub fn planned_bytes(&self) -> u64 {
         self.plans.iter().map(|(_, p)| p.planned_bytes()).sum()
