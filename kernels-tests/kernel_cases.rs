@@ -522,3 +522,213 @@ pub async fn split_bindings(gpu: &Arc<Gpu>, dtypes: &[DType]) -> Failures {
     }
     fails
 }
+
+/// The loop's update (`ops::ddim_update`) against diffusers' DDIM step and
+/// the authors' inversion step (the scheduler fixture, made by
+/// tools/make_scheduler_fixtures.py), with the coefficients the pipeline
+/// uses. f32: 1e-5 + 1e-5 rel (the GPU's f32 arithmetic against diffusers'
+/// f32 and the authors' step in f64); f16: eps stored in f16.
+pub async fn ddim_update(gpu: &Arc<Gpu>, f: &Fixture, dtypes: &[DType]) -> Failures {
+    use pnp::ops::Guidance;
+    use pnp::pipeline::scheduler::Ddim;
+    let d = Ddim::sd();
+    let mut fails = Failures::default();
+    for &dtype in dtypes {
+        for c in f.cases() {
+            let name = c["name"].as_str().expect("name");
+            let n = c["n"].as_u64().expect("n") as usize;
+            let t = c["t"].as_u64().expect("t") as usize;
+            let x = &f.get(&format!("step/{n}/x")).1;
+            let eps = &f.get(&format!("step/{n}/eps")).1;
+            let update = match c["kind"].as_str().expect("kind") {
+                "step" => d.step_coefficients(t, n),
+                _ => {
+                    let t_prev = c["t_prev"].as_u64().map(|v| v as usize);
+                    d.invert_coefficients(t, t_prev)
+                }
+            };
+            let [a, b, cc, dd] = update;
+            let coef = [0.0, 0.0, 1.0, 0.0, a, b, cc, dd];
+            let guidance = Guidance {
+                row0: 0,
+                rows: 1,
+                v_prediction: false,
+            };
+            let got = run_update(gpu, dtype, x, &[eps], guidance, &coef).await;
+            fails.check(compare(
+                &format!("ddim_update {name} {dtype:?}"),
+                &got,
+                &f.get(name).1,
+                tol(dtype, EXACTISH),
+            ));
+        }
+        // Guidance over two rows after an (ignored) inline source row, and
+        // over three rows with the negative-prompt mix and v-prediction,
+        // against the host's arithmetic.
+        let lat = 256;
+        let wave = |k: f32| -> Vec<f32> {
+            (0..lat)
+                .map(|i| (i as f32 * 0.37 + k).sin() * 1.5)
+                .collect()
+        };
+        let (x, src, u, c, neg) = (wave(0.1), wave(9.0), wave(0.7), wave(1.9), wave(2.6));
+        let (t, n, g) = (981, 50, 7.5f32);
+        let step = d.step_coefficients(t, n);
+        let [s0, s1, s2, s3] = step;
+        let want = d.step(
+            &x,
+            &pnp::pipeline::sample::guide(&[u.clone(), c.clone()].concat(), lat, g),
+            t,
+            n,
+        );
+        let got = run_update(
+            gpu,
+            dtype,
+            &x,
+            &[&src, &u, &c],
+            Guidance {
+                row0: 1,
+                rows: 2,
+                v_prediction: false,
+            },
+            &[g, 0.0, 1.0, 0.0, s0, s1, s2, s3],
+        )
+        .await;
+        fails.check(compare(
+            &format!("ddim_update guided {dtype:?}"),
+            &got,
+            &want,
+            tol(dtype, EXACTISH),
+        ));
+        let mix = 0.3f32;
+        let mut vd = Ddim::sd();
+        vd.prediction = pnp::pipeline::scheduler::Prediction::V;
+        let guided = pnp::pipeline::sample::guide_mixed(
+            &[neg.clone(), u.clone(), c.clone()].concat(),
+            lat,
+            g,
+            mix,
+        );
+        let want = d.step(&x, &vd.epsilon(&guided, &x, t), t, n);
+        let [va, vb] = d.v_coefficients(t);
+        let got = run_update(
+            gpu,
+            dtype,
+            &x,
+            &[&neg, &u, &c],
+            Guidance {
+                row0: 0,
+                rows: 3,
+                v_prediction: true,
+            },
+            &[g, mix, va, vb, s0, s1, s2, s3],
+        )
+        .await;
+        fails.check(compare(
+            &format!("ddim_update mixed v {dtype:?}"),
+            &got,
+            &want,
+            tol(dtype, EXACTISH),
+        ));
+    }
+    fails
+}
+
+/// Runs one `ddim_update` of state slot 0 into slot 1 over the UNet output
+/// `rows` (in `dtype`) with one step of coefficients `coef`; returns slot 1.
+async fn run_update(
+    gpu: &Arc<Gpu>,
+    dtype: DType,
+    x: &[f32],
+    rows: &[&[f32]],
+    guidance: pnp::ops::Guidance,
+    coef: &[f32; 8],
+) -> Vec<f32> {
+    use pnp::ops::Slot;
+    let lat = x.len();
+    let mut init = x.to_vec();
+    init.resize(2 * lat, f32::NAN);
+    let state = Tensor::from_f32(gpu, "state", &init, &[2, lat], DType::F32);
+    let out = Tensor::from_f32(gpu, "out", &rows.concat(), &[rows.len(), lat], dtype);
+    let coef = Tensor::from_f32(gpu, "coef", coef, &[8], DType::F32);
+    let mut g = Graph::new(gpu.clone(), dtype);
+    let (s, o, c) = (
+        g.external("state", &state),
+        g.external("out", &out),
+        g.external("coef", &coef),
+    );
+    let slot = |base| Slot { base, per_step: 0 };
+    ops::ddim_update(&mut g, &s, slot(0), slot(1), &o, guidance, &c).expect("graph");
+    let plan = g.plan().expect("plan");
+    plan.run();
+    let all = state.to_f32(gpu).await.expect("read");
+    all[lat..].to_vec()
+}
+
+/// `ops::latent_rows`: rows from a state slot and source rows from another
+/// tensor's slot, both moving with the step, scaled and stored in `dtype`;
+/// the timesteps from the step table. Exact in f32.
+pub async fn latent_rows(gpu: &Arc<Gpu>, dtypes: &[DType]) -> Failures {
+    use pnp::ops::Slot;
+    let mut fails = Failures::default();
+    let lat = 300; // more than one workgroup, not a multiple of it
+    let slots =
+        |n: usize, k: f32| -> Vec<f32> { (0..n * lat).map(|i| i as f32 * 0.01 + k).collect() };
+    let (state_data, source_data) = (slots(3, 0.0), slots(2, 100.0));
+    for &dtype in dtypes {
+        let state = Tensor::from_f32(gpu, "state", &state_data, &[3, lat], DType::F32);
+        let source = Tensor::from_f32(gpu, "source", &source_data, &[2, lat], DType::F32);
+        let table = Tensor::from_f32(gpu, "table", &[10.0, 20.0], &[2], DType::F32);
+        let mut g = Graph::new(gpu.clone(), dtype);
+        let (s, src, tb) = (
+            g.external("state", &state),
+            g.external("source", &source),
+            g.external("table", &table),
+        );
+        let (y, ts) = ops::latent_rows(
+            &mut g,
+            &s,
+            Slot {
+                base: 1,
+                per_step: 1,
+            },
+            Some((
+                &src,
+                Slot {
+                    base: 0,
+                    per_step: 1,
+                },
+                1,
+            )),
+            Some(&tb),
+            3,
+            &[3, 10, 10],
+            0.5,
+        )
+        .expect("graph");
+        let ts = ts.expect("timesteps");
+        g.output(&y);
+        g.output(&ts);
+        let plan = g.plan().expect("plan");
+        plan.set_step(1); // state slot 2, source slot 1, table entry 1
+        plan.run();
+        let got = plan.read(&y).await.expect("read");
+        let x: Vec<f32> = state_data[2 * lat..].iter().map(|v| v * 0.5).collect();
+        let s1: Vec<f32> = source_data[lat..].iter().map(|v| v * 0.5).collect();
+        let want = [s1, x.clone(), x].concat();
+        fails.check(compare(
+            &format!("latent_rows {dtype:?}"),
+            &got,
+            &want,
+            tol(dtype, EXACTISH),
+        ));
+        let got = plan.read(&ts).await.expect("read");
+        fails.check(compare(
+            &format!("latent_rows timesteps {dtype:?}"),
+            &got,
+            &[20.0; 3],
+            EXACTISH,
+        ));
+    }
+    fails
+}

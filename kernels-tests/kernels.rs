@@ -62,3 +62,14 @@ fn layout_and_timestep_match_torch() {
 fn tensors_larger_than_a_binding_are_split() {
     pollster::block_on(cases::split_bindings(&gpu(), &dtypes())).finish("split bindings");
 }
+
+#[test]
+fn ddim_update_matches_diffusers() {
+    let f = Fixture::load("scheduler.safetensors");
+    pollster::block_on(cases::ddim_update(&gpu(), &f, &dtypes())).finish("ddim_update");
+}
+
+#[test]
+fn latent_rows_follow_the_step() {
+    pollster::block_on(cases::latent_rows(&gpu(), &dtypes())).finish("latent_rows");
+}

@@ -247,3 +247,68 @@ fn the_negative_schedule_limits_are_the_plain_guidance() {
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff > 1e-3, "the schedule changed nothing ({diff})");
 }
+
+/// Counts each phase's ticks against its announced total.
+#[derive(Default)]
+struct Ticks {
+    phases: Vec<(String, usize, usize)>,
+}
+
+impl pnp::progress::Progress for Ticks {
+    fn phase(&mut self, name: &str, total: usize) {
+        self.phases.push((name.to_string(), total, 0));
+    }
+    fn tick(&mut self) {
+        if let Some(p) = self.phases.last_mut() {
+            p.2 += 1;
+        }
+    }
+    fn note(&mut self, _: &str) {}
+}
+
+/// The loop stays on the GPU: a two-prompt translation reads the GPU four
+/// times (the text embeddings, the encoded latent, the inversion's
+/// trajectory, then the final latents with the images), submits one command
+/// buffer per UNet step plus a few, runs the cross-attention keys and
+/// values once per phase (hoisted), and every phase's progress ticks reach
+/// its total (from completion callbacks).
+#[test]
+fn a_translation_keeps_the_loop_on_the_gpu() {
+    let model_dir = fixture_path("models/sd15-tiny");
+    let gpu = gpu();
+    let dtype = DType::F32;
+    let model = SdModel::load_folder(Ctx { gpu: &gpu, dtype }, &model_dir).expect("model");
+    let tok = ClipTokenizer::from_dir(&model_dir.join("tokenizer")).expect("tokenizer");
+    let (pixels, hw) = load_png("square.png");
+    let opts = PnpOptions {
+        steps: 4,
+        inversion_steps: 4,
+        ..PnpOptions::default()
+    };
+    let mut pipe = Pipeline::new(gpu.clone(), &model, &tok, Ddim::sd(), dtype);
+    let mut ticks = Ticks::default();
+    let before = gpu.counters.values();
+    let run =
+        pollster::block_on(pipe.translate(&pixels, hw, &["a cat", "a dog"], &opts, &mut ticks))
+            .expect("translate");
+    let used = gpu.counters.values() - before;
+    assert_eq!(run.images.len(), 2);
+    eprintln!(
+        "reads {}, submits {}, writes {}, dispatches per step {:?}, phases {:?}",
+        used.reads, used.submits, used.writes, pipe.stats.step_dispatches, ticks.phases
+    );
+    assert!(used.reads <= 4, "{} GPU reads, expected 4", used.reads);
+    // One per UNet step (inversion 4, source pass 3, sampling 2 x 4), and
+    // 12 more: text and encode with their reads, the inversion's read, a
+    // start and a final copy per prompt, two decodes, the last read.
+    assert!(used.submits <= 15 + 12, "{} submits", used.submits);
+    let (replay, hoisted) = pipe.stats.step_dispatches;
+    assert!(
+        hoisted > 0 && hoisted % 2 == 0,
+        "no cross-attention K/V hoisted: {hoisted}"
+    );
+    assert!(replay > hoisted);
+    for (name, total, got) in &ticks.phases {
+        assert_eq!(got, total, "phase {name}: {got} ticks of {total}");
+    }
+}

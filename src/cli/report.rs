@@ -22,6 +22,10 @@ pub struct Report<'a> {
     adapter: String,
     phases: Vec<Phase>,
     unet_evals: usize,
+    /// Dispatches of one replay of the largest loop plan, and its constant
+    /// dispatches run once per phase and prompt.
+    dispatches_per_step: usize,
+    hoisted_dispatches: usize,
     /// Counted over the translation (after the model was loaded).
     gpu_submits: u64,
     /// Host reads of GPU buffers over the translation; each waits for the GPU.
@@ -75,6 +79,8 @@ impl<'a> Measured<'a> {
             adapter: self.gpu.describe(),
             phases: self.phases(),
             unet_evals: s.unet_evals,
+            dispatches_per_step: s.step_dispatches.0,
+            hoisted_dispatches: s.step_dispatches.1,
             gpu_submits: c.submits,
             gpu_reads: c.reads,
             gpu_read_bytes: c.read_bytes,

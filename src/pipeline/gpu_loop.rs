@@ -177,6 +177,7 @@ impl Pipeline<'_> {
         plan.encode(&mut enc);
         self.gpu.submit(enc.finish(), flight);
         self.stats.unet_evals += batch;
+        self.stats.step_dispatches = self.stats.step_dispatches.max(plan.dispatch_counts());
         while flight.len() > AHEAD {
             self.gpu.oldest_done(flight).await?;
             progress.tick();

@@ -75,6 +75,8 @@ pub struct Stats {
     /// (phase, seconds), in order.
     pub phases: Vec<(String, f64)>,
     pub unet_evals: usize,
+    /// (replay, hoisted) dispatches of the largest loop plan run.
+    pub step_dispatches: (usize, usize),
     /// Largest bytes held at once by planned graphs plus the feature store
     /// (weights not counted).
     pub peak_bytes: u64,
