@@ -275,7 +275,7 @@ impl pnp::progress::Progress for Ticks {
 #[test]
 fn a_translation_keeps_the_loop_on_the_gpu() {
     let model_dir = fixture_path("models/sd15-tiny");
-    let gpu = gpu();
+    let gpu = own_gpu();
     let dtype = DType::F32;
     let model = SdModel::load_folder(Ctx { gpu: &gpu, dtype }, &model_dir).expect("model");
     let tok = ClipTokenizer::from_dir(&model_dir.join("tokenizer")).expect("tokenizer");
@@ -308,6 +308,19 @@ fn a_translation_keeps_the_loop_on_the_gpu() {
         "no cross-attention K/V hoisted: {hoisted}"
     );
     assert!(replay > hoisted);
+    // The fused paths ran: the time embedding in conv1's epilogue, the
+    // loop's own kernels.
+    let keys = gpu.kernel_keys();
+    let has = |family: &str, entry: &str, c: Option<(&str, u32)>| {
+        keys.iter().any(|k| {
+            k.family == family && k.entry == entry && c.is_none_or(|c| k.consts.contains(&c))
+        })
+    };
+    assert!(
+        has("conv", "main", Some(("HAS_ROW", 1))),
+        "no conv with the time rows"
+    );
+    assert!(has("ddim", "rows", None) && has("ddim", "update", None));
     for (name, total, got) in &ticks.phases {
         assert_eq!(got, total, "phase {name}: {got} ticks of {total}");
     }

@@ -3,7 +3,10 @@
 //   A = weight (C_out, C_in*KH*KW), B[k, n] = x gathered at the tap of (k, n).
 // Padding is given per side (top, left); taps outside the image read 0, which
 // also covers diffusers' asymmetric (0, 1, 0, 1) pad before the VAE's strided conv.
-// Epilogue: + bias[c_out], + residual (a ResNet's shortcut) when HAS_RES.
+// Epilogue: + bias[c_out], + a per-row bias rowb[b, row_off + c_out] when
+// HAS_ROW (a ResNet's time-embedding projection, one row per batch row,
+// columns from row_off of a (B, row_stride) tensor holding every ResNet's),
+// + residual (a ResNet's shortcut) when HAS_RES.
 //
 // A tensor larger than one binding is done in chunks, one batch row at a
 // time: output channels m_base .. m_base + m, input channels ci_base ..
@@ -19,6 +22,7 @@ struct Params {
     kw: u32, stride: u32, pad_t: u32, pad_l: u32,
     x_lead: u32, y_lead: u32, res_lead: u32, m_base: u32,
     ci_base: u32, k_full: u32, flags: u32,
+    row_off: u32, row_stride: u32, row_base: u32,
 }
 
 const ADD_BIAS: u32 = 1u;
@@ -34,6 +38,9 @@ const B_N_FAST: u32 = 1u;
 @group(0) @binding(4) var<storage, read> bias: array<T>;    // bias: (C_out)
 #if HAS_RES
 @group(0) @binding(5) var<storage, read> res: array<T>;     // res: like y
+#endif
+#if HAS_ROW
+@group(0) @binding(6) var<storage, read> rowb: array<T>;    // rowb: (B, row_stride)
 #endif
 
 fn load_a(bt: u32, m: u32, k: u32) -> f32 {
@@ -60,6 +67,9 @@ fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
     var b = 0.0;
     if ((p.flags & ADD_BIAS) != 0u) {
         b = f32(bias[p.m_base + m]);
+#if HAS_ROW
+        b += f32(rowb[(p.row_base + bt) * p.row_stride + p.row_off + p.m_base + m]);
+#endif
     }
     for (var j = 0u; j < 4u; j++) {
         let n = n0 + 16u * j;

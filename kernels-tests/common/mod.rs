@@ -13,17 +13,20 @@ use std::sync::{Arc, OnceLock};
 
 pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let opts = GpuOptions {
-            adapter_name: std::env::var("PNP_ADAPTER").ok(),
-            ..Default::default()
-        };
-        let g = pollster::block_on(Gpu::new(&opts))
-            .unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}"));
-        eprintln!("adapter: {}", g.describe());
-        g
-    })
-    .clone()
+    GPU.get_or_init(own_gpu).clone()
+}
+
+/// A device of its own, for a test that counts the device's submits and
+/// reads (the shared one counts every test's running beside it).
+pub fn own_gpu() -> Arc<Gpu> {
+    let opts = GpuOptions {
+        adapter_name: std::env::var("PNP_ADAPTER").ok(),
+        ..Default::default()
+    };
+    let g = pollster::block_on(Gpu::new(&opts))
+        .unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}"));
+    eprintln!("adapter: {}", g.describe());
+    g
 }
 
 /// The dtypes the kernels are tested in on this adapter.

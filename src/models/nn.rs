@@ -141,9 +141,20 @@ impl Conv {
         x: &Value,
         residual: Option<&Value>,
     ) -> Result<Value, ShapeError> {
+        self.forward_row_bias(g, x, residual, None)
+    }
+
+    /// [`Self::forward`] adding `row_bias` in the epilogue ([`ops::conv2d_row_bias`]).
+    pub fn forward_row_bias(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        residual: Option<&Value>,
+        row_bias: Option<(&Value, usize)>,
+    ) -> Result<Value, ShapeError> {
         let w = g.external("weight", &self.weight);
         let b = g.external("bias", &self.bias);
-        ops::conv2d(g, x, &w, &b, self.geo, residual)
+        ops::conv2d_row_bias(g, x, &w, &b, self.geo, residual, row_bias)
     }
 }
 

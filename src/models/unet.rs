@@ -8,8 +8,9 @@ use super::nn::{Conv, Ctx, Linear, Norm};
 use super::unet_blocks::{Resnet, Sampler, Transformer2d};
 use super::weights::{VarBuilder, WeightError, Weights};
 use crate::gpu::DType;
+use crate::gpu::Tensor;
 use crate::graph::{Graph, ShapeError, Value};
-use crate::ops::{self, Act, Unary};
+use crate::ops::{self, Act};
 
 struct Block {
     resnets: Vec<Resnet>,
@@ -21,6 +22,9 @@ pub struct Unet {
     pub config: UnetConfig,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    /// Every ResNet's time-embedding projection stacked into one (S, T):
+    /// one GEMM per step projects SiLU(emb) for all of them.
+    time_proj: Linear,
     conv_in: Conv,
     down: Vec<Block>,
     mid_resnets: [Resnet; 2],
@@ -120,7 +124,7 @@ impl Unet {
 
         let top = ch[n - 1];
         let mid = vb.pp("mid_block");
-        let mid_resnets = [
+        let mut mid_resnets = [
             resnet(&mid.pp("resnets.0"), top, top)?,
             resnet(&mid.pp("resnets.1"), top, top)?,
         ];
@@ -160,9 +164,15 @@ impl Unet {
             prev = out;
         }
 
+        let resnets = (down.iter_mut())
+            .chain(up.iter_mut())
+            .flat_map(|b| b.resnets.iter_mut())
+            .chain(mid_resnets.iter_mut());
+        let time_proj = stack_time_projections(cx, resnets)?;
         Ok(Unet {
             time_linear_1: Linear::load(cx, &vb.pp("time_embedding.linear_1"), ch[0], temb, true)?,
             time_linear_2: Linear::load(cx, &vb.pp("time_embedding.linear_2"), temb, temb, true)?,
+            time_proj,
             conv_in: Conv::load3(cx, &vb.pp("conv_in"), c.in_channels, ch[0])?,
             down,
             mid_resnets,
@@ -212,9 +222,10 @@ impl Unet {
             c.freq_shift,
         )?;
         let e = self.time_linear_1.forward(g, &t_emb, Act::Silu, None)?;
-        let emb = self.time_linear_2.forward(g, &e, Act::None, None)?;
-        // Every resnet projects SiLU(emb); compute it once.
-        let emb_silu = ops::unary(g, &emb, Unary::Silu);
+        // The resnets take emb only through SiLU: fused into linear_2; then
+        // every resnet's projection in one GEMM.
+        let emb_silu = self.time_linear_2.forward(g, &e, Act::Silu, None)?;
+        let emb_silu = self.time_proj.forward(g, &emb_silu, Act::None, None)?;
 
         // 2. down: keep every intermediate for the skip connections.
         let mut h = self.conv_in.forward(g, x, None)?; // (B, C0, h, w)
@@ -304,4 +315,64 @@ impl Unet {
     pub fn timestep_input(g: &mut Graph, batch: usize) -> Value {
         g.input("timesteps", &[batch], DType::F32)
     }
+}
+
+/// Stacks the time-embedding projections of `resnets` into one Linear (S,
+/// T) on the device (buffer copies) and points each ResNet at its columns;
+/// the separate weights are freed. Each part starts at an even row so that
+/// every copy is 4-byte aligned in f16 too (an unused row may sit between).
+fn stack_time_projections<'a>(
+    cx: Ctx,
+    resnets: impl Iterator<Item = &'a mut Resnet>,
+) -> Result<Linear, WeightError> {
+    let mut parts = Vec::new();
+    let mut rows = 0;
+    for r in resnets {
+        if let Some(l) = r.time_emb_proj.take() {
+            r.time_off = Some(rows);
+            rows += l.weight.shape[0].next_multiple_of(2);
+            parts.push(l);
+        }
+    }
+    let t = parts.first().map_or(2, |l| l.weight.shape[1]);
+    if t % 2 != 0
+        || parts
+            .iter()
+            .any(|l| l.weight.shape[1] != t || l.bias.is_none())
+    {
+        return Err(WeightError::Prepare {
+            what: "the stacked time-embedding projections".into(),
+            msg: "the projections differ in width, have an odd one, or lack a bias".into(),
+        });
+    }
+    let weight = Tensor::empty(cx.gpu, "time projections", &[rows.max(2), t], cx.dtype);
+    let bias = Tensor::empty(cx.gpu, "time projection biases", &[rows.max(2)], cx.dtype);
+    let size = cx.dtype.size() as u64;
+    let mut enc = cx.gpu.device.create_command_encoder(&Default::default());
+    let mut at = 0u64;
+    for l in &parts {
+        let (out, w, b) = (
+            l.weight.shape[0] as u64,
+            &l.weight,
+            l.bias.as_ref().expect("checked"),
+        );
+        let wbytes = out * t as u64 * size;
+        enc.copy_buffer_to_buffer(
+            &w.buffer,
+            w.offset,
+            &weight.buffer,
+            at * t as u64 * size,
+            wbytes,
+        );
+        // The bias buffer is padded to 4 bytes, so an odd f16 count copies whole.
+        let bbytes = (out * size).next_multiple_of(4);
+        enc.copy_buffer_to_buffer(&b.buffer, b.offset, &bias.buffer, at * size, bbytes);
+        at += out.next_multiple_of(2);
+    }
+    cx.gpu.queue.submit([enc.finish()]);
+    cx.gpu.counters.submit();
+    Ok(Linear {
+        weight,
+        bias: Some(bias),
+    })
 }

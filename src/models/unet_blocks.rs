@@ -12,11 +12,14 @@ use crate::ops::{self, Act, Conv2d};
 pub struct Resnet {
     norm1: Norm,
     conv1: Conv,
-    time_emb_proj: Option<Linear>,
+    /// The time-embedding projection as loaded; the UNet stacks every
+    /// ResNet's into one ([`super::unet::Unet`]), takes it and sets `time_off`.
+    pub(super) time_emb_proj: Option<Linear>,
+    /// Where this ResNet's columns begin in the stacked projection.
+    pub(super) time_off: Option<usize>,
     norm2: Norm,
     conv2: Conv,
     conv_shortcut: Option<Conv>,
-    out_channels: usize,
 }
 
 impl Resnet {
@@ -37,6 +40,7 @@ impl Resnet {
                 Some(t) => Some(Linear::load(cx, &vb.pp("time_emb_proj"), t, out, true)?),
                 None => None,
             },
+            time_off: None,
             norm2: Norm::group(cx, &vb.pp("norm2"), out, groups, eps)?,
             conv2: Conv::load3(cx, &vb.pp("conv2"), out, out)?,
             conv_shortcut: if inp != out {
@@ -51,18 +55,19 @@ impl Resnet {
             } else {
                 None
             },
-            out_channels: out,
         })
     }
 
-    /// x (B, C_in, H, W); temb_silu = SiLU(time embedding) (B, T).
+    /// x (B, C_in, H, W); `time`: every ResNet's time-embedding projection
+    /// of SiLU(emb), (B, S), of which this one adds its columns (from
+    /// `time_off`) in conv1's epilogue. None in the VAE.
     pub fn forward(
         &self,
         g: &mut Graph,
         x: &Value,
-        temb_silu: Option<&Value>,
+        time: Option<&Value>,
     ) -> Result<Value, ShapeError> {
-        self.forward_hooked(g, x, temb_silu, ResnetHook::default())
+        self.forward_hooked(g, x, time, ResnetHook::default())
     }
 
     /// [`Self::forward`] with a PnP hook on the residual branch (conv2's
@@ -71,7 +76,7 @@ impl Resnet {
         &self,
         g: &mut Graph,
         x: &Value,
-        temb_silu: Option<&Value>,
+        time: Option<&Value>,
         hook: ResnetHook,
     ) -> Result<Value, ShapeError> {
         let shortcut = match &self.conv_shortcut {
@@ -84,12 +89,11 @@ impl Resnet {
             return ops::add_row(g, &shortcut, store, slot(row), row);
         }
         let h = self.norm1.forward(g, x, true)?;
-        let mut h = self.conv1.forward(g, &h, None)?;
-        if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_silu) {
-            let t = proj.forward(g, t, Act::None, None)?; // (B, C_out)
-            let t = g.reshape(&t, &[t.dim(0), self.out_channels, 1, 1])?;
-            h = ops::add(g, &h, &t)?;
-        }
+        let time = match (time, self.time_off) {
+            (Some(t), Some(off)) => Some((t, off)),
+            _ => None,
+        };
+        let h = self.conv1.forward_row_bias(g, &h, None, time)?;
         let h = self.norm2.forward(g, &h, true)?;
         // output_scale_factor is 1.0 in every SD config: conv2(h) + shortcut.
         match (hook.inject, hook.capture) {

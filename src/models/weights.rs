@@ -21,6 +21,8 @@ pub enum WeightError {
         "{path} is not a valid safetensors file ({msg}); the download may be truncated: fetch it again"
     )]
     Corrupt { path: PathBuf, msg: String },
+    #[error("preparing {what} on the device: {msg}")]
+    Prepare { what: String, msg: String },
     #[error("{file}: tensor {key} is missing")]
     Missing { file: String, key: String },
     #[error("{file}: tensor {key} has shape {actual:?}, expected {expected:?}")]

@@ -30,6 +30,23 @@ pub fn conv2d(
     geo: Conv2d,
     residual: Option<&Value>,
 ) -> Result<Value, ShapeError> {
+    conv2d_row_bias(g, x, w, bias, geo, residual, None)
+}
+
+/// [`conv2d`] that also adds `row_bias = (r, off)`: r[b, off + c] to every
+/// pixel of output channel c of batch row b, with the bias, where r is (B,
+/// S). A ResNet's time-embedding projection goes in this way, in conv1's
+/// epilogue, rather than as an add of its own.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_row_bias(
+    g: &mut Graph,
+    x: &Value,
+    w: &Value,
+    bias: &Value,
+    geo: Conv2d,
+    residual: Option<&Value>,
+    row_bias: Option<(&Value, usize)>,
+) -> Result<Value, ShapeError> {
     let op = "conv2d";
     if x.rank() != 4 || w.rank() != 4 || x.dim(1) != w.dim(1) {
         return Err(shape_err(
@@ -63,6 +80,18 @@ pub fn conv2d(
     }
     let mut all = vec![x, w, bias];
     all.extend(residual);
+    if let Some((r, off)) = row_bias {
+        if r.rank() != 2 || r.dim(0) != b || off + cout > r.dim(1) {
+            return Err(shape_err(
+                op,
+                format!(
+                    "row bias {} from column {off} does not cover {b} rows of {cout} channels",
+                    ShapeFmt(&r.shape)
+                ),
+            ));
+        }
+        all.push(r);
+    }
     same_dtype(op, &all)?;
     let y = g.temp(&out_shape, x.dtype);
     let taps = kh * kw;
@@ -87,7 +116,10 @@ pub fn conv2d(
         }
         (b, ci_per, m_per)
     };
-    let consts = vec![("HAS_RES", residual.is_some() as u32)];
+    let consts = vec![
+        ("HAS_RES", residual.is_some() as u32),
+        ("HAS_ROW", row_bias.is_some() as u32),
+    ];
     for bt in 0..rows {
         for m0 in (0..cout).step_by(m_per) {
             let mc = m_per.min(cout - m0);
@@ -114,6 +146,9 @@ pub fn conv2d(
                 if let Some(r) = residual {
                     inputs.push((5, r, rw));
                 }
+                if let Some((r, _)) = row_bias {
+                    inputs.push((6, r, None));
+                }
                 let params = vec![
                     u(mc),
                     u(plane_out),
@@ -134,6 +169,9 @@ pub fn conv2d(
                     u(c0),
                     u(cin * taps),
                     flags,
+                    u(row_bias.map_or(0, |(_, off)| off)),
+                    u(row_bias.map_or(0, |(r, _)| r.dim(1))),
+                    u(if fits { 0 } else { bt }),
                 ];
                 let batches = if fits { b } else { 1 };
                 let wg = [u(plane_out.div_ceil(64)), u(mc.div_ceil(64)), u(batches)];

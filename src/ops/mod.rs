@@ -13,7 +13,7 @@ mod softmax;
 mod timestep;
 
 pub use attention::{View, attention, attention_views};
-pub use conv::{Conv2d, conv2d};
+pub use conv::{Conv2d, conv2d, conv2d_row_bias};
 pub use ddim::{DDIM_COEFFICIENTS, Guidance, Slot, ddim_update, latent_rows};
 pub use elementwise::{Unary, add, add_row, mul, scale, unary};
 pub use gemm::{Act, Epilogue, GEGLU_GROUP, geglu_interleave, gemm, linear};

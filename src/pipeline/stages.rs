@@ -5,7 +5,7 @@ use super::options::{Embeddings, PnpOptions};
 use super::scheduler::Ddim;
 use super::store::{Inject, Taps};
 use super::{PnpError, Result, Stats};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{DType, Gpu, InFlight, Tensor};
 use crate::graph::{Graph, Plan, Value};
 use crate::models::sd::SdModel;
 use crate::models::tokenizer::ClipTokenizer;
@@ -284,7 +284,9 @@ impl<'a> Pipeline<'a> {
     /// VAE decode: latent (1, 4, h, w) -> pixels (3, 8h, 8w) in [0, 1].
     pub async fn decode(&mut self, z: &[f32], hw: [usize; 2]) -> Result<Vec<f32>> {
         let z = self.slots("latent", 1, hw, Some(z));
-        let images = self.decode_on_gpu(&z, hw).await?;
+        let images = self
+            .decode_on_gpu(&z, hw, &mut crate::progress::Quiet)
+            .await?;
         let img = images.to_f32(&self.gpu).await?;
         self.check_finite("the VAE decode", &img, "the VAE decoder's weights")?;
         Ok(to_unit(img))
@@ -297,6 +299,7 @@ impl<'a> Pipeline<'a> {
         &mut self,
         latents: &Tensor,
         hw: [usize; 2],
+        progress: &mut dyn Progress,
     ) -> Result<Tensor> {
         let timer = Timer::start();
         let vae = &self.model.vae;
@@ -325,6 +328,7 @@ impl<'a> Pipeline<'a> {
         shape[0] = n;
         let images = Tensor::empty(&self.gpu, "images", &shape, self.dtype);
         let out = plan.tensor(&y);
+        let mut flight = InFlight::default();
         for i in 0..n {
             plan.set_step(i);
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
@@ -336,11 +340,9 @@ impl<'a> Pipeline<'a> {
                 images.offset + i as u64 * out.bytes(),
                 out.bytes(),
             );
-            self.gpu.queue.submit([enc.finish()]);
-            self.gpu.counters.submit();
+            self.gpu.submit(enc.finish(), &mut flight);
         }
-        self.gpu.wait_idle()?;
-        self.gpu.take_error("the VAE decode")?;
+        self.drain(&mut flight, progress).await?;
         self.phase_done("vae decode", timer);
         Ok(images)
     }

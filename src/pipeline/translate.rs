@@ -158,7 +158,7 @@ impl Pipeline<'_> {
             .await?;
         let n = finals.shape[0];
         progress.phase("decode", n);
-        let images = self.decode_on_gpu(&finals, prepared.hw).await?;
+        let images = self.decode_on_gpu(&finals, prepared.hw, progress).await?;
         let bytes = self
             .gpu
             .read_many(&[
@@ -178,7 +178,6 @@ impl Pipeline<'_> {
         for img in split(&images, &bytes[1]) {
             self.check_finite("the VAE decode", &img, "the VAE decoder's weights")?;
             out.push(to_unit(img));
-            progress.tick();
         }
         Ok((finals, out))
     }
