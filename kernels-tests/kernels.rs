@@ -73,3 +73,8 @@ fn ddim_update_matches_diffusers() {
 fn latent_rows_follow_the_step() {
     pollster::block_on(cases::latent_rows(&gpu(), &dtypes())).finish("latent_rows");
 }
+
+#[test]
+fn channel_major_linears_match_the_transposing_passes() {
+    pollster::block_on(cases::channel_linears(&gpu(), &dtypes())).finish("channel linears");
+}

@@ -5,7 +5,8 @@
 // weight shared by the batch.
 //
 // Variants: ACT (0 none, 1 gelu (erf), 2 quick_gelu, 3 silu, 4 geglu),
-// HAS_BIAS, HAS_RES, B_N_FAST (B contiguous along n).
+// HAS_BIAS, BIAS_ROWS (the bias is per row m, not per column n: a product
+// written channel-major), HAS_RES, B_N_FAST (B contiguous along n).
 // GEGLU expects the projection's rows interleaved in groups of 16 (hidden
 // rows h, then gate rows g, per group; see ops::gemm::geglu_interleave): the
 // thread holding columns tx + 16j then owns the pair (h, g) for j = (0, 1)
@@ -27,7 +28,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> a: array<T>;       // a: (batch, M, K), strided
 @group(0) @binding(3) var<storage, read> b: array<T>;       // b: (batch|1, K, N), strided
 #if HAS_BIAS
-@group(0) @binding(4) var<storage, read> bias: array<T>;    // bias: (N)
+@group(0) @binding(4) var<storage, read> bias: array<T>;    // bias: (N), or (M) with BIAS_ROWS
 #endif
 #if HAS_RES
 @group(0) @binding(5) var<storage, read> res: array<T>;     // res: like c
@@ -66,7 +67,11 @@ fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
         let n = n0 + 16u * j;
 #if HAS_BIAS
         if (n < p.n) {
-            v[j] += f32(bias[n]);
+            if (BIAS_ROWS == 1u) {
+                v[j] += f32(bias[m]);
+            } else {
+                v[j] += f32(bias[n]);
+            }
         }
 #endif
     }

@@ -254,34 +254,43 @@ impl Transformer2d {
         let (b, c, h, w) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
         let n = self.norm.forward(g, x, false)?;
         let n = g.reshape(&n, &[b, c, h * w])?;
-        let mut t = match &self.proj_in {
-            Proj::Conv(conv) => {
-                let n = g.reshape(&n, &[b, c, h, w])?;
-                let p = conv.forward(g, &n, None)?;
-                let p = g.reshape(&p, &[b, c, h * w])?;
-                ops::transpose_last2(g, &p)? // (B, HW, C)
-            }
-            Proj::Linear(lin) => {
-                let tok = ops::transpose_last2(g, &n)?;
-                lin.forward(g, &tok, Act::None, None)?
-            }
+        // proj_in reads the channel-major map as tokens and proj_out writes
+        // channel-major again, adding the residual: no transpose passes.
+        let mut t = {
+            let (wt, bias) = self.proj_in.weight(g)?;
+            ops::linear_tokens(g, &n, &wt, Some(&bias))? // (B, HW, C)
         };
         for (i, blk) in self.blocks.iter().enumerate() {
             t = blk.forward(g, &t, context, if i == 0 { qk } else { QkHook::default() })?;
         }
-        match &self.proj_out {
-            Proj::Conv(conv) => {
-                let m = ops::transpose_last2(g, &t)?; // (B, C, HW)
-                let m = g.reshape(&m, &[b, c, h, w])?;
-                conv.forward(g, &m, Some(x))
-            }
-            Proj::Linear(lin) => {
-                let o = lin.forward(g, &t, Act::None, None)?;
-                let m = ops::transpose_last2(g, &o)?;
-                let m = g.reshape(&m, &[b, c, h, w])?;
-                ops::add(g, &m, x)
-            }
-        }
+        let (wt, bias) = self.proj_out.weight(g)?;
+        let r = g.reshape(x, &[b, c, h * w])?;
+        let o = ops::linear_channels(g, &t, &wt, Some(&bias), Some(&r))?;
+        g.reshape(&o, &[b, c, h, w])
+    }
+}
+
+impl Proj {
+    /// The projection as a Linear's weight (N, C) and bias (N): a 1x1
+    /// convolution's weight is the same matrix.
+    fn weight(&self, g: &mut Graph) -> Result<(Value, Value), ShapeError> {
+        let (w, b) = match self {
+            Proj::Conv(conv) => (&conv.weight, &conv.bias),
+            Proj::Linear(lin) => match &lin.bias {
+                Some(b) => (&lin.weight, b),
+                None => {
+                    return Err(crate::graph::shape_err(
+                        "proj",
+                        "a projection without a bias",
+                    ));
+                }
+            },
+        };
+        let (n, c) = (w.shape[0], w.shape[1]);
+        let wv = g.external("weight", w);
+        let wv = g.reshape(&wv, &[n, c])?;
+        let bv = g.external("bias", b);
+        Ok((wv, bv))
     }
 }
 

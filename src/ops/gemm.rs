@@ -69,6 +69,8 @@ struct Spec<'a> {
     b: &'a Value,
     b_strides: [usize; 3], // batch, k, n
     bias: Option<&'a Value>,
+    /// The bias is per row (m), not per column (n).
+    bias_rows: bool,
     act: Act,
     residual: Option<&'a Value>,
     out_shape: Vec<usize>,
@@ -107,6 +109,7 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
     let consts = vec![
         ("ACT", s.act.code()),
         ("HAS_BIAS", s.bias.is_some() as u32),
+        ("BIAS_ROWS", s.bias_rows as u32),
         ("HAS_RES", s.residual.is_some() as u32),
         ("B_N_FAST", (s.b_strides[2] == 1) as u32),
     ];
@@ -271,9 +274,117 @@ pub fn gemm(
             b,
             b_strides,
             bias: epi.bias,
+            bias_rows: false,
             act: epi.act,
             residual: epi.residual,
             out_shape,
+        },
+    )
+}
+
+/// A Linear over the channels of a channel-major tensor: x (B, C, L), w
+/// (N, C) -> (B, L, N) = x^T w^T + bias, x read through strides: the
+/// transpose into tokens costs no pass of its own (a transformer's proj_in).
+pub fn linear_tokens(
+    g: &mut Graph,
+    x: &Value,
+    w: &Value,
+    bias: Option<&Value>,
+) -> Result<Value, ShapeError> {
+    let op = "linear_tokens";
+    if x.rank() != 3 || w.rank() != 2 || w.dim(1) != x.dim(1) {
+        return Err(shape_err(
+            op,
+            format!(
+                "input {} (B, C, L) does not match weight {} (N, C)",
+                ShapeFmt(&x.shape),
+                ShapeFmt(&w.shape)
+            ),
+        ));
+    }
+    let (b, c, l, n) = (x.dim(0), x.dim(1), x.dim(2), w.dim(0));
+    if let Some(bias) = bias {
+        expect_shape(op, "bias", bias, &[n])?;
+    }
+    let mut all = vec![x, w];
+    all.extend(bias);
+    same_dtype(op, &all)?;
+    // The split path wants contiguous operands; the transposes this
+    // replaces bound them whole too.
+    if !g.fits(x.numel(), x.dtype) || !g.fits(b * l * n, x.dtype) {
+        return Err(g.unsplittable(op, format!("{} or its tokens", ShapeFmt(&x.shape))));
+    }
+    record(
+        g,
+        Spec {
+            batch: b,
+            m: l,
+            n,
+            k: c,
+            a: x,
+            a_strides: [c * l, 1, l],
+            b: w,
+            b_strides: [0, 1, c],
+            bias,
+            bias_rows: false,
+            act: Act::None,
+            residual: None,
+            out_shape: vec![b, l, n],
+        },
+    )
+}
+
+/// The way back to channel-major: t (B, L, C), w (N, C) -> (B, N, L) = w
+/// t^T + bias (per channel n) + residual (B, N, L), written channel-major
+/// with no transpose pass (a transformer's proj_out and its residual).
+pub fn linear_channels(
+    g: &mut Graph,
+    t: &Value,
+    w: &Value,
+    bias: Option<&Value>,
+    residual: Option<&Value>,
+) -> Result<Value, ShapeError> {
+    let op = "linear_channels";
+    if t.rank() != 3 || w.rank() != 2 || w.dim(1) != t.dim(2) {
+        return Err(shape_err(
+            op,
+            format!(
+                "input {} (B, L, C) does not match weight {} (N, C)",
+                ShapeFmt(&t.shape),
+                ShapeFmt(&w.shape)
+            ),
+        ));
+    }
+    let (b, l, c, n) = (t.dim(0), t.dim(1), t.dim(2), w.dim(0));
+    if let Some(bias) = bias {
+        expect_shape(op, "bias", bias, &[n])?;
+    }
+    if let Some(r) = residual {
+        expect_shape(op, "residual", r, &[b, n, l])?;
+    }
+    let mut all = vec![t, w];
+    all.extend(bias);
+    all.extend(residual);
+    same_dtype(op, &all)?;
+    if !g.fits(t.numel(), t.dtype) || !g.fits(b * l * n, t.dtype) {
+        return Err(g.unsplittable(op, format!("{} or its map", ShapeFmt(&t.shape))));
+    }
+    record(
+        g,
+        Spec {
+            batch: b,
+            m: n,
+            n: l,
+            k: c,
+            a: w,
+            a_strides: [0, c, 1],
+            b: t,
+            b_strides: [l * c, 1, c],
+            bias,
+            bias_rows: true,
+            act: Act::None,
+            residual,
+            out_shape: vec![b, n, l],
         },
     )
 }
