@@ -78,3 +78,8 @@ fn latent_rows_follow_the_step() {
 fn channel_major_linears_match_the_transposing_passes() {
     pollster::block_on(cases::channel_linears(&gpu(), &dtypes())).finish("channel linears");
 }
+
+#[test]
+fn a_layer_norm_fused_into_the_gemm_matches_the_two_passes() {
+    pollster::block_on(cases::normed_linear(&gpu(), &dtypes())).finish("normed linear");
+}

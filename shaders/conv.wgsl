@@ -30,6 +30,9 @@ const ADD_RES: u32 = 2u;
 const ACCUMULATE: u32 = 4u;
 
 const B_N_FAST: u32 = 1u;
+const A_M_FAST: u32 = 0u;
+
+fn prepare(bt: u32, m0: u32, tid: u32) {}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> y: array<T>; // y: (B, C_out, H_out, W_out)

@@ -12,6 +12,12 @@
 // thread holding columns tx + 16j then owns the pair (h, g) for j = (0, 1)
 // and (2, 3) and writes h * gelu(g) at half the column index.
 
+// LN_A: A is read through a LayerNorm over its rows (width K), with gamma
+// and beta (K): each workgroup first computes the mean and the inverse
+// standard deviation of its 64 rows, two-pass as norm.wgsl does, and the A
+// loads apply them, so the normalised tensor is never written. A_M_FAST: A
+// is contiguous along m (read channel-major, ops::linear_tokens).
+
 // A tensor larger than one binding is done in chunks of rows of one batch
 // row at a time: a, c and res (and a batched b) are bound through windows,
 // and a_off, b_off and c_off say where the chunk begins inside them.
@@ -20,7 +26,7 @@ struct Params {
     m: u32, n: u32, k: u32, n_out: u32,
     a_bs: u32, a_rs: u32, a_cs: u32, b_bs: u32,
     b_ks: u32, b_ns: u32, c_bs: u32, c_rs: u32,
-    a_off: u32, b_off: u32, c_off: u32,
+    a_off: u32, b_off: u32, c_off: u32, ln_eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -34,9 +40,65 @@ struct Params {
 @group(0) @binding(5) var<storage, read> res: array<T>;     // res: like c
 #endif
 
+#if LN_A
+@group(0) @binding(6) var<storage, read> ln_gamma: array<T>; // ln_gamma: (K)
+@group(0) @binding(7) var<storage, read> ln_beta: array<T>;  // ln_beta: (K)
+
+var<workgroup> ln_part: array<f32, 256>;
+var<workgroup> ln_stat: array<vec2<f32>, 64>; // (mean, 1 / std) per row of the tile
+var<private> ln_m0: u32;
+
+fn raw_a(bt: u32, m: u32, k: u32) -> f32 {
+    return f32(a[p.a_off + bt * p.a_bs + m * p.a_rs + k * p.a_cs]);
+}
+
+// Four threads per row: each sums every fourth element, then one combines.
+fn ln_row_sum(tid: u32, v: f32) -> f32 {
+    ln_part[tid] = v;
+    workgroupBarrier();
+    let r = tid & ~3u;
+    let total = ln_part[r] + ln_part[r + 1u] + ln_part[r + 2u] + ln_part[r + 3u];
+    workgroupBarrier();
+    return total;
+}
+
+fn prepare(bt: u32, m0: u32, tid: u32) {
+    ln_m0 = m0;
+    let row = tid / 4u;
+    let lane = tid % 4u;
+    let m = m0 + row;
+    var s = 0.0;
+    if (m < p.m) {
+        for (var k = lane; k < p.k; k += 4u) {
+            s += raw_a(bt, m, k);
+        }
+    }
+    let mean = ln_row_sum(tid, s) / f32(p.k);
+    var q = 0.0;
+    if (m < p.m) {
+        for (var k = lane; k < p.k; k += 4u) {
+            let d = raw_a(bt, m, k) - mean;
+            q += d * d;
+        }
+    }
+    let inv_std = inverseSqrt(ln_row_sum(tid, q) / f32(p.k) + p.ln_eps);
+    if (lane == 0u) {
+        ln_stat[row] = vec2<f32>(mean, inv_std);
+    }
+    workgroupBarrier();
+}
+
+fn load_a(bt: u32, m: u32, k: u32) -> f32 {
+    let st = ln_stat[m - ln_m0];
+    return (raw_a(bt, m, k) - st.x) * st.y * f32(ln_gamma[k]) + f32(ln_beta[k]);
+}
+#else
+fn prepare(bt: u32, m0: u32, tid: u32) {}
+
 fn load_a(bt: u32, m: u32, k: u32) -> f32 {
     return f32(a[p.a_off + bt * p.a_bs + m * p.a_rs + k * p.a_cs]);
 }
+#endif
 
 fn load_b(bt: u32, k: u32, n: u32) -> f32 {
     return f32(b[p.b_off + bt * p.b_bs + k * p.b_ks + n * p.b_ns]);

@@ -11,7 +11,10 @@
 //   fn load_a(bt, m, k) -> f32            A[bt, m, k], called only in range
 //   fn load_b(bt, k, n) -> f32            B[bt, k, n], called only in range
 //   fn epilogue(bt, m, n0, v: vec4<f32>)  v = C[bt, m, n0 + 16*j], j = 0..3
+//   fn prepare(bt, m0, tid)               once per workgroup before the loop
+//                                         (gemm's fused LayerNorm statistics)
 //   const B_N_FAST: u32                   1 if B is contiguous along n
+//   const A_M_FAST: u32                   1 if A is contiguous along m
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
@@ -32,13 +35,21 @@ fn main(
     let tx = lid.x;
     let ty = lid.y;
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    prepare(bt, m0, tid);
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // A slice: 64 rows x 16 k, k fastest (A is K-contiguous in every caller).
+        // A slice: 64 rows x 16 k, in whichever order reads memory contiguously.
         for (var r = 0u; r < 4u; r++) {
             let e = tid + r * 256u;
-            let mi = e / BK;
-            let kk = e % BK;
+            var mi: u32;
+            var kk: u32;
+            if (A_M_FAST == 1u) {
+                kk = e / BM;
+                mi = e % BM;
+            } else {
+                mi = e / BK;
+                kk = e % BK;
+            }
             let m = m0 + mi;
             let k = k0 + kk;
             var v = 0.0;

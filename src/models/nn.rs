@@ -6,7 +6,7 @@ use super::hooks::{QkHook, Source, hooked_self_attention};
 use super::weights::{VarBuilder, WeightError};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::graph::{Graph, ShapeError, Value};
-use crate::ops::{self, Act, Conv2d as Geo, Epilogue};
+use crate::ops::{self, Act, Conv2d as Geo, Epilogue, LayerNormA};
 
 /// Where weights go and in what element type.
 #[derive(Clone, Copy)]
@@ -93,12 +93,35 @@ impl Linear {
         act: Act,
         residual: Option<&Value>,
     ) -> Result<Value, ShapeError> {
+        self.forward_normed(g, x, None, act, residual)
+    }
+
+    /// The Linear of `norm(x)` when a layer norm is given, the norm applied
+    /// as the GEMM loads x ([`ops::linear_normed`]).
+    pub fn forward_normed(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        norm: Option<&Norm>,
+        act: Act,
+        residual: Option<&Value>,
+    ) -> Result<Value, ShapeError> {
         let w = g.external("weight", &self.weight);
         let b = self.bias.as_ref().map(|b| g.external("bias", b));
-        ops::linear(
+        let ln = match norm {
+            Some(n) => Some(n.layer_values(g)?),
+            None => None,
+        };
+        let ln = ln.as_ref().map(|(gamma, beta, eps)| LayerNormA {
+            gamma,
+            beta,
+            eps: *eps,
+        });
+        ops::linear_normed(
             g,
             x,
             &w,
+            ln,
             Epilogue {
                 bias: b.as_ref(),
                 act,
@@ -191,6 +214,20 @@ impl Norm {
         })
     }
 
+    /// A layer norm's weight, bias and eps as values of `g`, for a GEMM
+    /// that applies it as it loads ([`Linear::forward_normed`]).
+    fn layer_values(&self, g: &mut Graph) -> Result<(Value, Value, f32), ShapeError> {
+        if self.groups.is_some() {
+            return Err(crate::graph::shape_err(
+                "linear",
+                "only a layer norm can be fused into a Linear's input",
+            ));
+        }
+        let w = g.external("weight", &self.weight);
+        let b = g.external("bias", &self.bias);
+        Ok((w, b, self.eps))
+    }
+
     pub fn forward(&self, g: &mut Graph, x: &Value, silu: bool) -> Result<Value, ShapeError> {
         let w = g.external("weight", &self.weight);
         let b = g.external("bias", &self.bias);
@@ -243,20 +280,43 @@ impl Attention {
         causal: bool,
         residual: Option<&Value>,
     ) -> Result<Value, ShapeError> {
-        let ctx = context.unwrap_or(x);
-        let q = self.to_q.forward(g, x, Act::None, None)?;
-        let k = self.to_k.forward(g, ctx, Act::None, None)?;
-        let v = self.to_v.forward(g, ctx, Act::None, None)?;
+        self.forward_normed(g, x, None, context, causal, residual)
+    }
+
+    /// [`Self::forward`] of `norm(x)`, the layer norm fused into the
+    /// projections that read x (and the context, for self-attention).
+    pub fn forward_normed(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        norm: Option<&Norm>,
+        context: Option<&Value>,
+        causal: bool,
+        residual: Option<&Value>,
+    ) -> Result<Value, ShapeError> {
+        let q = self.to_q.forward_normed(g, x, norm, Act::None, None)?;
+        let (ctx, ctx_norm) = match context {
+            Some(c) => (c, None),
+            None => (x, norm),
+        };
+        let k = self
+            .to_k
+            .forward_normed(g, ctx, ctx_norm, Act::None, None)?;
+        let v = self
+            .to_v
+            .forward_normed(g, ctx, ctx_norm, Act::None, None)?;
         let o = ops::attention(g, &q, &k, &v, self.heads, causal, None)?;
         self.to_out.forward(g, &o, Act::None, residual)
     }
 
     /// Self-attention with a PnP q/k hook; with q and k injected from a store,
     /// the to_q/to_k projections are not recorded at all.
+    /// x enters through `norm` (a layer norm fused into the projections).
     pub fn forward_self_hooked(
         &self,
         g: &mut Graph,
         x: &Value,
+        norm: Option<&Norm>,
         residual: Option<&Value>,
         hook: QkHook,
     ) -> Result<Value, ShapeError> {
@@ -265,11 +325,11 @@ impl Attention {
             (None, None)
         } else {
             (
-                Some(self.to_q.forward(g, x, Act::None, None)?),
-                Some(self.to_k.forward(g, x, Act::None, None)?),
+                Some(self.to_q.forward_normed(g, x, norm, Act::None, None)?),
+                Some(self.to_k.forward_normed(g, x, norm, Act::None, None)?),
             )
         };
-        let v = self.to_v.forward(g, x, Act::None, None)?;
+        let v = self.to_v.forward_normed(g, x, norm, Act::None, None)?;
         let o = hooked_self_attention(g, hook, q.as_ref(), k.as_ref(), &v, self.heads)?;
         self.to_out.forward(g, &o, Act::None, residual)
     }

@@ -171,14 +171,23 @@ impl TransformerBlock {
         context: &Value,
         qk: QkHook,
     ) -> Result<Value, ShapeError> {
-        let n = self.norm1.forward(g, x, false)?;
-        let h = self.attn1.forward_self_hooked(g, &n, Some(x), qk)?;
-        let n = self.norm2.forward(g, &h, false)?;
-        let h = self.attn2.forward(g, &n, Some(context), false, Some(&h))?;
-        let n = self.norm3.forward(g, &h, false)?;
-        let f = self
-            .ff_proj
-            .forward(g, &n, Act::Geglu(self.inner_ff), None)?;
+        // Each LayerNorm is applied by the GEMMs that read its output.
+        let h = (self.attn1).forward_self_hooked(g, x, Some(&self.norm1), Some(x), qk)?;
+        let h = (self.attn2).forward_normed(
+            g,
+            &h,
+            Some(&self.norm2),
+            Some(context),
+            false,
+            Some(&h),
+        )?;
+        let f = (self.ff_proj).forward_normed(
+            g,
+            &h,
+            Some(&self.norm3),
+            Act::Geglu(self.inner_ff),
+            None,
+        )?;
         self.ff_out.forward(g, &f, Act::None, Some(&h))
     }
 }

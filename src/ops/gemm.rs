@@ -71,6 +71,8 @@ struct Spec<'a> {
     bias: Option<&'a Value>,
     /// The bias is per row (m), not per column (n).
     bias_rows: bool,
+    /// A LayerNorm applied to A's rows as they load: gamma, beta, eps.
+    ln: Option<LayerNormA<'a>>,
     act: Act,
     residual: Option<&'a Value>,
     out_shape: Vec<usize>,
@@ -110,6 +112,11 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
         ("ACT", s.act.code()),
         ("HAS_BIAS", s.bias.is_some() as u32),
         ("BIAS_ROWS", s.bias_rows as u32),
+        ("LN_A", s.ln.is_some() as u32),
+        (
+            "A_M_FAST",
+            (s.a_strides[1] == 1 && s.a_strides[2] != 1) as u32,
+        ),
         ("HAS_RES", s.residual.is_some() as u32),
         ("B_N_FAST", (s.b_strides[2] == 1) as u32),
     ];
@@ -134,6 +141,10 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
             if let Some(r) = s.residual {
                 inputs.push((5, r, wins[2]));
             }
+            if let Some(ln) = s.ln {
+                inputs.push((6, ln.gamma, None));
+                inputs.push((7, ln.beta, None));
+            }
             let params = vec![
                 u(mc),
                 u(s.n),
@@ -150,6 +161,7 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
                 u(offs[0]),
                 u(offs[1]),
                 u(offs[2]),
+                s.ln.map_or(0.0, |ln| ln.eps).to_bits(),
             ];
             let batches = if fits { s.batch } else { 1 };
             let wg = [u(s.n.div_ceil(64)), u(mc.div_ceil(64)), u(batches)];
@@ -191,6 +203,15 @@ impl Epilogue<'_> {
     };
 }
 
+/// A LayerNorm over the rows of a GEMM's A, applied as A loads (the
+/// normalised tensor is never written): weight and bias of width K.
+#[derive(Clone, Copy)]
+pub struct LayerNormA<'a> {
+    pub gamma: &'a Value,
+    pub beta: &'a Value,
+    pub eps: f32,
+}
+
 /// Batched matrix product with fused epilogue: a (B, M, K) times b (B, K, N),
 /// or b (B, N, K) when `b_transposed` (A @ B^T); a rank-2 b is shared by the
 /// batch. Then + bias (N), activation, + residual (B, M, N_out).
@@ -199,6 +220,18 @@ pub fn gemm(
     a: &Value,
     b: &Value,
     b_transposed: bool,
+    epi: Epilogue,
+) -> Result<Value, ShapeError> {
+    gemm_normed(g, a, b, b_transposed, None, epi)
+}
+
+/// [`gemm`] with a's rows through the LayerNorm `ln` first.
+pub fn gemm_normed(
+    g: &mut Graph,
+    a: &Value,
+    b: &Value,
+    b_transposed: bool,
+    ln: Option<LayerNormA>,
     epi: Epilogue,
 ) -> Result<Value, ShapeError> {
     let op = "gemm";
@@ -255,6 +288,11 @@ pub fn gemm(
     let mut all = vec![a, b];
     all.extend(epi.bias);
     all.extend(epi.residual);
+    if let Some(ln) = ln {
+        expect_shape(op, "layer norm weight", ln.gamma, &[k])?;
+        expect_shape(op, "layer norm bias", ln.beta, &[k])?;
+        all.extend([ln.gamma, ln.beta]);
+    }
     same_dtype(op, &all)?;
     let b_bs = if shared { 0 } else { k * n };
     let b_strides = if b_transposed {
@@ -275,6 +313,7 @@ pub fn gemm(
             b_strides,
             bias: epi.bias,
             bias_rows: false,
+            ln,
             act: epi.act,
             residual: epi.residual,
             out_shape,
@@ -327,6 +366,7 @@ pub fn linear_tokens(
             b_strides: [0, 1, c],
             bias,
             bias_rows: false,
+            ln: None,
             act: Act::None,
             residual: None,
             out_shape: vec![b, l, n],
@@ -382,6 +422,7 @@ pub fn linear_channels(
             b_strides: [l * c, 1, c],
             bias,
             bias_rows: true,
+            ln: None,
             act: Act::None,
             residual,
             out_shape: vec![b, n, l],
@@ -392,6 +433,19 @@ pub fn linear_channels(
 /// `x @ w^T + bias`, a PyTorch Linear: x (..., K), w (N, K) -> (..., N), with
 /// the epilogue of [`gemm`]; the residual has the output's shape.
 pub fn linear(g: &mut Graph, x: &Value, w: &Value, epi: Epilogue) -> Result<Value, ShapeError> {
+    linear_normed(g, x, w, None, epi)
+}
+
+/// [`linear`] of `LayerNorm(x)` when `ln` is given, the norm applied as the
+/// GEMM loads x ([`gemm_normed`]): a transformer's norm1/2/3 and the
+/// projections after them in one dispatch each.
+pub fn linear_normed(
+    g: &mut Graph,
+    x: &Value,
+    w: &Value,
+    ln: Option<LayerNormA>,
+    epi: Epilogue,
+) -> Result<Value, ShapeError> {
     if w.rank() != 2 || x.rank() == 0 || x.dim(-1) != w.dim(1) {
         return Err(shape_err(
             "linear",
@@ -417,11 +471,12 @@ pub fn linear(g: &mut Graph, x: &Value, w: &Value, epi: Epilogue) -> Result<Valu
         }
         None => None,
     };
-    let y = gemm(
+    let y = gemm_normed(
         g,
         &x3,
         w,
         true,
+        ln,
         Epilogue {
             residual: res3.as_ref(),
             ..epi

@@ -17,7 +17,8 @@ pub use conv::{Conv2d, conv2d, conv2d_row_bias};
 pub use ddim::{DDIM_COEFFICIENTS, Guidance, Slot, ddim_update, latent_rows};
 pub use elementwise::{Unary, add, add_row, mul, scale, unary};
 pub use gemm::{
-    Act, Epilogue, GEGLU_GROUP, geglu_interleave, gemm, linear, linear_channels, linear_tokens,
+    Act, Epilogue, GEGLU_GROUP, LayerNormA, geglu_interleave, gemm, gemm_normed, linear,
+    linear_channels, linear_normed, linear_tokens,
 };
 pub use layout::{concat, copy_into, transpose_last2, upsample_nearest2x};
 pub use norm::{group_norm, layer_norm};
