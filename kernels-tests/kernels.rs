@@ -83,3 +83,8 @@ fn channel_major_linears_match_the_transposing_passes() {
 fn a_layer_norm_fused_into_the_gemm_matches_the_two_passes() {
     pollster::block_on(cases::normed_linear(&gpu(), &dtypes())).finish("normed linear");
 }
+
+#[test]
+fn concat_readers_match_concat_then_the_op() {
+    pollster::block_on(cases::concat_readers(&gpu(), &dtypes())).finish("concat readers");
+}

@@ -3,6 +3,8 @@
 //   A = weight (C_out, C_in*KH*KW), B[k, n] = x gathered at the tap of (k, n).
 // Padding is given per side (top, left); taps outside the image read 0, which
 // also covers diffusers' asymmetric (0, 1, 0, 1) pad before the VAE's strided conv.
+// CAT: the input is the channel concatenation of x (cin1 channels) and x2,
+// read where they lie (a UNet up block's skip concat); only without chunks.
 // Epilogue: + bias[c_out], + a per-row bias rowb[b, row_off + c_out] when
 // HAS_ROW (a ResNet's time-embedding projection, one row per batch row,
 // columns from row_off of a (B, row_stride) tensor holding every ResNet's),
@@ -22,7 +24,7 @@ struct Params {
     kw: u32, stride: u32, pad_t: u32, pad_l: u32,
     x_lead: u32, y_lead: u32, res_lead: u32, m_base: u32,
     ci_base: u32, k_full: u32, flags: u32,
-    row_off: u32, row_stride: u32, row_base: u32,
+    row_off: u32, row_stride: u32, row_base: u32, cin1: u32,
 }
 
 const ADD_BIAS: u32 = 1u;
@@ -45,6 +47,9 @@ fn prepare(bt: u32, m0: u32, tid: u32) {}
 #if HAS_ROW
 @group(0) @binding(6) var<storage, read> rowb: array<T>;    // rowb: (B, row_stride)
 #endif
+#if CAT
+@group(0) @binding(7) var<storage, read> x2: array<T>;      // x2: (B, C_in - cin1, H, W)
+#endif
 
 fn load_a(bt: u32, m: u32, k: u32) -> f32 {
     return f32(wt[(p.m_base + m) * p.k_full + p.ci_base * p.kh * p.kw + k]);
@@ -63,7 +68,14 @@ fn load_b(bt: u32, k: u32, n: u32) -> f32 {
     if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
         return 0.0;
     }
+#if CAT
+    if (ci >= p.cin1) {
+        return f32(x2[((bt * (p.cin - p.cin1) + ci - p.cin1) * p.h + u32(iy)) * p.w + u32(ix)]);
+    }
+    return f32(x[((bt * p.cin1 + ci) * p.h + u32(iy)) * p.w + u32(ix)]);
+#else
     return f32(x[p.x_lead + ((bt * p.cin + ci) * p.h + u32(iy)) * p.w + u32(ix)]);
+#endif
 }
 
 fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {

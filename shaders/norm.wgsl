@@ -5,6 +5,9 @@
 // one group per row.
 // Mean and variance are computed in two passes (mean first, then the mean of
 // squared deviations) so large offsets do not cancel. Optional fused SiLU.
+// CAT: x is the channel concatenation of x (c1 channels) and x2 (the rest),
+// read from both where they lie (a UNet up block's skip concat, never
+// written); only without chunks.
 // A tensor larger than one binding is done in chunks of whole groups: this
 // dispatch covers groups gid_base.., and x and y are bound through windows
 // that begin x_lead and y_lead elements before its first group.
@@ -18,6 +21,7 @@ struct Params {
     gid_base: u32,
     x_lead: u32,
     y_lead: u32,
+    c1: u32,     // CAT: channels of the first part
 }
 
 const WG: u32 = 256u;
@@ -28,7 +32,27 @@ const WG: u32 = 256u;
 @group(0) @binding(3) var<storage, read> gamma: array<T>;   // gamma: (C)
 @group(0) @binding(4) var<storage, read> beta: array<T>;    // beta: (C)
 
+#if CAT
+@group(0) @binding(5) var<storage, read> x2: array<T>;      // x2: (B, C - c1, H, W)
+#endif
+
 var<workgroup> partial: array<f32, WG>;
+
+// Element i of the (concatenated) input.
+fn read_x(i: u32) -> f32 {
+#if CAT
+    let c_all = p.groups * p.cpg;
+    let b = i / (c_all * p.hw);
+    let c = (i / p.hw) % c_all;
+    let px = i % p.hw;
+    if (c < p.c1) {
+        return f32(x[(b * p.c1 + c) * p.hw + px]);
+    }
+    return f32(x2[(b * (c_all - p.c1) + c - p.c1) * p.hw + px]);
+#else
+    return f32(x[i]);
+#endif
+}
 
 fn workgroup_sum(v: f32, tid: u32) -> f32 {
     partial[tid] = v;
@@ -54,13 +78,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
     var s = 0.0;
     for (var i = tid; i < p.n; i += WG) {
-        s += f32(x[base + i]);
+        s += read_x(base + i);
     }
     let mean = workgroup_sum(s, tid) / f32(p.n);
 
     var q = 0.0;
     for (var i = tid; i < p.n; i += WG) {
-        let d = f32(x[base + i]) - mean;
+        let d = read_x(base + i) - mean;
         q += d * d;
     }
     let inv_std = inverseSqrt(workgroup_sum(q, tid) / f32(p.n) + p.eps);
@@ -68,7 +92,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let c0 = (gid % p.groups) * p.cpg;
     for (var i = tid; i < p.n; i += WG) {
         let c = c0 + i / p.hw;
-        var v = (f32(x[base + i]) - mean) * inv_std * f32(gamma[c]) + f32(beta[c]);
+        var v = (read_x(base + i) - mean) * inv_std * f32(gamma[c]) + f32(beta[c]);
         if (SILU == 1u) {
             v = v / (1.0 + exp(-v));
         }

@@ -167,6 +167,14 @@ impl Conv {
         self.forward_row_bias(g, x, residual, None)
     }
 
+    /// [`Self::forward`] of the channel concatenation of `x1` and `x2`,
+    /// never written ([`ops::conv2d_cat`]).
+    pub fn forward_cat(&self, g: &mut Graph, x1: &Value, x2: &Value) -> Result<Value, ShapeError> {
+        let w = g.external("weight", &self.weight);
+        let b = g.external("bias", &self.bias);
+        ops::conv2d_cat(g, x1, x2, &w, &b, self.geo, None)
+    }
+
     /// [`Self::forward`] adding `row_bias` in the epilogue ([`ops::conv2d_row_bias`]).
     pub fn forward_row_bias(
         &self,
@@ -226,6 +234,23 @@ impl Norm {
         let w = g.external("weight", &self.weight);
         let b = g.external("bias", &self.bias);
         Ok((w, b, self.eps))
+    }
+
+    /// A group norm of the channel concatenation of `x1` and `x2`, never
+    /// written ([`ops::group_norm_cat`]).
+    pub fn forward_cat(
+        &self,
+        g: &mut Graph,
+        x1: &Value,
+        x2: &Value,
+        silu: bool,
+    ) -> Result<Value, ShapeError> {
+        let groups = self.groups.ok_or_else(|| {
+            crate::graph::shape_err("layer_norm", "a concatenated input takes a group norm")
+        })?;
+        let w = g.external("weight", &self.weight);
+        let b = g.external("bias", &self.bias);
+        ops::group_norm_cat(g, x1, x2, &w, &b, groups, self.eps, silu)
     }
 
     pub fn forward(&self, g: &mut Graph, x: &Value, silu: bool) -> Result<Value, ShapeError> {

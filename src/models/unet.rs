@@ -257,8 +257,7 @@ impl Unet {
                 let skip = skips.pop().ok_or_else(|| {
                     crate::graph::shape_err("unet", "ran out of skip connections")
                 })?;
-                let cat = ops::concat(g, &[&h, &skip], 1)?;
-                h = r.forward_hooked(g, &cat, Some(&emb_silu), hooks.resnet(i, j))?;
+                h = r.forward_cat(g, &h, Some(&skip), Some(&emb_silu), hooks.resnet(i, j))?;
                 if let Some(a) = blk.attentions.get(j) {
                     h = a.forward(g, &h, context, hooks.attn(i, j))?;
                 }

@@ -79,16 +79,35 @@ impl Resnet {
         time: Option<&Value>,
         hook: ResnetHook,
     ) -> Result<Value, ShapeError> {
-        let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(g, x, None)?,
-            None => x.clone(),
+        self.forward_cat(g, x, None, time, hook)
+    }
+
+    /// [`Self::forward_hooked`] of the channel concatenation of `x` and
+    /// `skip` (a UNet up block's), which the norm and the shortcut read
+    /// from both parts: the concatenation is not written.
+    pub fn forward_cat(
+        &self,
+        g: &mut Graph,
+        x: &Value,
+        skip: Option<&Value>,
+        time: Option<&Value>,
+        hook: ResnetHook,
+    ) -> Result<Value, ShapeError> {
+        let shortcut = match (&self.conv_shortcut, skip) {
+            (Some(c), None) => c.forward(g, x, None)?,
+            (Some(c), Some(s)) => c.forward_cat(g, x, s)?,
+            (None, None) => x.clone(),
+            (None, Some(s)) => ops::concat(g, &[x, s], 1)?,
         };
         let row = shortcut.numel() / shortcut.dim(0);
         if let Some(Source::Store(store)) = hook.inject {
             // The branch's output is the source's: the branch is not computed.
             return ops::add_row(g, &shortcut, store, slot(row), row);
         }
-        let h = self.norm1.forward(g, x, true)?;
+        let h = match skip {
+            Some(s) => self.norm1.forward_cat(g, x, s, true)?,
+            None => self.norm1.forward(g, x, true)?,
+        };
         let time = match (time, self.time_off) {
             (Some(t), Some(off)) => Some((t, off)),
             _ => None,

@@ -47,8 +47,59 @@ pub fn conv2d_row_bias(
     residual: Option<&Value>,
     row_bias: Option<(&Value, usize)>,
 ) -> Result<Value, ShapeError> {
+    record(g, x, None, w, bias, geo, residual, row_bias)
+}
+
+/// [`conv2d`] of the channel concatenation of `x1` and `x2`, read from both
+/// parts where they lie: the concatenation is never written (a UNet up
+/// block's skip, into its ResNet's shortcut). Falls back to a concat when
+/// the parts do not fit one binding each.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_cat(
+    g: &mut Graph,
+    x1: &Value,
+    x2: &Value,
+    w: &Value,
+    bias: &Value,
+    geo: Conv2d,
+    residual: Option<&Value>,
+) -> Result<Value, ShapeError> {
+    let same_rest = x1.rank() == 4
+        && x2.rank() == 4
+        && x1.dim(0) == x2.dim(0)
+        && x1.shape[2..] == x2.shape[2..];
+    if !same_rest {
+        return Err(shape_err(
+            "conv2d",
+            format!(
+                "cannot concatenate {} and {} along the channels",
+                ShapeFmt(&x1.shape),
+                ShapeFmt(&x2.shape)
+            ),
+        ));
+    }
+    let out = x1.dim(0) * w.dim(0) * x1.dim(2) * x1.dim(3); // an upper bound for stride 1
+    if !g.fits(x1.numel() + x2.numel(), x1.dtype) || !g.fits(out, x1.dtype) {
+        let cat = super::concat(g, &[x1, x2], 1)?;
+        return record(g, &cat, None, w, bias, geo, residual, None);
+    }
+    record(g, x1, Some(x2), w, bias, geo, residual, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    g: &mut Graph,
+    x: &Value,
+    x2: Option<&Value>,
+    w: &Value,
+    bias: &Value,
+    geo: Conv2d,
+    residual: Option<&Value>,
+    row_bias: Option<(&Value, usize)>,
+) -> Result<Value, ShapeError> {
     let op = "conv2d";
-    if x.rank() != 4 || w.rank() != 4 || x.dim(1) != w.dim(1) {
+    let cin_all = x.dim(1) + x2.map_or(0, |x2| x2.dim(1));
+    if x.rank() != 4 || w.rank() != 4 || cin_all != w.dim(1) {
         return Err(shape_err(
             op,
             format!(
@@ -58,7 +109,7 @@ pub fn conv2d_row_bias(
             ),
         ));
     }
-    let (b, cin, h, wd) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    let (b, cin, h, wd) = (x.dim(0), cin_all, x.dim(2), x.dim(3));
     let (cout, kh, kw) = (w.dim(0), w.dim(2), w.dim(3));
     let [pt, pb, pl, pr] = geo.pad;
     let s = geo.stride.max(1);
@@ -79,6 +130,7 @@ pub fn conv2d_row_bias(
         expect_shape(op, "residual", r, &out_shape)?;
     }
     let mut all = vec![x, w, bias];
+    all.extend(x2);
     all.extend(residual);
     if let Some((r, off)) = row_bias {
         if r.rank() != 2 || r.dim(0) != b || off + cout > r.dim(1) {
@@ -96,9 +148,11 @@ pub fn conv2d_row_bias(
     let y = g.temp(&out_shape, x.dtype);
     let taps = kh * kw;
     let (plane_in, plane_out) = (h * wd, ho * wo);
-    let fits = g.fits(x.numel(), x.dtype)
-        && g.fits(y.numel(), y.dtype)
-        && residual.is_none_or(|r| g.fits(r.numel(), r.dtype));
+    // Two parts are bound whole (conv2d_cat checked that they fit).
+    let fits = x2.is_some()
+        || g.fits(x.numel(), x.dtype)
+            && g.fits(y.numel(), y.dtype)
+            && residual.is_none_or(|r| g.fits(r.numel(), r.dtype));
     // Tensors larger than one binding: one batch row at a time, in chunks of
     // input channels (accumulated into y) and of output channels.
     let (rows, ci_per, m_per) = if fits {
@@ -119,6 +173,7 @@ pub fn conv2d_row_bias(
     let consts = vec![
         ("HAS_RES", residual.is_some() as u32),
         ("HAS_ROW", row_bias.is_some() as u32),
+        ("CAT", x2.is_some() as u32),
     ];
     for bt in 0..rows {
         for m0 in (0..cout).step_by(m_per) {
@@ -149,6 +204,9 @@ pub fn conv2d_row_bias(
                 if let Some((r, _)) = row_bias {
                     inputs.push((6, r, None));
                 }
+                if let Some(x2) = x2 {
+                    inputs.push((7, x2, None));
+                }
                 let params = vec![
                     u(mc),
                     u(plane_out),
@@ -172,6 +230,7 @@ pub fn conv2d_row_bias(
                     u(row_bias.map_or(0, |(_, off)| off)),
                     u(row_bias.map_or(0, |(r, _)| r.dim(1))),
                     u(if fits { 0 } else { bt }),
+                    u(x.dim(1)),
                 ];
                 let batches = if fits { b } else { 1 };
                 let wg = [u(plane_out.div_ceil(64)), u(mc.div_ceil(64)), u(batches)];

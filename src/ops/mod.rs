@@ -13,7 +13,7 @@ mod softmax;
 mod timestep;
 
 pub use attention::{View, attention, attention_views};
-pub use conv::{Conv2d, conv2d, conv2d_row_bias};
+pub use conv::{Conv2d, conv2d, conv2d_cat, conv2d_row_bias};
 pub use ddim::{DDIM_COEFFICIENTS, Guidance, Slot, ddim_update, latent_rows};
 pub use elementwise::{Unary, add, add_row, mul, scale, unary};
 pub use gemm::{
@@ -21,7 +21,7 @@ pub use gemm::{
     linear_channels, linear_normed, linear_tokens,
 };
 pub use layout::{concat, copy_into, transpose_last2, upsample_nearest2x};
-pub use norm::{group_norm, layer_norm};
+pub use norm::{group_norm, group_norm_cat, layer_norm};
 pub use softmax::softmax;
 pub use timestep::{timestep_embedding, timestep_frequencies};
 

@@ -10,6 +10,7 @@ fn record(
     g: &mut Graph,
     op: &str,
     x: &Value,
+    x2: Option<&Value>,
     gamma: &Value,
     beta: &Value,
     runs: usize,
@@ -20,8 +21,12 @@ fn record(
     eps: f32,
     silu: bool,
 ) -> Result<Value, ShapeError> {
-    let y = g.temp(&x.shape, x.dtype);
-    let per = if g.fits(x.numel(), x.dtype) {
+    let mut shape = x.shape.clone();
+    if let Some(x2) = x2 {
+        shape[1] += x2.dim(1);
+    }
+    let y = g.temp(&shape, x.dtype);
+    let per = if g.fits(y.numel(), x.dtype) || x2.is_some() {
         runs.max(1)
     } else {
         match g.units_per_window(n, x.dtype) {
@@ -39,17 +44,19 @@ fn record(
             g.window(x, first * n, count * n),
             g.window(&y, first * n, count * n),
         );
+        let mut inputs = vec![
+            (2, x, (!whole).then_some(wx.window)),
+            (3, gamma, None),
+            (4, beta, None),
+        ];
+        inputs.extend(x2.map(|x2| (5, x2, None)));
         g.push_windowed(
             "norm",
             "main",
             x.dtype,
-            vec![("SILU", silu as u32)],
+            vec![("SILU", silu as u32), ("CAT", x2.is_some() as u32)],
             &[(&y, (!whole).then_some(wy.window))],
-            &[
-                (2, x, (!whole).then_some(wx.window)),
-                (3, gamma, None),
-                (4, beta, None),
-            ],
+            &inputs,
             vec![
                 u(n),
                 u(hw),
@@ -59,6 +66,7 @@ fn record(
                 u(first),
                 if whole { 0 } else { u(wx.lead) },
                 if whole { 0 } else { u(wy.lead) },
+                u(x.dim(1)),
             ],
             grid_1d(count, 1),
         );
@@ -96,9 +104,65 @@ pub fn group_norm(
         g,
         op,
         x,
+        None,
         gamma,
         beta,
         x.dim(0) * groups,
+        cpg * hw,
+        hw,
+        cpg,
+        groups,
+        eps,
+        silu,
+    )
+}
+
+/// [`group_norm`] of the channel concatenation of `x1` and `x2` (B, C1 | C2,
+/// ...), read from both parts where they lie: the concatenation is never
+/// written (a UNet up block's skip). Falls back to a concat and the plain
+/// norm when the result does not fit one binding.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_cat(
+    g: &mut Graph,
+    x1: &Value,
+    x2: &Value,
+    gamma: &Value,
+    beta: &Value,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+) -> Result<Value, ShapeError> {
+    let op = "group_norm";
+    let same_rest =
+        x1.rank() == x2.rank() && x1.dim(0) == x2.dim(0) && x1.shape[2..] == x2.shape[2..];
+    let c = x1.dim(1) + x2.dim(1);
+    if x1.rank() < 2 || !same_rest || groups == 0 || !c.is_multiple_of(groups) {
+        return Err(shape_err(
+            op,
+            format!(
+                "cannot normalise the concatenation of {} and {} in {groups} groups",
+                ShapeFmt(&x1.shape),
+                ShapeFmt(&x2.shape)
+            ),
+        ));
+    }
+    if !g.fits(x1.numel() + x2.numel(), x1.dtype) {
+        let cat = super::concat(g, &[x1, x2], 1)?;
+        return group_norm(g, &cat, gamma, beta, groups, eps, silu);
+    }
+    expect_shape(op, "weight", gamma, &[c])?;
+    expect_shape(op, "bias", beta, &[c])?;
+    same_dtype(op, &[x1, x2, gamma, beta])?;
+    let hw: usize = x1.shape[2..].iter().product();
+    let cpg = c / groups;
+    record(
+        g,
+        op,
+        x1,
+        Some(x2),
+        gamma,
+        beta,
+        x1.dim(0) * groups,
         cpg * hw,
         hw,
         cpg,
@@ -124,5 +188,19 @@ pub fn layer_norm(
     expect_shape(op, "weight", gamma, &[d])?;
     expect_shape(op, "bias", beta, &[d])?;
     same_dtype(op, &[x, gamma, beta])?;
-    record(g, op, x, gamma, beta, x.numel() / d, d, 1, d, 1, eps, false)
+    record(
+        g,
+        op,
+        x,
+        None,
+        gamma,
+        beta,
+        x.numel() / d,
+        d,
+        1,
+        d,
+        1,
+        eps,
+        false,
+    )
 }
