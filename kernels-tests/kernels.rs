@@ -88,3 +88,95 @@ fn a_layer_norm_fused_into_the_gemm_matches_the_two_passes() {
 fn concat_readers_match_concat_then_the_op() {
     pollster::block_on(cases::concat_readers(&gpu(), &dtypes())).finish("concat readers");
 }
+
+/// Plans made in one arena share their intermediate buffers (the larger
+/// plan first: the arena then holds exactly its intermediates), and still
+/// compute their own results when replayed alternately.
+#[test]
+fn plans_in_one_arena_share_intermediates() {
+    use pnp::gpu::DType;
+    use pnp::graph::{Arena, Graph};
+    use pnp::ops;
+    let gpu = gpu();
+    let mut arena = Arena::default();
+    let mut plans = Vec::new();
+    let mut own = Vec::new();
+    for n in [5000usize, 3000] {
+        let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.01).sin()).collect();
+        let mut g = Graph::new(gpu.clone(), DType::F32);
+        // An input (written before each run), so nothing is hoisted.
+        let x = g.input("x", &[n], DType::F32);
+        let a = ops::unary(&mut g, &x, ops::Unary::Silu);
+        let b = ops::add(&mut g, &a, &x).expect("add");
+        let c = ops::mul(&mut g, &b, &b).expect("mul");
+        g.output(&c);
+        own.push(g.plan().expect("plan").intermediate_bytes);
+        let plan = g.plan_in(&mut arena).expect("plan");
+        let want: Vec<f32> = (data.iter())
+            .map(|&v| {
+                let s = v / (1.0 + (-v).exp()) + v;
+                s * s
+            })
+            .collect();
+        plan.write(&x, &data);
+        plans.push((plan, c, want));
+    }
+    assert!(own[0] > own[1] && own[1] > 0, "intermediates {own:?}");
+    assert_eq!(
+        arena.bytes(),
+        own[0],
+        "the arena holds more than the larger plan's"
+    );
+    for i in [0, 1, 0, 1] {
+        let (plan, c, want) = &plans[i];
+        plan.run();
+        let got = pollster::block_on(plan.read(c)).expect("read");
+        let mut fails = Failures::default();
+        fails.check(compare(
+            &format!("arena plan {i}"),
+            &got,
+            want,
+            Tol {
+                atol: 1e-5,
+                rtol: 1e-5,
+            },
+        ));
+        fails.finish("plans in one arena");
+    }
+}
+
+/// Work that reads only constant externals is hoisted out of the replay:
+/// it runs on the first replay and after `refresh`, not every time (so a
+/// rewritten external is seen only after a refresh), while work on inputs
+/// runs every replay.
+#[test]
+fn constant_work_runs_once_per_refresh() {
+    use pnp::gpu::{DType, Tensor};
+    use pnp::graph::Graph;
+    use pnp::ops;
+    let gpu = gpu();
+    let n = 300;
+    let c = Tensor::from_f32(&gpu, "c", &vec![1.0; n], &[n], DType::F32);
+    let mut g = Graph::new(gpu.clone(), DType::F32);
+    let cv = g.external("c", &c);
+    let x = g.input("x", &[n], DType::F32);
+    let twice = ops::add(&mut g, &cv, &cv).expect("add"); // constant
+    let y = ops::add(&mut g, &twice, &x).expect("add"); // every replay
+    g.output(&y);
+    let plan = g.plan().expect("plan");
+    assert_eq!(plan.dispatch_counts(), (1, 1), "(replay, hoisted)");
+    let run = |xv: f32| {
+        plan.write(&x, &vec![xv; n]);
+        plan.run();
+        pollster::block_on(plan.read(&y)).expect("read")[0]
+    };
+    assert_eq!(run(0.5), 2.5);
+    c.write_f32(&gpu, &vec![3.0; n]);
+    assert_eq!(
+        run(1.0),
+        3.0,
+        "the hoisted work ran again without a refresh"
+    );
+    plan.refresh();
+    assert_eq!(run(1.0), 7.0, "the refresh did not rerun the hoisted work");
+}

@@ -5,7 +5,7 @@
 
 mod plan;
 
-pub use plan::Plan;
+pub use plan::{Arena, Plan};
 
 use crate::gpu::{Access, DType, Gpu, KernelKey, Tensor};
 use std::fmt;
@@ -382,6 +382,9 @@ impl Graph {
     }
 
     /// A tensor that lives outside the graph (a weight, a feature-store slot).
+    /// One that no node writes is taken as constant between the plan's
+    /// refreshes ([`Plan::refresh`]): work that reads only such tensors runs
+    /// once, not every replay.
     pub fn external(&mut self, name: &str, t: &Tensor) -> Value {
         let shape = t.shape.clone();
         self.add_value(&shape, t.dtype, Storage::External(t.clone()), name)

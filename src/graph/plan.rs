@@ -181,6 +181,14 @@ impl Graph {
 
     /// Assigns storage, creates pipelines, uniform blocks and bind groups.
     pub fn plan(&self) -> Result<Plan, GpuError> {
+        self.plan_in(&mut Arena::default())
+    }
+
+    /// [`Self::plan`] with the intermediates in `arena`'s buffers, shared
+    /// with every other plan made in it: plans that never run at the same
+    /// time (a phase's UNet variants, replayed one after another on one
+    /// queue) then cost the largest plan's activations, not their sum.
+    pub fn plan_in(&self, arena: &mut Arena) -> Result<Plan, GpuError> {
         assert!(
             !self.model_only,
             "a graph recorded for another device's limits is never planned"
@@ -203,11 +211,7 @@ impl Graph {
                 mapped_at_creation: false,
             }))
         };
-        let slots: Vec<Arc<wgpu::Buffer>> = slot_size
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| alloc(&format!("slot {i}"), s))
-            .collect();
+        let slots = arena.buffers_for(&slot_size, |i, size| alloc(&format!("slot {i}"), size));
         let constant = self.constant_nodes();
         let hoisted = self.hoisted_values();
         let mut pinned = HashMap::new();
@@ -328,6 +332,59 @@ impl Graph {
             unshared_bytes: unshared,
             uniforms,
         })
+    }
+}
+
+/// Intermediate buffers shared by plans that never run at the same time
+/// ([`Graph::plan_in`]).
+#[derive(Default)]
+pub struct Arena {
+    buffers: Vec<(u64, Arc<wgpu::Buffer>)>,
+    /// Bytes of buffers replaced by larger ones: earlier plans still hold them.
+    retired: u64,
+}
+
+impl Arena {
+    /// A buffer for each slot size of `sizes`: the largest slots take the
+    /// largest buffers; a buffer smaller than its slot is replaced by a new
+    /// one (made by `alloc`), which later plans then share.
+    fn buffers_for(
+        &mut self,
+        sizes: &[u64],
+        alloc: impl Fn(usize, u64) -> Arc<wgpu::Buffer>,
+    ) -> Vec<Arc<wgpu::Buffer>> {
+        let mut order: Vec<usize> = (0..sizes.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+        self.buffers
+            .sort_by_key(|(size, _)| std::cmp::Reverse(*size));
+        let mut out = vec![None; sizes.len()];
+        for (rank, &i) in order.iter().enumerate() {
+            let need = sizes[i].max(16);
+            match self.buffers.get(rank) {
+                Some((size, buffer)) if *size >= need => out[i] = Some(buffer.clone()),
+                _ => {
+                    let buffer = alloc(rank, need);
+                    let entry = (need, buffer.clone());
+                    match self.buffers.get_mut(rank) {
+                        Some(slot) => {
+                            self.retired += slot.0;
+                            *slot = entry;
+                        }
+                        None => self.buffers.push(entry),
+                    }
+                    out[i] = Some(buffer);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|b| b.expect("every slot has a buffer"))
+            .collect()
+    }
+
+    /// Bytes of the arena's buffers, with any its earlier plans still
+    /// hold: what its plans' intermediates cost together.
+    pub fn bytes(&self) -> u64 {
+        self.buffers.iter().map(|(size, _)| size).sum::<u64>() + self.retired
     }
 }
 

@@ -11,6 +11,7 @@ use super::stages::{Pipeline, PlanCache, concat_rows};
 use super::store::{FeatureStore, Schedule, StorePlan, TapShapes, capture_hooks, inject_hooks};
 use super::{PnpError, Result};
 use crate::gpu::{InFlight, Tensor};
+use crate::graph::Arena;
 use crate::models::hooks::Hooks;
 use crate::ops::{Guidance, Slot};
 use crate::progress::{Progress, Timer};
@@ -112,7 +113,9 @@ impl Pipeline<'_> {
             tables: &tables,
             ctx: &ctx,
         };
-        let plan = self.loop_plan(1, hw, &io, None, |_| Ok(Hooks::default()))?;
+        let plan = self.loop_plan(1, hw, &io, None, &mut Arena::default(), |_| {
+            Ok(Hooks::default())
+        })?;
         self.note_peak(plan.planned_bytes() + state.bytes());
         progress.phase("inversion", steps);
         let mut flight = InFlight::default();
@@ -275,8 +278,8 @@ impl Pipeline<'_> {
                     tables: &tables,
                     ctx: if inline { &ctx_inline } else { &ctx },
                 };
-                let plan = plans.get(what, || {
-                    self.loop_plan(batch, hw, &io, store.as_ref(), |v| {
+                let plan = plans.get(what, |arena| {
+                    self.loop_plan(batch, hw, &io, store.as_ref(), arena, |v| {
                         Ok(inject_hooks(&self.taps, v, what))
                     })
                 })?;
@@ -330,8 +333,8 @@ impl Pipeline<'_> {
                 tables: &tables,
                 ctx: &ctx,
             };
-            let plan = plans.get(what, || {
-                self.loop_plan(1, hw, &io, Some(&store), |v| {
+            let plan = plans.get(what, |arena| {
+                self.loop_plan(1, hw, &io, Some(&store), arena, |v| {
                     v.map(|v| capture_hooks(&self.taps, v, what))
                         .ok_or_else(|| PnpError::Input("the store was not bound".into()))
                 })
@@ -406,7 +409,9 @@ impl Pipeline<'_> {
             tables: &tables,
             ctx: &ctx,
         };
-        let plan = self.loop_plan(2, hw, &io, None, |_| Ok(Hooks::default()))?;
+        let plan = self.loop_plan(2, hw, &io, None, &mut Arena::default(), |_| {
+            Ok(Hooks::default())
+        })?;
         self.note_peak(plan.planned_bytes() + state.bytes());
         progress.phase("generation", steps);
         let mut flight = InFlight::default();

@@ -6,7 +6,7 @@ use super::scheduler::Ddim;
 use super::store::{Inject, Taps};
 use super::{PnpError, Result, Stats};
 use crate::gpu::{DType, Gpu, InFlight, Tensor};
-use crate::graph::{Graph, Plan, Value};
+use crate::graph::{Arena, Graph, Plan, Value};
 use crate::models::sd::SdModel;
 use crate::models::tokenizer::ClipTokenizer;
 use crate::models::unet::Unet;
@@ -29,19 +29,27 @@ pub struct Pipeline<'a> {
     max_binding: u64,
 }
 
-/// UNet plans by the injections they make: a phase builds each variant once.
+/// UNet plans by the injections they make: a phase builds each variant once,
+/// all in one arena of intermediates (they never run at the same time).
 #[derive(Default)]
 pub(super) struct PlanCache {
     plans: Vec<(Inject, Plan)>,
+    arena: Arena,
 }
 
 impl PlanCache {
-    /// The plan for `what`, built by `build` the first time it is asked for.
-    pub fn get(&mut self, what: Inject, build: impl FnOnce() -> Result<Plan>) -> Result<&Plan> {
+    /// The plan for `what`, built by `build` (in the cache's arena) the
+    /// first time it is asked for.
+    pub fn get(
+        &mut self,
+        what: Inject,
+        build: impl FnOnce(&mut Arena) -> Result<Plan>,
+    ) -> Result<&Plan> {
         let at = match self.plans.iter().position(|(w, _)| *w == what) {
             Some(at) => at,
             None => {
-                self.plans.push((what, build()?));
+                let plan = build(&mut self.arena)?;
+                self.plans.push((what, plan));
                 self.plans.len() - 1
             }
         };
@@ -54,9 +62,10 @@ impl PlanCache {
         self.plans.iter().for_each(|(_, p)| p.refresh());
     }
 
-    /// Bytes the cached plans hold together.
+    /// Bytes the cached plans hold together: the shared arena, and each
+    /// plan's own inputs, outputs and hoisted values.
     pub fn planned_bytes(&self) -> u64 {
-        self.plans.iter().map(|(_, p)| p.planned_bytes()).sum()
+        self.arena.bytes() + self.plans.iter().map(|(_, p)| p.io_bytes).sum::<u64>()
     }
 }
 
