@@ -159,6 +159,11 @@ impl Graph {
         (slot_of, slot_size)
     }
 
+    /// Bytes of the shared intermediate slots a plan of this graph needs.
+    pub fn intermediate_bytes(&self) -> u64 {
+        self.assign_slots().1.iter().sum()
+    }
+
     /// Device bytes of value `v` as planned (padded).
     pub(crate) fn value_bytes(&self, v: usize) -> u64 {
         padded_bytes(self.values[v].shape.iter().product(), self.values[v].dtype)

@@ -14,7 +14,7 @@ use super::stages::Pipeline;
 use super::store::{FeatureStore, StoreValues};
 use super::{PnpError, Result};
 use crate::gpu::{DType, Gpu, InFlight, Tensor};
-use crate::graph::{Arena, Graph, Plan};
+use crate::graph::{Graph, Plan};
 use crate::models::hooks::Hooks;
 use crate::models::unet::Unet;
 use crate::ops::{self, DDIM_COEFFICIENTS, Guidance, Slot};
@@ -142,24 +142,23 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// A UNet plan of `batch` rows wired to the GPU loop by `io`, with the
+    /// A UNet graph of `batch` rows wired to the GPU loop by `io`, with the
     /// hooks `hooks` makes from the store's values (None when no store is
-    /// bound), its intermediates in `arena`.
-    pub(super) fn loop_plan(
+    /// bound), recorded and not yet planned.
+    pub(super) fn loop_graph(
         &self,
         batch: usize,
         hw: [usize; 2],
         io: &LoopIo,
         store: Option<&FeatureStore>,
-        arena: &mut Arena,
         hooks: impl FnOnce(Option<&StoreValues>) -> Result<Hooks<'_>>,
-    ) -> Result<Plan> {
+    ) -> Result<Graph> {
         let mut g = self.graph();
         let values = store.map(|s| s.bind(&mut g));
         let hooks = hooks(values.as_ref())?;
         record_step(&mut g, &self.model.unet, batch, hw, io, &hooks)?;
         drop(hooks);
-        Ok(g.plan_in(arena)?)
+        Ok(g)
     }
 
     /// Submits step `step` of `plan` (`batch` UNet rows) without waiting

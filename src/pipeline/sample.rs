@@ -8,10 +8,11 @@ use super::inversion::Inversion;
 use super::options::{Embeddings, GuidanceBase, PnpOptions, check_guidance};
 use super::scheduler::Prediction;
 use super::stages::{Pipeline, PlanCache, concat_rows};
-use super::store::{FeatureStore, Schedule, StorePlan, TapShapes, capture_hooks, inject_hooks};
+use super::store::{
+    FeatureStore, Inject, Schedule, StorePlan, TapShapes, capture_hooks, inject_hooks,
+};
 use super::{PnpError, Result};
 use crate::gpu::{InFlight, Tensor};
-use crate::graph::Arena;
 use crate::models::hooks::Hooks;
 use crate::ops::{Guidance, Slot};
 use crate::progress::{Progress, Timer};
@@ -113,9 +114,7 @@ impl Pipeline<'_> {
             tables: &tables,
             ctx: &ctx,
         };
-        let plan = self.loop_plan(1, hw, &io, None, &mut Arena::default(), |_| {
-            Ok(Hooks::default())
-        })?;
+        let plan = (self.loop_graph(1, hw, &io, None, |_| Ok(Hooks::default()))?).plan()?;
         self.note_peak(plan.planned_bytes() + state.bytes());
         progress.phase("inversion", steps);
         let mut flight = InFlight::default();
@@ -238,7 +237,47 @@ impl Pipeline<'_> {
         texts.insert(0, &emb.source);
         let ctx_inline = self.text_rows(&texts);
         let v_prediction = self.scheduler.prediction == Prediction::V;
+        let loop_io = |what: Inject| {
+            let batch = store_plan.batch(what);
+            let inline = batch > rows;
+            let io = LoopIo {
+                state: &state,
+                read: Slot {
+                    base: 0,
+                    per_step: 1,
+                },
+                source: inline.then_some((
+                    &sources,
+                    Slot {
+                        base: 0,
+                        per_step: 1,
+                    },
+                    1,
+                )),
+                update: Some((
+                    Slot {
+                        base: 1,
+                        per_step: 1,
+                    },
+                    Guidance {
+                        row0: batch - rows,
+                        rows,
+                        v_prediction,
+                    },
+                )),
+                tables: &tables,
+                ctx: if inline { &ctx_inline } else { &ctx },
+            };
+            (batch, io)
+        };
+        let whats: Vec<Inject> = (0..n).map(|i| schedule.at(i)).collect();
         let mut plans = PlanCache::default();
+        plans.plan_all(&whats, |what| {
+            let (batch, io) = loop_io(what);
+            self.loop_graph(batch, hw, &io, store.as_ref(), |v| {
+                Ok(inject_hooks(&self.taps, v, what))
+            })
+        })?;
         let mut flight = InFlight::default();
         for (pi, c) in emb.targets.iter().enumerate() {
             progress.phase(&format!("sampling prompt {}", pi + 1), n);
@@ -246,43 +285,9 @@ impl Pipeline<'_> {
             self.write_text_row(&ctx_inline, rows, c);
             plans.refresh();
             self.copy_slot(&sources, 0, &state, 0);
-            for i in 0..n {
-                let what = schedule.at(i);
+            for (i, &what) in whats.iter().enumerate() {
                 let batch = store_plan.batch(what);
-                let inline = batch > rows;
-                let io = LoopIo {
-                    state: &state,
-                    read: Slot {
-                        base: 0,
-                        per_step: 1,
-                    },
-                    source: inline.then_some((
-                        &sources,
-                        Slot {
-                            base: 0,
-                            per_step: 1,
-                        },
-                        1,
-                    )),
-                    update: Some((
-                        Slot {
-                            base: 1,
-                            per_step: 1,
-                        },
-                        Guidance {
-                            row0: batch - rows,
-                            rows,
-                            v_prediction,
-                        },
-                    )),
-                    tables: &tables,
-                    ctx: if inline { &ctx_inline } else { &ctx },
-                };
-                let plan = plans.get(what, |arena| {
-                    self.loop_plan(batch, hw, &io, store.as_ref(), arena, |v| {
-                        Ok(inject_hooks(&self.taps, v, what))
-                    })
-                })?;
+                let plan = plans.get(what)?;
                 self.submit_step(plan, i, batch, &mut flight, progress)
                     .await?;
             }
@@ -316,30 +321,31 @@ impl Pipeline<'_> {
         let store = FeatureStore::new(&self.gpu, &store_plan.shapes, schedule, self.dtype);
         let tables = StepTables::new(&self.gpu, grid, &[]);
         let ctx = self.text_rows(&[&emb.source]);
-        let mut plans = PlanCache::default();
         let steps = schedule.source_steps();
+        let io = LoopIo {
+            state: sources,
+            read: Slot {
+                base: 0,
+                per_step: 1,
+            },
+            source: None,
+            update: None,
+            tables: &tables,
+            ctx: &ctx,
+        };
+        let whats: Vec<Inject> = (0..steps).map(|i| schedule.at(i)).collect();
+        let mut plans = PlanCache::default();
+        plans.plan_all(&whats, |what| {
+            self.loop_graph(1, hw, &io, Some(&store), |v| {
+                v.map(|v| capture_hooks(&self.taps, v, what))
+                    .ok_or_else(|| PnpError::Input("the store was not bound".into()))
+            })
+        })?;
         progress.phase("source features", steps);
         let mut flight = InFlight::default();
-        for i in 0..steps {
-            let what = schedule.at(i);
-            let io = LoopIo {
-                state: sources,
-                read: Slot {
-                    base: 0,
-                    per_step: 1,
-                },
-                source: None,
-                update: None,
-                tables: &tables,
-                ctx: &ctx,
-            };
-            let plan = plans.get(what, |arena| {
-                self.loop_plan(1, hw, &io, Some(&store), arena, |v| {
-                    v.map(|v| capture_hooks(&self.taps, v, what))
-                        .ok_or_else(|| PnpError::Input("the store was not bound".into()))
-                })
-            })?;
-            self.submit_step(plan, i, 1, &mut flight, progress).await?;
+        for (i, &what) in whats.iter().enumerate() {
+            self.submit_step(plans.get(what)?, i, 1, &mut flight, progress)
+                .await?;
         }
         self.drain(&mut flight, progress).await?;
         self.note_peak(plans.planned_bytes() + store_plan.bytes);
@@ -409,9 +415,7 @@ impl Pipeline<'_> {
             tables: &tables,
             ctx: &ctx,
         };
-        let plan = self.loop_plan(2, hw, &io, None, &mut Arena::default(), |_| {
-            Ok(Hooks::default())
-        })?;
+        let plan = (self.loop_graph(2, hw, &io, None, |_| Ok(Hooks::default()))?).plan()?;
         self.note_peak(plan.planned_bytes() + state.bytes());
         progress.phase("generation", steps);
         let mut flight = InFlight::default();

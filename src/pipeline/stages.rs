@@ -38,22 +38,34 @@ pub(super) struct PlanCache {
 }
 
 impl PlanCache {
-    /// The plan for `what`, built by `build` (in the cache's arena) the
-    /// first time it is asked for.
-    pub fn get(
+    /// Plans every variant of `whats` (each recorded by `record`), the one
+    /// with the most intermediate bytes first: the arena's buffers are sized
+    /// by it, and the others' fit in them.
+    pub fn plan_all(
         &mut self,
-        what: Inject,
-        build: impl FnOnce(&mut Arena) -> Result<Plan>,
-    ) -> Result<&Plan> {
-        let at = match self.plans.iter().position(|(w, _)| *w == what) {
-            Some(at) => at,
-            None => {
-                let plan = build(&mut self.arena)?;
-                self.plans.push((what, plan));
-                self.plans.len() - 1
+        whats: &[Inject],
+        mut record: impl FnMut(Inject) -> Result<Graph>,
+    ) -> Result<()> {
+        let mut graphs = Vec::new();
+        for &what in whats {
+            if !graphs.iter().any(|(w, _)| *w == what) {
+                graphs.push((what, record(what)?));
             }
-        };
-        Ok(&self.plans[at].1)
+        }
+        graphs.sort_by_key(|(_, g)| std::cmp::Reverse(g.intermediate_bytes()));
+        for (what, g) in graphs {
+            let plan = g.plan_in(&mut self.arena)?;
+            self.plans.push((what, plan));
+        }
+        Ok(())
+    }
+
+    /// The plan of variant `what`, made by [`Self::plan_all`].
+    pub fn get(&self, what: Inject) -> Result<&Plan> {
+        (self.plans.iter())
+            .find(|(w, _)| *w == what)
+            .map(|(_, p)| p)
+            .ok_or_else(|| PnpError::Input(format!("no plan was made for the injections {what:?}")))
     }
 
     /// Reruns every plan's constant dispatches before its next replay (the
