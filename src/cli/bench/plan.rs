@@ -129,6 +129,8 @@ pub struct GraphFigures {
     pub bytes: u64,
     /// Dispatches of at least 1 GFLOP launching fewer than twice the profile's compute units.
     pub starved: usize,
+    /// The starved dispatches by kernel, arithmetic and workgroups.
+    pub starved_kinds: BTreeMap<String, usize>,
     /// Workgroups of the smallest and the median dispatch.
     pub workgroups_min: u64,
     pub workgroups_median: u64,
@@ -168,6 +170,9 @@ fn figures(name: &'static str, batch: usize, g: &Graph, p: &Profile) -> GraphFig
             .sum::<f64>()
             * 1e3
     };
+    let starved: Vec<&Dispatch> = (d.iter())
+        .filter(|x| x.flops >= 1_000_000_000 && x.workgroups < 2 * p.compute_units)
+        .collect();
     let mut groups: Vec<u64> = d.iter().map(|x| x.workgroups).collect();
     groups.sort_unstable();
     GraphFigures {
@@ -178,10 +183,20 @@ fn figures(name: &'static str, batch: usize, g: &Graph, p: &Profile) -> GraphFig
         by_kind,
         flops: d.iter().map(|x| x.flops).sum(),
         bytes: d.iter().map(|x| x.bytes).sum(),
-        starved: d
-            .iter()
-            .filter(|x| x.flops >= 1_000_000_000 && x.workgroups < 2 * p.compute_units)
-            .count(),
+        starved: starved.len(),
+        starved_kinds: {
+            let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+            for x in &starved {
+                let key = format!(
+                    "{} {:.1} GFLOP x {} workgroups",
+                    x.family,
+                    x.flops as f64 / 1e9,
+                    x.workgroups
+                );
+                *kinds.entry(key).or_insert(0) += 1;
+            }
+            kinds
+        },
         workgroups_min: groups.first().copied().unwrap_or(0),
         workgroups_median: groups.get(groups.len() / 2).copied().unwrap_or(0),
         activation_bytes: g.activation_bytes(),
@@ -318,6 +333,12 @@ pub fn run(gpu: &Arc<Gpu>, opts: &PlanOptions) -> Result<()> {
         );
         let kinds: Vec<String> = f.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("  by kernel: {}", kinds.join(", "));
+        if !f.starved_kinds.is_empty() {
+            let kinds: Vec<String> = (f.starved_kinds.iter())
+                .map(|(k, n)| format!("{n}x {k}"))
+                .collect();
+            println!("  starved: {}", kinds.join("; "));
+        }
         println!(
             "  activations {:.1} MiB, weights {:.1} MiB; roofline {:.2} ms on FP32 ALUs, {:.2} ms at the tensor FP16 peak",
             mib(f.activation_bytes),
