@@ -180,3 +180,33 @@ fn constant_work_runs_once_per_refresh() {
     plan.refresh();
     assert_eq!(run(1.0), 7.0, "the refresh did not rerun the hoisted work");
 }
+
+/// The 32-wide tiles (chosen where 64-tiles would starve the GPU) against
+/// the same references: on a device that takes them wherever they launch
+/// more workgroups, the GEMM, convolution and fused cases pass at their
+/// tolerances, and the small-tile variants really ran.
+#[test]
+fn small_tiles_match_torch() {
+    let opts = pnp::gpu::GpuOptions {
+        adapter_name: std::env::var("PNP_ADAPTER").ok(),
+        small_tiles: true,
+        ..Default::default()
+    };
+    let gpu = pollster::block_on(pnp::gpu::Gpu::new(&opts)).expect("adapter");
+    let d = dtypes();
+    let f = Fixture::load("gemm.safetensors");
+    pollster::block_on(cases::gemm(&gpu, &f, &d)).finish("gemm, small tiles");
+    let f = Fixture::load("conv2d.safetensors");
+    pollster::block_on(cases::conv2d(&gpu, &f, &d)).finish("conv2d, small tiles");
+    pollster::block_on(cases::normed_linear(&gpu, &d)).finish("normed linear, small tiles");
+    pollster::block_on(cases::channel_linears(&gpu, &d)).finish("channel linears, small tiles");
+    pollster::block_on(cases::concat_readers(&gpu, &d)).finish("concat readers, small tiles");
+    let keys = gpu.kernel_keys();
+    for family in ["gemm", "conv"] {
+        assert!(
+            keys.iter()
+                .any(|k| k.family == family && k.consts.contains(&("TILE", 32))),
+            "no {family} ran with 32-wide tiles"
+        );
+    }
+}

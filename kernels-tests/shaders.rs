@@ -158,7 +158,7 @@ fn the_performance_model_counts_flops_bytes_and_splits() {
     let record = |max_binding: Option<u64>| {
         let mut g = Graph::new(gpu.clone(), dt);
         match max_binding {
-            Some(b) => g.model_device(b),
+            Some(b) => g.model_device(b, 132),
             None => g.set_max_binding(1 << 14),
         }
         let (m, k, n) = (96, 40, 72);

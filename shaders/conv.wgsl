@@ -87,7 +87,7 @@ fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
 #endif
     }
     for (var j = 0u; j < 4u; j++) {
-        let n = n0 + 16u * j;
+        let n = n0 + TS * j;
         if (n < p.n) {
             let i = (bt * p.m + m) * p.n + n;
             var v = acc[j] + b;

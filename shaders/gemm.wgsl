@@ -52,31 +52,37 @@ fn raw_a(bt: u32, m: u32, k: u32) -> f32 {
     return f32(a[p.a_off + bt * p.a_bs + m * p.a_rs + k * p.a_cs]);
 }
 
-// Four threads per row: each sums every fourth element, then one combines.
+// LN_TPR threads per row of the tile: each sums every LN_TPR-th element,
+// then each adds the row's partials in the same order.
+const LN_TPR: u32 = THREADS / BM;
+
 fn ln_row_sum(tid: u32, v: f32) -> f32 {
     ln_part[tid] = v;
     workgroupBarrier();
-    let r = tid & ~3u;
-    let total = ln_part[r] + ln_part[r + 1u] + ln_part[r + 2u] + ln_part[r + 3u];
+    let r = tid - tid % LN_TPR;
+    var total = 0.0;
+    for (var j = 0u; j < LN_TPR; j++) {
+        total += ln_part[r + j];
+    }
     workgroupBarrier();
     return total;
 }
 
 fn prepare(bt: u32, m0: u32, tid: u32) {
     ln_m0 = m0;
-    let row = tid / 4u;
-    let lane = tid % 4u;
+    let row = tid / LN_TPR;
+    let lane = tid % LN_TPR;
     let m = m0 + row;
     var s = 0.0;
     if (m < p.m) {
-        for (var k = lane; k < p.k; k += 4u) {
+        for (var k = lane; k < p.k; k += LN_TPR) {
             s += raw_a(bt, m, k);
         }
     }
     let mean = ln_row_sum(tid, s) / f32(p.k);
     var q = 0.0;
     if (m < p.m) {
-        for (var k = lane; k < p.k; k += 4u) {
+        for (var k = lane; k < p.k; k += LN_TPR) {
             let d = raw_a(bt, m, k) - mean;
             q += d * d;
         }
@@ -126,7 +132,7 @@ fn finish(bt: u32, m: u32, n: u32, x: f32) {
 fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
     var v = acc;
     for (var j = 0u; j < 4u; j++) {
-        let n = n0 + 16u * j;
+        let n = n0 + TS * j;
 #if HAS_BIAS
         if (n < p.n) {
             if (BIAS_ROWS == 1u) {
@@ -148,7 +154,7 @@ fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
         }
     } else {
         for (var j = 0u; j < 4u; j++) {
-            let n = n0 + 16u * j;
+            let n = n0 + TS * j;
             if (n < p.n) {
                 finish(bt, m, n, activate(v[j]));
             }

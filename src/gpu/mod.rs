@@ -90,6 +90,10 @@ pub struct GpuOptions {
     /// shader even in a release build (also `PNP_CHECKED_SHADERS=1`).
     /// Debug builds always keep them.
     pub checked_shaders: bool,
+    /// Tile every GEMM and convolution at 32 wherever that launches more
+    /// workgroups than 64, not only heavy ones on a starved grid: how the
+    /// tests run the small-tile kernels at fixture sizes.
+    pub small_tiles: bool,
 }
 
 /// Features this crate uses where the adapter offers them.
@@ -199,6 +203,8 @@ pub struct Gpu {
     /// (attention over many keys) split their work into several dispatches to
     /// stay under it. `None`: no bound.
     pub loop_budget: Option<usize>,
+    /// See [`GpuOptions::small_tiles`].
+    pub small_tiles: bool,
     pub(crate) pipelines: PipelineCache,
     /// Submits, reads and writes so far.
     pub counters: Counters,
@@ -266,6 +272,7 @@ impl Gpu {
             uncaptured,
             counters: Counters::default(),
             pipelines: PipelineCache::new(checked_shaders(opts)),
+            small_tiles: opts.small_tiles,
             loop_budget,
             device,
             queue,

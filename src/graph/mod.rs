@@ -131,7 +131,15 @@ pub struct Graph {
     /// Recorded for another device's limits ([`Graph::model_device`]): for
     /// the performance model, never planned.
     model_only: bool,
+    /// Workgroups a heavy dispatch should launch at least ([`Graph::tile_for`]).
+    pub(crate) min_workgroups: u64,
 }
+
+/// Twice the compute units of the largest GPU we tune for (an H100's 132
+/// SMs): the rule is that no dispatch of at least 1 GFLOP launches fewer
+/// workgroups than twice the target's compute units, and wgpu does not say
+/// how many an adapter has.
+pub const MIN_WORKGROUPS: u64 = 2 * 132;
 
 /// One dispatch of a recorded graph, as the performance model sees it.
 #[derive(Clone, Debug)]
@@ -175,6 +183,7 @@ impl Graph {
             max_binding: gpu.max_binding(),
             loop_budget: gpu.loop_budget,
             model_only: false,
+            min_workgroups: MIN_WORKGROUPS,
             gpu,
             dtype,
             values: Vec::new(),
@@ -194,10 +203,12 @@ impl Graph {
     }
 
     /// Records the ops as they would be on a device whose largest binding
-    /// is `max_binding` and whose loops are unbounded (a discrete GPU), for
+    /// is `max_binding`, with `compute_units`, and whose loops are
+    /// unbounded (a discrete GPU), for
     /// the performance model ([`Graph::dispatches`]); such a graph is never
     /// planned.
-    pub fn model_device(&mut self, max_binding: u64) {
+    pub fn model_device(&mut self, max_binding: u64, compute_units: u64) {
+        self.min_workgroups = 2 * compute_units;
         self.max_binding = max_binding;
         self.loop_budget = None;
         self.model_only = true;
@@ -511,6 +522,22 @@ impl Graph {
 
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+}
+
+impl Graph {
+    /// The tile side (64 or 32) of a tiled GEMM or convolution whose grid
+    /// has `groups_at(tile)` workgroups: 64, unless a dispatch of at least
+    /// 1 GFLOP (`flops`) would launch fewer than [`Graph::min_workgroups`]
+    /// 64-tiles and 32-tiles launch more.
+    pub(crate) fn tile_for(&self, flops: usize, groups_at: impl Fn(usize) -> u64) -> usize {
+        let heavy = flops >= 1_000_000_000 || self.gpu.small_tiles;
+        let starved = groups_at(64) < self.min_workgroups || self.gpu.small_tiles;
+        if heavy && starved && groups_at(32) > groups_at(64) {
+            32
+        } else {
+            64
+        }
     }
 }
 

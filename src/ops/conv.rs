@@ -170,7 +170,12 @@ fn record(
         }
         (b, ci_per, m_per)
     };
+    let batches = if fits { b } else { 1 };
+    let tile = g.tile_for(2 * cout * ho * wo * cin * taps * b, |t| {
+        (plane_out.div_ceil(t) * m_per.min(cout).div_ceil(t) * batches) as u64
+    });
     let consts = vec![
+        ("TILE", tile as u32),
         ("HAS_RES", residual.is_some() as u32),
         ("HAS_ROW", row_bias.is_some() as u32),
         ("CAT", x2.is_some() as u32),
@@ -232,8 +237,11 @@ fn record(
                     u(if fits { 0 } else { bt }),
                     u(x.dim(1)),
                 ];
-                let batches = if fits { b } else { 1 };
-                let wg = [u(plane_out.div_ceil(64)), u(mc.div_ceil(64)), u(batches)];
+                let wg = [
+                    u(plane_out.div_ceil(tile)),
+                    u(mc.div_ceil(tile)),
+                    u(batches),
+                ];
                 let node = g.push_windowed(
                     "conv",
                     "main",

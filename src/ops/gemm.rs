@@ -108,7 +108,18 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
         }
         (s.batch, per)
     };
+    // Small tiles where 64-tiles would leave the GPU idle (not with GEGLU,
+    // whose column pairs follow the 64-tile's thread layout).
+    let batches = if fits { s.batch } else { 1 };
+    let flops = 2 * s.m * s.n * s.k * s.batch;
+    let tile = match s.act {
+        Act::Geglu(_) => 64,
+        _ => g.tile_for(flops, |t| {
+            (s.n.div_ceil(t) * row_chunk.min(s.m).div_ceil(t) * batches) as u64
+        }),
+    };
     let consts = vec![
+        ("TILE", tile as u32),
         ("ACT", s.act.code()),
         ("HAS_BIAS", s.bias.is_some() as u32),
         ("BIAS_ROWS", s.bias_rows as u32),
@@ -163,8 +174,7 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
                 u(offs[2]),
                 s.ln.map_or(0.0, |ln| ln.eps).to_bits(),
             ];
-            let batches = if fits { s.batch } else { 1 };
-            let wg = [u(s.n.div_ceil(64)), u(mc.div_ceil(64)), u(batches)];
+            let wg = [u(s.n.div_ceil(tile)), u(mc.div_ceil(tile)), u(batches)];
             if wg.iter().any(|&x| x > 65535) {
                 return Err(shape_err(
                     "gemm",

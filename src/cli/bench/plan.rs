@@ -217,7 +217,7 @@ pub fn model_graphs(
 ) -> Result<Vec<GraphFigures>> {
     let graph = || {
         let mut g = Graph::new(gpu.clone(), dtype);
-        g.model_device(p.max_binding);
+        g.model_device(p.max_binding, p.compute_units);
         g
     };
     let (unet, vae) = (&model.unet, &model.vae);
