@@ -183,8 +183,9 @@ fn constant_work_runs_once_per_refresh() {
 
 /// The 32-wide tiles (chosen where 64-tiles would starve the GPU) against
 /// the same references: on a device that takes them wherever they launch
-/// more workgroups, the GEMM, convolution and fused cases pass at their
-/// tolerances, and the small-tile variants really ran.
+/// more workgroups, the GEMM, convolution, attention (32 queries a
+/// workgroup) and fused cases pass at their tolerances, and the small-tile
+/// variants really ran.
 #[test]
 fn small_tiles_match_torch() {
     let opts = pnp::gpu::GpuOptions {
@@ -198,14 +199,16 @@ fn small_tiles_match_torch() {
     pollster::block_on(cases::gemm(&gpu, &f, &d)).finish("gemm, small tiles");
     let f = Fixture::load("conv2d.safetensors");
     pollster::block_on(cases::conv2d(&gpu, &f, &d)).finish("conv2d, small tiles");
+    let f = Fixture::load("attention.safetensors");
+    pollster::block_on(cases::attention(&gpu, &f, &d)).finish("attention, small tiles");
     pollster::block_on(cases::normed_linear(&gpu, &d)).finish("normed linear, small tiles");
     pollster::block_on(cases::channel_linears(&gpu, &d)).finish("channel linears, small tiles");
     pollster::block_on(cases::concat_readers(&gpu, &d)).finish("concat readers, small tiles");
     let keys = gpu.kernel_keys();
-    for family in ["gemm", "conv"] {
+    for (family, tile) in [("gemm", "TILE"), ("conv", "TILE"), ("attention", "BQ")] {
         assert!(
             keys.iter()
-                .any(|k| k.family == family && k.consts.contains(&("TILE", 32))),
+                .any(|k| k.family == family && k.consts.contains(&(tile, 32))),
             "no {family} ran with 32-wide tiles"
         );
     }

@@ -23,7 +23,8 @@ struct Params {
     heads: u32, k_begin: u32, k_end: u32, first_last: u32, // first_last: bit 0 first chunk, bit 1 last
 }
 
-const BQ: u32 = 64u;
+// BQ (queries per workgroup, one per invocation) is generated: 64, or 32
+// where 64 would launch too few workgroups to fill the GPU.
 const BC: u32 = 16u;
 const NEG: f32 = -3.0e38;
 
@@ -39,7 +40,7 @@ const NEG: f32 = -3.0e38;
 var<workgroup> k_tile: array<f32, BC * HEAD_DIM>;
 var<workgroup> v_tile: array<f32, BC * HEAD_DIM>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(BQ)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let b = wg.z;
     let col = wg.y * HEAD_DIM;

@@ -526,8 +526,9 @@ impl Graph {
 }
 
 impl Graph {
-    /// The tile side (64 or 32) of a tiled GEMM or convolution whose grid
-    /// has `groups_at(tile)` workgroups: 64, unless a dispatch of at least
+    /// The tile side (64 or 32) of a tiled GEMM or convolution (or the
+    /// queries per workgroup of the fused attention) whose grid has
+    /// `groups_at(tile)` workgroups: 64, unless a dispatch of at least
     /// 1 GFLOP (`flops`) would launch fewer than [`Graph::min_workgroups`]
     /// 64-tiles and 32-tiles launch more.
     pub(crate) fn tile_for(&self, flops: usize, groups_at: impl Fn(usize) -> u64) -> usize {

@@ -217,18 +217,25 @@ pub fn attention_views(
         };
         let mut outputs = vec![&o];
         outputs.extend(state.as_ref());
+        // q k^T and p v: 2 multiply-adds per (query, key, channel).
+        let flops = 4 * batch * heads * lq * (k_end - k_begin) * d;
+        // Fewer queries per workgroup where 64 would starve the GPU.
+        let bq = g.tile_for(flops, |t| (lq.div_ceil(t) * heads * batch) as u64);
         let node = g.push(
             "attention",
             "main",
             q.value.dtype,
-            vec![("HEAD_DIM", u(d)), ("CHUNKED", state.is_some() as u32)],
+            vec![
+                ("HEAD_DIM", u(d)),
+                ("CHUNKED", state.is_some() as u32),
+                ("BQ", u(bq)),
+            ],
             &outputs,
             &[(3, q.value), (4, k.value), (5, v.value)],
             words(&params),
-            [u(lq.div_ceil(64)), u(heads), u(batch)],
+            [u(lq.div_ceil(bq)), u(heads), u(batch)],
         );
-        // q k^T and p v: 2 multiply-adds per (query, key, channel).
-        g.set_flops(node, 4 * batch * heads * lq * (k_end - k_begin) * d);
+        g.set_flops(node, flops);
         g.step_param(node, word_of!(AttentionParams, q_off), q.offset);
         g.step_param(node, word_of!(AttentionParams, k_off), k.offset);
         g.step_param(node, word_of!(AttentionParams, v_off), v.offset);
