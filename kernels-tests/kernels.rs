@@ -213,3 +213,41 @@ fn small_tiles_match_torch() {
         );
     }
 }
+
+/// Two plans in one arena with the same constant work (a phase's variants
+/// all project the same text) keep its result in one buffer: the second
+/// plan allocates nothing for it, and both compute correctly.
+#[test]
+fn plans_in_one_arena_share_hoisted_work() {
+    use pnp::gpu::{DType, Tensor};
+    use pnp::graph::{Arena, Graph};
+    use pnp::ops;
+    let gpu = gpu();
+    let n = 1000;
+    let c = Tensor::from_f32(&gpu, "c", &vec![1.5; n], &[n], DType::F32);
+    let mut arena = Arena::default();
+    let mut made = Vec::new();
+    for scale in [1.0f32, 2.0] {
+        let mut g = Graph::new(gpu.clone(), DType::F32);
+        let cv = g.external("c", &c);
+        let x = g.input("x", &[n], DType::F32);
+        let twice = ops::add(&mut g, &cv, &cv).expect("add"); // hoisted, shared
+        let y = ops::add(&mut g, &twice, &x).expect("add");
+        let y = ops::scale(&mut g, &y, scale);
+        g.output(&y);
+        let plan = g.plan_in(&mut arena).expect("plan");
+        plan.write(&x, &vec![1.0; n]);
+        made.push((plan, y, 4.0 * scale));
+    }
+    let (a, b) = (made[0].0.io_bytes, made[1].0.io_bytes);
+    assert_eq!(
+        a - b,
+        (n * 4) as u64,
+        "the second plan holds its own copy ({a} vs {b} bytes)"
+    );
+    for (plan, y, want) in [&made[1], &made[0], &made[1]] {
+        plan.run();
+        let got = pollster::block_on(plan.read(y)).expect("read");
+        assert!(got.iter().all(|v| v == want), "got {} want {want}", got[0]);
+    }
+}

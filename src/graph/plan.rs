@@ -159,6 +159,59 @@ impl Graph {
         (slot_of, slot_size)
     }
 
+    /// A signature of each value that exactly one constant node writes,
+    /// from what computes it: the kernel, its uniform words, its grid, and
+    /// its inputs (an external by its storage, an intermediate by its own
+    /// signature). Equal signatures in two graphs mean equal contents.
+    fn constant_signatures(&self, constant: &[bool]) -> Vec<Option<u64>> {
+        use std::hash::{Hash, Hasher};
+        let mut writers = vec![0usize; self.values.len()];
+        for node in &self.nodes {
+            for (i, (v, _)) in node.binds.iter().enumerate() {
+                if node.key.bindings[i].1 == crate::gpu::Access::ReadWrite {
+                    writers[v.0 as usize] += 1;
+                }
+            }
+        }
+        let mut sig: Vec<Option<u64>> = vec![None; self.values.len()];
+        for (n, node) in self.nodes.iter().enumerate() {
+            if !constant[n] {
+                continue;
+            }
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&node.key, &node.params, node.workgroups).hash(&mut h);
+            let mut known = true;
+            for (i, (v, w)) in node.binds.iter().enumerate() {
+                let vi = v.0 as usize;
+                (i, w.map(|w| (w.start, w.len))).hash(&mut h);
+                if node.key.bindings[i].1 == crate::gpu::Access::ReadWrite {
+                    continue;
+                }
+                match &self.values[vi].storage {
+                    Storage::External(t) => {
+                        (Arc::as_ptr(&t.buffer) as usize, t.offset, &t.shape).hash(&mut h)
+                    }
+                    _ => match sig[vi] {
+                        Some(s) => s.hash(&mut h),
+                        None => known = false,
+                    },
+                }
+            }
+            for (i, (v, _)) in node.binds.iter().enumerate() {
+                let vi = v.0 as usize;
+                if node.key.bindings[i].1 == crate::gpu::Access::ReadWrite
+                    && writers[vi] == 1
+                    && known
+                {
+                    let mut hv = h.clone();
+                    i.hash(&mut hv);
+                    sig[vi] = Some(hv.finish());
+                }
+            }
+        }
+        sig
+    }
+
     /// Bytes of the shared intermediate slots a plan of this graph needs.
     pub fn intermediate_bytes(&self) -> u64 {
         self.assign_slots().1.iter().sum()
@@ -219,12 +272,28 @@ impl Graph {
         let slots = arena.buffers_for(&slot_size, |i, size| alloc(&format!("slot {i}"), size));
         let constant = self.constant_nodes();
         let hoisted = self.hoisted_values();
+        let signatures = self.constant_signatures(&constant);
         let mut pinned = HashMap::new();
         let mut io_bytes = 0;
         for (v, info) in self.values.iter().enumerate() {
             let tensor = match &info.storage {
                 Storage::External(t) => t.clone(),
                 Storage::Intermediate if !hoisted[v] => continue,
+                // The same constant work in another plan of the arena (a
+                // phase's variants all project the same text): one buffer.
+                Storage::Intermediate if signatures[v].is_some() => {
+                    let sig = signatures[v].expect("checked");
+                    let (t, new) = arena.constant(sig, || Tensor {
+                        buffer: alloc(&info.name, size_of(v)),
+                        offset: 0,
+                        shape: info.shape.clone(),
+                        dtype: info.dtype,
+                    });
+                    if new {
+                        io_bytes += size_of(v);
+                    }
+                    t
+                }
                 Storage::Input | Storage::Output | Storage::Intermediate => {
                     let size = size_of(v);
                     io_bytes += size;
@@ -345,6 +414,8 @@ impl Graph {
 #[derive(Default)]
 pub struct Arena {
     buffers: Vec<(u64, Arc<wgpu::Buffer>)>,
+    /// Hoisted values by signature, shared by the arena's plans.
+    constants: HashMap<u64, Tensor>,
     /// Bytes of buffers replaced by larger ones: earlier plans still hold them.
     retired: u64,
 }
@@ -384,6 +455,17 @@ impl Arena {
         out.into_iter()
             .map(|b| b.expect("every slot has a buffer"))
             .collect()
+    }
+
+    /// The hoisted value of signature `sig`, made by `make` the first time
+    /// (then `true`).
+    fn constant(&mut self, sig: u64, make: impl FnOnce() -> Tensor) -> (Tensor, bool) {
+        let mut new = false;
+        let t = self.constants.entry(sig).or_insert_with(|| {
+            new = true;
+            make()
+        });
+        (t.clone(), new)
     }
 
     /// Bytes of the arena's buffers, with any its earlier plans still
