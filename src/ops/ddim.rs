@@ -34,6 +34,11 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Slot `base + step`: one slot further every step.
+    pub fn each_step(base: usize) -> Self {
+        Slot { base, per_step: 1 }
+    }
+
     fn offset(self, lat: usize) -> Offset {
         Offset {
             base: self.base * lat,

@@ -112,6 +112,26 @@ pub fn record_step(
     Ok(())
 }
 
+impl<'a> LoopIo<'a> {
+    /// The common wiring: step i reads slot i of `state` and writes its
+    /// update, guided by `guidance`, into slot i + 1; no source rows.
+    pub fn forward(
+        state: &'a Tensor,
+        tables: &'a StepTables,
+        ctx: &'a Tensor,
+        guidance: Guidance,
+    ) -> Self {
+        LoopIo {
+            state,
+            read: Slot::each_step(0),
+            source: None,
+            update: Some((Slot::each_step(1), guidance)),
+            tables,
+            ctx,
+        }
+    }
+}
+
 impl Pipeline<'_> {
     /// Float32 latent slots `(slots, C, h, w)` on the device, filled with `data`
     /// (or zeros).

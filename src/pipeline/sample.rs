@@ -93,18 +93,13 @@ impl Pipeline<'_> {
         init.extend_from_slice(z0);
         let state = self.slots("inversion", steps + 1, hw, Some(&init));
         let ctx = self.text_rows(&[c_inv]);
+        // Step j reads slot j + 1 and writes slot j (the grid descends).
         let io = LoopIo {
             state: &state,
-            read: Slot {
-                base: 1,
-                per_step: 1,
-            },
+            read: Slot::each_step(1),
             source: None,
             update: Some((
-                Slot {
-                    base: 0,
-                    per_step: 1,
-                },
+                Slot::each_step(0),
                 Guidance {
                     row0: 0,
                     rows: 1,
@@ -240,33 +235,19 @@ impl Pipeline<'_> {
         let loop_io = |what: Inject| {
             let batch = store_plan.batch(what);
             let inline = batch > rows;
+            let text = if inline { &ctx_inline } else { &ctx };
             let io = LoopIo {
-                state: &state,
-                read: Slot {
-                    base: 0,
-                    per_step: 1,
-                },
-                source: inline.then_some((
-                    &sources,
-                    Slot {
-                        base: 0,
-                        per_step: 1,
-                    },
-                    1,
-                )),
-                update: Some((
-                    Slot {
-                        base: 1,
-                        per_step: 1,
-                    },
+                source: inline.then_some((&sources, Slot::each_step(0), 1)),
+                ..LoopIo::forward(
+                    &state,
+                    &tables,
+                    text,
                     Guidance {
                         row0: batch - rows,
                         rows,
                         v_prediction,
                     },
-                )),
-                tables: &tables,
-                ctx: if inline { &ctx_inline } else { &ctx },
+                )
             };
             (batch, io)
         };
@@ -324,10 +305,7 @@ impl Pipeline<'_> {
         let steps = schedule.source_steps();
         let io = LoopIo {
             state: sources,
-            read: Slot {
-                base: 0,
-                per_step: 1,
-            },
+            read: Slot::each_step(0),
             source: None,
             update: None,
             tables: &tables,
@@ -394,27 +372,16 @@ impl Pipeline<'_> {
             .collect();
         let tables = StepTables::new(&self.gpu, &grid, &coef);
         let ctx = self.text_rows(&[c_neg, c_pos]);
-        let io = LoopIo {
-            state: &state,
-            read: Slot {
-                base: 0,
-                per_step: 1,
+        let io = LoopIo::forward(
+            &state,
+            &tables,
+            &ctx,
+            Guidance {
+                row0: 0,
+                rows: 2,
+                v_prediction: self.scheduler.prediction == Prediction::V,
             },
-            source: None,
-            update: Some((
-                Slot {
-                    base: 1,
-                    per_step: 1,
-                },
-                Guidance {
-                    row0: 0,
-                    rows: 2,
-                    v_prediction: self.scheduler.prediction == Prediction::V,
-                },
-            )),
-            tables: &tables,
-            ctx: &ctx,
-        };
+        );
         let plan = (self.loop_graph(2, hw, &io, None, |_| Ok(Hooks::default()))?).plan()?;
         self.note_peak(plan.planned_bytes() + state.bytes());
         progress.phase("generation", steps);

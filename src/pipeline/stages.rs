@@ -331,10 +331,7 @@ impl<'a> Pipeline<'a> {
         let (x, _) = ops::latent_rows(
             &mut g,
             &state,
-            Slot {
-                base: 0,
-                per_step: 1,
-            },
+            Slot::each_step(0),
             None,
             None,
             1,

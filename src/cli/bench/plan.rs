@@ -16,7 +16,7 @@ use pnp::gpu::{DType, Gpu, Tensor};
 use pnp::graph::{Dispatch, Graph};
 use pnp::models::hooks::Hooks;
 use pnp::models::sd::SdModel;
-use pnp::ops::{DDIM_COEFFICIENTS, Guidance, Slot};
+use pnp::ops::{DDIM_COEFFICIENTS, Guidance};
 use pnp::pipeline::{LoopIo, StepTables, record_step};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -242,27 +242,16 @@ pub fn model_graphs(
     ];
     let ctx = Tensor::empty(gpu, "text", &text, dtype);
     let rows = batch.min(3);
-    let io = LoopIo {
-        state: &state,
-        read: Slot {
-            base: 0,
-            per_step: 1,
+    let io = LoopIo::forward(
+        &state,
+        &tables,
+        &ctx,
+        Guidance {
+            row0: batch - rows,
+            rows,
+            v_prediction: false,
         },
-        source: None,
-        update: Some((
-            Slot {
-                base: 1,
-                per_step: 1,
-            },
-            Guidance {
-                row0: batch - rows,
-                rows,
-                v_prediction: false,
-            },
-        )),
-        tables: &tables,
-        ctx: &ctx,
-    };
+    );
     record_step(&mut g, unet, batch, lat, &io, &Hooks::default())?;
     let mut out = vec![figures("unet", batch, &g, p)];
 
