@@ -441,7 +441,7 @@ impl Gpu {
         Ok(out)
     }
 
-    /// Submits `work` without waiting; [`InFlight::oldest_done`] waits for
+    /// Submits `work` without waiting; [`Gpu::oldest_done`] waits for
     /// it, in submission order.
     pub fn submit(&self, work: wgpu::CommandBuffer, flight: &mut InFlight) {
         let index = self.queue.submit([work]);

@@ -144,8 +144,8 @@ pub const MIN_WORKGROUPS: u64 = 2 * 132;
 /// One dispatch of a recorded graph, as the performance model sees it.
 #[derive(Clone, Debug)]
 pub struct Dispatch {
-    /// Hoisted out of the replay: runs once per refresh of the plan, not
-    /// every step ([`Graph::constant_nodes`]).
+    /// Hoisted out of the replay: constant work that runs once per refresh
+    /// of the plan ([`Plan::refresh`]), not every step.
     pub once: bool,
     /// Kernel family (`shaders/<family>.wgsl`).
     pub family: &'static str,

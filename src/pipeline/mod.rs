@@ -1,8 +1,10 @@
 //! Plug-and-Play translation (docs/ALGORITHM.md, "Overview"): the DDIM scheduler, the
 //! feature store, and the stages composed into a translation. Every network
-//! is a planned graph built once per phase and replayed per step; a step
-//! writes only its inputs (latent, timestep, text embedding) and the store
-//! slot it binds.
+//! is a planned graph built once per phase and replayed per step; the loop
+//! itself runs on the GPU (`gpu_loop`, docs/ALGORITHM.md, "The loop on the
+//! GPU"): a step changes only uniform words (its state slots, table entries
+//! and store slot), and nothing is read back until a phase's result is
+//! wanted.
 //!
 //! - [`stages`]: the pipeline and its single stages (text, VAE, UNet plans).
 //! - [`sample`]: DDIM inversion, the source pass and the injected sampling,
