@@ -73,6 +73,13 @@ pub(crate) struct Node {
     pub flops: u64,
 }
 
+impl Node {
+    /// Whether the node writes the value at its `i`-th binding.
+    pub(crate) fn writes(&self, i: usize) -> bool {
+        self.key.bindings[i].1 == Access::ReadWrite
+    }
+}
+
 /// Part of a value bound on its own: elements `start .. start + len`, with
 /// `start` aligned for a storage-binding offset. How a tensor larger than the
 /// device's largest binding is still used: ops split their work so that each
@@ -231,11 +238,10 @@ impl Graph {
     /// writer is constant. The cross-attention keys and values of an
     /// unchanged text context are such nodes.
     pub(crate) fn constant_nodes(&self) -> Vec<bool> {
-        let is_write = |n: &Node, i: usize| n.key.bindings[i].1 == Access::ReadWrite;
         let mut written_external = vec![false; self.values.len()];
         for n in &self.nodes {
             for (i, (v, _)) in n.binds.iter().enumerate() {
-                if is_write(n, i) {
+                if n.writes(i) {
                     written_external[v.0 as usize] = true;
                 }
             }
@@ -258,7 +264,7 @@ impl Graph {
             for (n, node) in self.nodes.iter().enumerate() {
                 for (i, (v, _)) in node.binds.iter().enumerate() {
                     let info = &self.values[v.0 as usize];
-                    if is_write(node, i) && matches!(info.storage, Storage::Intermediate) {
+                    if node.writes(i) && matches!(info.storage, Storage::Intermediate) {
                         value_const[v.0 as usize] &= constant[n];
                     }
                 }
@@ -270,7 +276,7 @@ impl Graph {
                 }
                 let ok = node.binds.iter().enumerate().all(|(i, (v, _))| {
                     let info = &self.values[v.0 as usize];
-                    if is_write(node, i) {
+                    if node.writes(i) {
                         matches!(info.storage, Storage::Intermediate)
                     } else {
                         value_const[v.0 as usize]
@@ -287,15 +293,14 @@ impl Graph {
         }
     }
 
-    /// The values written by constant nodes ([`Self::constant_nodes`]):
+    /// The values written by the `constant` nodes ([`Self::constant_nodes`]):
     /// kept in buffers of their own, since they outlive every replay.
-    pub(crate) fn hoisted_values(&self) -> Vec<bool> {
-        let constant = self.constant_nodes();
+    pub(crate) fn hoisted_values(&self, constant: &[bool]) -> Vec<bool> {
         let mut hoisted = vec![false; self.values.len()];
         for (n, node) in self.nodes.iter().enumerate() {
             if constant[n] {
                 for (i, (v, _)) in node.binds.iter().enumerate() {
-                    if node.key.bindings[i].1 == Access::ReadWrite {
+                    if node.writes(i) {
                         hoisted[v.0 as usize] = true;
                     }
                 }

@@ -100,10 +100,11 @@ impl Graph {
         Ok(())
     }
 
-    /// Best-fit sharing of intermediates, in node order: each
-    /// intermediate's slot and each slot's size. Pure bookkeeping: nothing
+    /// Best-fit sharing of intermediates (but the `hoisted` values, which
+    /// keep their own buffers), in node order: each intermediate's slot and
+    /// each slot's size. Pure bookkeeping: nothing
     /// is allocated (the performance model reads it too).
-    pub(crate) fn assign_slots(&self) -> (Vec<Option<usize>>, Vec<u64>) {
+    pub(crate) fn assign_slots(&self, hoisted: &[bool]) -> (Vec<Option<usize>>, Vec<u64>) {
         let n_values = self.values.len();
         // Lifetimes: first node that binds a value, last node that binds it.
         let mut first = vec![usize::MAX; n_values];
@@ -120,7 +121,6 @@ impl Graph {
         let mut slot_of: Vec<Option<usize>> = vec![None; n_values];
         let mut starts: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
         let mut ends: Vec<Vec<usize>> = vec![Vec::new(); self.nodes.len()];
-        let hoisted = self.hoisted_values();
         for v in 0..n_values {
             let shared = matches!(self.values[v].storage, Storage::Intermediate) && !hoisted[v];
             if first[v] != usize::MAX && shared {
@@ -168,7 +168,7 @@ impl Graph {
         let mut writers = vec![0usize; self.values.len()];
         for node in &self.nodes {
             for (i, (v, _)) in node.binds.iter().enumerate() {
-                if node.key.bindings[i].1 == crate::gpu::Access::ReadWrite {
+                if node.writes(i) {
                     writers[v.0 as usize] += 1;
                 }
             }
@@ -184,7 +184,7 @@ impl Graph {
             for (i, (v, w)) in node.binds.iter().enumerate() {
                 let vi = v.0 as usize;
                 (i, w.map(|w| (w.start, w.len))).hash(&mut h);
-                if node.key.bindings[i].1 == crate::gpu::Access::ReadWrite {
+                if node.writes(i) {
                     continue;
                 }
                 match &self.values[vi].storage {
@@ -199,10 +199,7 @@ impl Graph {
             }
             for (i, (v, _)) in node.binds.iter().enumerate() {
                 let vi = v.0 as usize;
-                if node.key.bindings[i].1 == crate::gpu::Access::ReadWrite
-                    && writers[vi] == 1
-                    && known
-                {
+                if node.writes(i) && writers[vi] == 1 && known {
                     let mut hv = h.clone();
                     i.hash(&mut hv);
                     sig[vi] = Some(hv.finish());
@@ -214,7 +211,8 @@ impl Graph {
 
     /// Bytes of the shared intermediate slots a plan of this graph needs.
     pub fn intermediate_bytes(&self) -> u64 {
-        self.assign_slots().1.iter().sum()
+        let hoisted = self.hoisted_values(&self.constant_nodes());
+        self.assign_slots(&hoisted).1.iter().sum()
     }
 
     /// Device bytes of value `v` as planned (padded).
@@ -226,8 +224,8 @@ impl Graph {
     /// plus its inputs, outputs and hoisted values (weights and stores are
     /// external).
     pub fn activation_bytes(&self) -> u64 {
-        let (_, slots) = self.assign_slots();
-        let hoisted = self.hoisted_values();
+        let hoisted = self.hoisted_values(&self.constant_nodes());
+        let (_, slots) = self.assign_slots(&hoisted);
         let io: u64 = (0..self.values.len())
             .filter(|&v| {
                 hoisted[v] || matches!(self.values[v].storage, Storage::Input | Storage::Output)
@@ -252,7 +250,9 @@ impl Graph {
             "a graph recorded for another device's limits is never planned"
         );
         let gpu = self.gpu.clone();
-        let (slot_of, slot_size) = self.assign_slots();
+        let constant = self.constant_nodes();
+        let hoisted = self.hoisted_values(&constant);
+        let (slot_of, slot_size) = self.assign_slots(&hoisted);
         let size_of = |v: usize| self.value_bytes(v);
         let unshared: u64 = (0..self.values.len())
             .filter(|&v| slot_of[v].is_some())
@@ -270,19 +270,16 @@ impl Graph {
             }))
         };
         let slots = arena.buffers_for(&slot_size, |i, size| alloc(&format!("slot {i}"), size));
-        let constant = self.constant_nodes();
-        let hoisted = self.hoisted_values();
         let signatures = self.constant_signatures(&constant);
         let mut pinned = HashMap::new();
         let mut io_bytes = 0;
         for (v, info) in self.values.iter().enumerate() {
-            let tensor = match &info.storage {
-                Storage::External(t) => t.clone(),
-                Storage::Intermediate if !hoisted[v] => continue,
+            let tensor = match (&info.storage, signatures[v]) {
+                (Storage::External(t), _) => t.clone(),
+                (Storage::Intermediate, _) if !hoisted[v] => continue,
                 // The same constant work in another plan of the arena (a
                 // phase's variants all project the same text): one buffer.
-                Storage::Intermediate if signatures[v].is_some() => {
-                    let sig = signatures[v].expect("checked");
+                (Storage::Intermediate, Some(sig)) => {
                     let (t, new) = arena.constant(sig, || Tensor {
                         buffer: alloc(&info.name, size_of(v)),
                         offset: 0,
@@ -294,7 +291,7 @@ impl Graph {
                     }
                     t
                 }
-                Storage::Input | Storage::Output | Storage::Intermediate => {
+                (Storage::Input | Storage::Output | Storage::Intermediate, _) => {
                     let size = size_of(v);
                     io_bytes += size;
                     Tensor {
