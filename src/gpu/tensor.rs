@@ -113,11 +113,30 @@ impl Tensor {
         }
     }
 
-    /// Overwrites the tensor with host values.
+    /// Row `i` along the first dimension as a tensor of shape (1, ...) on
+    /// the same buffer: a slot of a state, a prompt's text row.
+    pub fn row(&self, i: usize) -> Tensor {
+        let mut shape = self.shape.clone();
+        let per = self.numel() / shape.first().copied().unwrap_or(1).max(1);
+        if let Some(first) = shape.first_mut() {
+            *first = 1;
+        }
+        Tensor {
+            buffer: self.buffer.clone(),
+            offset: self.offset + (i * per * self.dtype.size()) as u64,
+            shape,
+            dtype: self.dtype,
+        }
+    }
+
+    /// Overwrites the tensor with host values. Only the tensor's own bytes
+    /// are written (rounded up to the 4 bytes a write takes), so a view
+    /// ([`Tensor::row`]) leaves its neighbours alone.
     pub fn write_f32(&self, gpu: &Gpu, data: &[f32]) {
         debug_assert_eq!(data.len(), self.numel());
         let bytes = encode(data, self.dtype);
-        gpu.queue.write_buffer(&self.buffer, self.offset, &bytes);
+        let bytes = &bytes[..self.bytes().div_ceil(4) as usize * 4];
+        gpu.queue.write_buffer(&self.buffer, self.offset, bytes);
         gpu.counters.write(bytes.len() as u64);
     }
 

@@ -134,7 +134,7 @@ impl<'a> LoopIo<'a> {
 
 impl Pipeline<'_> {
     /// Float32 latent slots `(slots, C, h, w)` on the device, filled with `data`
-    /// (or zeros).
+    /// (or left for the loop to write; [`Tensor::row`] writes one slot).
     pub(super) fn slots(
         &self,
         name: &str,
@@ -221,14 +221,14 @@ impl Pipeline<'_> {
     /// Copies `slot` of `from` into `slot_to` of `to` (same latent size) on
     /// the GPU, after the work submitted so far.
     pub(super) fn copy_slot(&self, from: &Tensor, slot: usize, to: &Tensor, slot_to: usize) {
-        let bytes = (from.numel() / from.shape[0] * from.dtype.size()) as u64;
+        let (src, dst) = (from.row(slot), to.row(slot_to));
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(
-            &from.buffer,
-            from.offset + slot as u64 * bytes,
-            &to.buffer,
-            to.offset + slot_to as u64 * bytes,
-            bytes,
+            &src.buffer,
+            src.offset,
+            &dst.buffer,
+            dst.offset,
+            src.bytes(),
         );
         self.gpu.queue.submit([enc.finish()]);
         self.gpu.counters.submit();

@@ -16,7 +16,6 @@ use crate::gpu::{InFlight, Tensor};
 use crate::models::hooks::Hooks;
 use crate::ops::{Guidance, Slot};
 use crate::progress::{Progress, Timer};
-use std::collections::BTreeMap;
 
 /// Classifier-free guidance: eps_u + g (eps_c - eps_u), from the UNet's
 /// output rows (unconditional, conditional) of `lat` elements each.
@@ -88,10 +87,8 @@ impl Pipeline<'_> {
             })
             .collect();
         let tables = StepTables::new(&self.gpu, &grid, &coef);
-        let lat = z0.len();
-        let mut init = vec![0f32; steps * lat];
-        init.extend_from_slice(z0);
-        let state = self.slots("inversion", steps + 1, hw, Some(&init));
+        let state = self.slots("inversion", steps + 1, hw, None);
+        state.row(steps).write_f32(&self.gpu, z0);
         let ctx = self.text_rows(&[c_inv]);
         // Step j reads slot j + 1 and writes slot j (the grid descends).
         let io = LoopIo {
@@ -119,19 +116,30 @@ impl Pipeline<'_> {
         }
         self.drain(&mut flight, progress).await?;
         let all = state.to_f32(&self.gpu).await?;
-        self.check_finite("the inversion", &all[..steps * lat], "the UNet's weights")?;
-        let latents: BTreeMap<usize, Vec<f32>> = (grid.iter())
-            .zip(all.chunks_exact(lat))
+        self.check_finite(
+            "the inversion",
+            &all[..steps * z0.len()],
+            "the UNet's weights",
+        )?;
+        let inv = self.trajectory(&grid, &all, z0.to_vec(), hw);
+        self.phase_done("inversion", timer);
+        Ok(inv)
+    }
+
+    /// The [`Inversion`] of a loop's state read back (`slots`): slot j is
+    /// the latent at `grid[j]` (descending), then `z0`.
+    fn trajectory(&self, grid: &[usize], slots: &[f32], z0: Vec<f32>, hw: [usize; 2]) -> Inversion {
+        let latents = (grid.iter())
+            .zip(slots.chunks_exact(z0.len()))
             .map(|(&t, z)| (t, z.to_vec()))
             .collect();
-        self.phase_done("inversion", timer);
-        Ok(Inversion {
+        Inversion {
             hw,
-            z0: z0.to_vec(),
-            steps,
+            z0,
+            steps: grid.len(),
             latents,
             model: Some(self.model.fingerprint()),
-        })
+        }
     }
 
     /// The injected sampling for every target prompt, sharing one inversion
@@ -262,8 +270,8 @@ impl Pipeline<'_> {
         let mut flight = InFlight::default();
         for (pi, c) in emb.targets.iter().enumerate() {
             progress.phase(&format!("sampling prompt {}", pi + 1), n);
-            self.write_text_row(&ctx, rows - 1, c);
-            self.write_text_row(&ctx_inline, rows, c);
+            ctx.row(rows - 1).write_f32(&self.gpu, c);
+            ctx_inline.row(rows).write_f32(&self.gpu, c);
             plans.refresh();
             self.copy_slot(&sources, 0, &state, 0);
             for (i, &what) in whats.iter().enumerate() {
@@ -352,13 +360,13 @@ impl Pipeline<'_> {
         check_guidance(guidance)?;
         let grid = self.scheduler.timesteps(steps)?;
         self.check_slots("the generation", steps + 1, hw)?;
-        let channels = self.model.unet.config.in_channels;
-        let lat = channels * hw[0] * hw[1];
-        let mut init = crate::rand::gaussian(seed, lat);
-        init.resize((steps + 1) * lat, 0.0);
+        let lat = self.model.unet.config.in_channels * hw[0] * hw[1];
         // Slot i: the latent step i starts from (the trajectory), slot
         // `steps`: the final one.
-        let state = self.slots("generation", steps + 1, hw, Some(&init));
+        let state = self.slots("generation", steps + 1, hw, None);
+        state
+            .row(0)
+            .write_f32(&self.gpu, &crate::rand::gaussian(seed, lat));
         let s = &self.scheduler;
         let coef: Vec<_> = (grid.iter())
             .map(|&t| {
@@ -397,18 +405,9 @@ impl Pipeline<'_> {
             &x,
             "the UNet's weights or an extreme guidance scale",
         )?;
-        let latents = (grid.iter())
-            .zip(all.chunks_exact(lat))
-            .map(|(&t, z)| (t, z.to_vec()))
-            .collect();
+        let inv = self.trajectory(&grid, &all, x, hw);
         self.phase_done("generation", timer);
-        Ok(Inversion {
-            hw,
-            z0: x,
-            steps,
-            latents,
-            model: Some(self.model.fingerprint()),
-        })
+        Ok(inv)
     }
 }
 

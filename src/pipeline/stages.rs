@@ -81,13 +81,6 @@ impl PlanCache {
     }
 }
 
-/// Decoded pixels in [-1, 1] to [0, 1].
-pub(super) fn to_unit(img: Vec<f32>) -> Vec<f32> {
-    img.into_iter()
-        .map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
-        .collect()
-}
-
 /// `rows` one after another.
 pub(super) fn concat_rows(rows: &[&[f32]]) -> Vec<f32> {
     rows.iter().flat_map(|r| r.iter().copied()).collect()
@@ -255,15 +248,6 @@ impl<'a> Pipeline<'a> {
         )
     }
 
-    /// Overwrites row `row` of [`Self::text_rows`]' tensor `rows` (the next
-    /// prompt's), after the work submitted so far.
-    pub(super) fn write_text_row(&self, rows: &Tensor, row: usize, e: &[f32]) {
-        let bytes = crate::gpu::tensor::encode(e, rows.dtype);
-        let at = rows.offset + (row * e.len() * rows.dtype.size()) as u64;
-        self.gpu.queue.write_buffer(&rows.buffer, at, &bytes);
-        self.gpu.counters.write(bytes.len() as u64);
-    }
-
     /// Every text embedding a translation with `opts` and `targets` needs.
     pub async fn embeddings(
         &mut self,
@@ -308,14 +292,22 @@ impl<'a> Pipeline<'a> {
         let images = self
             .decode_on_gpu(&z, hw, &mut crate::progress::Quiet)
             .await?;
-        let img = images.to_f32(&self.gpu).await?;
+        self.image(images.to_f32(&self.gpu).await?)
+    }
+
+    /// A decoded image read back, (3, H, W) in [-1, 1], refused if not
+    /// finite, mapped to [0, 1].
+    pub(super) fn image(&self, img: Vec<f32>) -> Result<Vec<f32>> {
         self.check_finite("the VAE decode", &img, "the VAE decoder's weights")?;
-        Ok(to_unit(img))
+        Ok(img
+            .into_iter()
+            .map(|v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
+            .collect())
     }
 
     /// VAE decode of every slot of `latents` ((n, 4, h, w) float32 on the
     /// device) into (n, 3, 8h, 8w) in the graph's type, in [-1, 1], left on
-    /// the device; [`to_unit`] maps them to [0, 1] once read.
+    /// the device; [`Self::image`] takes each once read.
     pub(super) async fn decode_on_gpu(
         &mut self,
         latents: &Tensor,
@@ -351,13 +343,8 @@ impl<'a> Pipeline<'a> {
             plan.set_step(i);
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
             plan.encode(&mut enc);
-            enc.copy_buffer_to_buffer(
-                &out.buffer,
-                out.offset,
-                &images.buffer,
-                images.offset + i as u64 * out.bytes(),
-                out.bytes(),
-            );
+            let to = images.row(i);
+            enc.copy_buffer_to_buffer(&out.buffer, out.offset, &to.buffer, to.offset, out.bytes());
             self.gpu.submit(enc.finish(), &mut flight);
         }
         self.drain(&mut flight, progress).await?;

@@ -5,7 +5,7 @@
 
 use super::inversion::Inversion;
 use super::options::{Embeddings, PnpOptions};
-use super::stages::{Pipeline, check_size, to_unit};
+use super::stages::{Pipeline, check_size};
 use super::{PnpError, Result};
 use crate::gpu::tensor::decode;
 use crate::gpu::{DType, Tensor};
@@ -174,12 +174,10 @@ impl Pipeline<'_> {
         };
         let finals = split(&finals, &bytes[0]);
         self.check_sampled(&finals)?;
-        let mut out = Vec::with_capacity(n);
-        for img in split(&images, &bytes[1]) {
-            self.check_finite("the VAE decode", &img, "the VAE decoder's weights")?;
-            out.push(to_unit(img));
-        }
-        Ok((finals, out))
+        let images = (split(&images, &bytes[1]).into_iter())
+            .map(|img| self.image(img))
+            .collect::<Result<_>>()?;
+        Ok((finals, images))
     }
 
     /// Records the largest graphs a translation of an image of `size` = [H,
