@@ -324,49 +324,42 @@ fn stack_time_projections<'a>(
     cx: Ctx,
     resnets: impl Iterator<Item = &'a mut Resnet>,
 ) -> Result<Linear, WeightError> {
+    let bad = |msg: &str| WeightError::Prepare {
+        what: "the stacked time-embedding projections".into(),
+        msg: msg.into(),
+    };
+    // (first row, weight, bias) of each ResNet's projection.
     let mut parts = Vec::new();
     let mut rows = 0;
     for r in resnets {
-        if let Some(l) = r.time_emb_proj.take() {
+        if let Some(Linear { weight, bias }) = r.time_emb_proj.take() {
+            let bias = bias.ok_or_else(|| bad("a projection lacks its bias"))?;
             r.time_off = Some(rows);
-            rows += l.weight.shape[0].next_multiple_of(2);
-            parts.push(l);
+            parts.push((rows, weight, bias));
+            rows += parts[parts.len() - 1].1.shape[0].next_multiple_of(2);
         }
     }
-    let t = parts.first().map_or(2, |l| l.weight.shape[1]);
-    if t % 2 != 0
-        || parts
-            .iter()
-            .any(|l| l.weight.shape[1] != t || l.bias.is_none())
-    {
-        return Err(WeightError::Prepare {
-            what: "the stacked time-embedding projections".into(),
-            msg: "the projections differ in width, have an odd one, or lack a bias".into(),
-        });
+    let t = parts.first().map_or(2, |(_, w, _)| w.shape[1]);
+    if t % 2 != 0 || parts.iter().any(|(_, w, _)| w.shape[1] != t) {
+        return Err(bad("the projections differ in width or have an odd one"));
     }
     let weight = Tensor::empty(cx.gpu, "time projections", &[rows.max(2), t], cx.dtype);
     let bias = Tensor::empty(cx.gpu, "time projection biases", &[rows.max(2)], cx.dtype);
     let size = cx.dtype.size() as u64;
     let mut enc = cx.gpu.device.create_command_encoder(&Default::default());
-    let mut at = 0u64;
-    for l in &parts {
-        let (out, w, b) = (
-            l.weight.shape[0] as u64,
-            &l.weight,
-            l.bias.as_ref().expect("checked"),
-        );
-        let wbytes = out * t as u64 * size;
+    for (at, w, b) in &parts {
+        let (at, out) = (*at as u64, w.shape[0] as u64);
+        let row_bytes = t as u64 * size;
         enc.copy_buffer_to_buffer(
             &w.buffer,
             w.offset,
             &weight.buffer,
-            at * t as u64 * size,
-            wbytes,
+            at * row_bytes,
+            out * row_bytes,
         );
         // The bias buffer is padded to 4 bytes, so an odd f16 count copies whole.
         let bbytes = (out * size).next_multiple_of(4);
         enc.copy_buffer_to_buffer(&b.buffer, b.offset, &bias.buffer, at * size, bbytes);
-        at += out.next_multiple_of(2);
     }
     cx.gpu.queue.submit([enc.finish()]);
     cx.gpu.counters.submit();

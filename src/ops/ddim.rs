@@ -48,7 +48,7 @@ impl Slot {
 }
 
 fn check_state(op: &str, state: &Value, lat: usize) -> Result<(), ShapeError> {
-    if state.dtype != DType::F32 || state.rank() < 2 || state.numel() / state.dim(0) != lat {
+    if state.dtype != DType::F32 || state.rank() < 2 || state.numel() != state.dim(0) * lat {
         return Err(shape_err(
             op,
             format!(

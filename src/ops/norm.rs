@@ -84,37 +84,13 @@ pub fn group_norm(
     eps: f32,
     silu: bool,
 ) -> Result<Value, ShapeError> {
-    let op = "group_norm";
-    if x.rank() < 2 || groups == 0 || !x.dim(1).is_multiple_of(groups) {
+    if x.rank() < 2 {
         return Err(shape_err(
-            op,
-            format!(
-                "cannot split {} into {groups} groups of channels",
-                ShapeFmt(&x.shape)
-            ),
+            "group_norm",
+            format!("{} has no channel dimension", ShapeFmt(&x.shape)),
         ));
     }
-    let c = x.dim(1);
-    expect_shape(op, "weight", gamma, &[c])?;
-    expect_shape(op, "bias", beta, &[c])?;
-    same_dtype(op, &[x, gamma, beta])?;
-    let hw: usize = x.shape[2..].iter().product();
-    let cpg = c / groups;
-    record(
-        g,
-        op,
-        x,
-        None,
-        gamma,
-        beta,
-        x.dim(0) * groups,
-        cpg * hw,
-        hw,
-        cpg,
-        groups,
-        eps,
-        silu,
-    )
+    group_norm_parts(g, x, None, gamma, beta, groups, eps, silu)
 }
 
 /// [`group_norm`] of the channel concatenation of `x1` and `x2` (B, C1 | C2,
@@ -132,15 +108,15 @@ pub fn group_norm_cat(
     eps: f32,
     silu: bool,
 ) -> Result<Value, ShapeError> {
-    let op = "group_norm";
-    let same_rest =
-        x1.rank() == x2.rank() && x1.dim(0) == x2.dim(0) && x1.shape[2..] == x2.shape[2..];
-    let c = x1.dim(1) + x2.dim(1);
-    if x1.rank() < 2 || !same_rest || groups == 0 || !c.is_multiple_of(groups) {
+    let same_rest = x1.rank() >= 2
+        && x1.rank() == x2.rank()
+        && x1.dim(0) == x2.dim(0)
+        && x1.shape[2..] == x2.shape[2..];
+    if !same_rest {
         return Err(shape_err(
-            op,
+            "group_norm",
             format!(
-                "cannot normalise the concatenation of {} and {} in {groups} groups",
+                "cannot concatenate {} and {} along the channels",
                 ShapeFmt(&x1.shape),
                 ShapeFmt(&x2.shape)
             ),
@@ -150,19 +126,49 @@ pub fn group_norm_cat(
         let cat = super::concat(g, &[x1, x2], 1)?;
         return group_norm(g, &cat, gamma, beta, groups, eps, silu);
     }
+    group_norm_parts(g, x1, Some(x2), gamma, beta, groups, eps, silu)
+}
+
+/// The group norm of x, or of the channel concatenation of x and `x2`
+/// (already checked to agree outside the channels).
+#[allow(clippy::too_many_arguments)]
+fn group_norm_parts(
+    g: &mut Graph,
+    x: &Value,
+    x2: Option<&Value>,
+    gamma: &Value,
+    beta: &Value,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+) -> Result<Value, ShapeError> {
+    let op = "group_norm";
+    let c = x.dim(1) + x2.map_or(0, |x2| x2.dim(1));
+    if groups == 0 || !c.is_multiple_of(groups) {
+        let what = match x2 {
+            Some(x2) => format!("{} | {}", ShapeFmt(&x.shape), ShapeFmt(&x2.shape)),
+            None => ShapeFmt(&x.shape).to_string(),
+        };
+        return Err(shape_err(
+            op,
+            format!("cannot split {what} into {groups} groups of channels"),
+        ));
+    }
     expect_shape(op, "weight", gamma, &[c])?;
     expect_shape(op, "bias", beta, &[c])?;
-    same_dtype(op, &[x1, x2, gamma, beta])?;
-    let hw: usize = x1.shape[2..].iter().product();
+    let mut all = vec![x, gamma, beta];
+    all.extend(x2);
+    same_dtype(op, &all)?;
+    let hw: usize = x.shape[2..].iter().product();
     let cpg = c / groups;
     record(
         g,
         op,
-        x1,
-        Some(x2),
+        x,
+        x2,
         gamma,
         beta,
-        x1.dim(0) * groups,
+        x.dim(0) * groups,
         cpg * hw,
         hw,
         cpg,
