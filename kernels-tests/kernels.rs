@@ -188,28 +188,44 @@ fn constant_work_runs_once_per_refresh() {
 /// variants really ran.
 #[test]
 fn small_tiles_match_torch() {
-    let opts = pnp::gpu::GpuOptions {
-        adapter_name: std::env::var("PNP_ADAPTER").ok(),
-        small_tiles: true,
-        ..Default::default()
-    };
-    let gpu = pollster::block_on(pnp::gpu::Gpu::new(&opts)).expect("adapter");
-    let d = dtypes();
-    let f = Fixture::load("gemm.safetensors");
-    pollster::block_on(cases::gemm(&gpu, &f, &d)).finish("gemm, small tiles");
-    let f = Fixture::load("conv2d.safetensors");
-    pollster::block_on(cases::conv2d(&gpu, &f, &d)).finish("conv2d, small tiles");
-    let f = Fixture::load("attention.safetensors");
-    pollster::block_on(cases::attention(&gpu, &f, &d)).finish("attention, small tiles");
-    pollster::block_on(cases::normed_linear(&gpu, &d)).finish("normed linear, small tiles");
-    pollster::block_on(cases::channel_linears(&gpu, &d)).finish("channel linears, small tiles");
-    pollster::block_on(cases::concat_readers(&gpu, &d)).finish("concat readers, small tiles");
-    let keys = gpu.kernel_keys();
-    for (family, tile) in [("gemm", "TILE"), ("conv", "TILE"), ("attention", "BQ")] {
-        assert!(
+    for tile in [32, 16] {
+        let opts = pnp::gpu::GpuOptions {
+            adapter_name: std::env::var("PNP_ADAPTER").ok(),
+            force_tile: Some(tile),
+            ..Default::default()
+        };
+        let gpu = pollster::block_on(pnp::gpu::Gpu::new(&opts)).expect("adapter");
+        let d = dtypes();
+        let what = |op: &str| format!("{op}, {tile}-tiles");
+        let f = Fixture::load("gemm.safetensors");
+        pollster::block_on(cases::gemm(&gpu, &f, &d)).finish(&what("gemm"));
+        let f = Fixture::load("conv2d.safetensors");
+        pollster::block_on(cases::conv2d(&gpu, &f, &d)).finish(&what("conv2d"));
+        let f = Fixture::load("attention.safetensors");
+        pollster::block_on(cases::attention(&gpu, &f, &d)).finish(&what("attention"));
+        pollster::block_on(cases::normed_linear(&gpu, &d)).finish(&what("normed linear"));
+        pollster::block_on(cases::channel_linears(&gpu, &d)).finish(&what("channel linears"));
+        pollster::block_on(cases::concat_readers(&gpu, &d)).finish(&what("concat readers"));
+        let keys = gpu.kernel_keys();
+        let ran = |family: &str, name: &str, value: u32| {
             keys.iter()
-                .any(|k| k.family == family && k.consts.contains(&(tile, 32))),
-            "no {family} ran with 32-wide tiles"
+                .any(|k| k.family == family && k.consts.contains(&(name, value)))
+        };
+        let t = tile as u32;
+        for (family, name) in [("gemm", "TILE"), ("conv", "TILE"), ("attention", "BQ")] {
+            assert!(ran(family, name, t), "no {family} ran with {name} = {tile}");
+            assert!(
+                !ran(family, name, 64),
+                "a {family} ran with {name} = 64 although {tile} was forced"
+            );
+        }
+        // GEGLU never runs at 16 (its thread holds both columns of a pair
+        // only at 64 and 32): forcing 16 gives it 32.
+        assert!(
+            keys.iter().any(|k| k.family == "gemm"
+                && k.consts.contains(&("ACT", 4))
+                && k.consts.contains(&("TILE", 32))),
+            "no GEGLU ran with 32-tiles"
         );
     }
 }

@@ -6,11 +6,14 @@
 //! feature-store paths, in every storage type the adapter has, and the
 //! attention of the real SD1.5, SD2.1 and VAE head widths from their
 //! presets), then asks the device's pipeline cache which keys were made.
+//! The same again on devices forced to the small tiles (32 and 16, see
+//! `GpuOptions::force_tile`), which only heavy dispatches on a large GPU
+//! request otherwise.
 
 mod common;
 
 use common::*;
-use pnp::gpu::{DType, INCLUDES, KernelKey, Tensor, shader_source};
+use pnp::gpu::{DType, Gpu, GpuOptions, INCLUDES, KernelKey, Tensor, shader_source};
 use pnp::graph::Graph;
 use pnp::models::files::Disk;
 use pnp::models::loader::{ModelLayout, load_model};
@@ -19,15 +22,15 @@ use pnp::pipeline::scheduler::Ddim;
 use pnp::pipeline::{Pipeline, PnpOptions, StoreMode};
 use pnp::progress::Quiet;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// Two sampling steps: the first injects features and q/k, the second nothing.
-fn short_translation(model: &str, dtype: DType, store: StoreMode) {
-    let gpu = gpu();
+fn short_translation(gpu: &Arc<Gpu>, model: &str, dtype: DType, store: StoreMode) {
     let root = fixture_path("models").join(model);
     let layout = ModelLayout::Folder {
         root: root.to_str().expect("utf-8 path").into(),
     };
-    let cx = Ctx { gpu: &gpu, dtype };
+    let cx = Ctx { gpu, dtype };
     let m = pollster::block_on(load_model(&Disk, &layout, cx, &mut Quiet)).expect("model");
     let sched = Ddim::from_optional_config(m.scheduler_config.as_ref()).expect("scheduler");
     let mut pipe = Pipeline::new(gpu.clone(), &m.model, &m.tokenizer, sched, dtype);
@@ -47,10 +50,9 @@ fn short_translation(model: &str, dtype: DType, store: StoreMode) {
 }
 
 /// Self-attention of `heads` heads over `width` channels, planned.
-fn attention(dtype: DType, width: usize, heads: usize) {
-    let gpu = gpu();
+fn attention(gpu: &Arc<Gpu>, dtype: DType, width: usize, heads: usize) {
     let mut g = Graph::new(gpu.clone(), dtype);
-    let x = Tensor::from_f32(&gpu, "x", &vec![0.0; 16 * width], &[1, 16, width], dtype);
+    let x = Tensor::from_f32(gpu, "x", &vec![0.0; 16 * width], &[1, 16, width], dtype);
     let x = g.external("x", &x);
     let y = pnp::ops::attention(&mut g, &x, &x, &x, heads, false, None).expect("attention");
     g.output(&y);
@@ -59,11 +61,26 @@ fn attention(dtype: DType, width: usize, heads: usize) {
 
 /// Every variant requested by the models and the real head widths.
 fn requested_variants() -> Vec<KernelKey> {
-    let gpu = gpu();
-    for dtype in dtypes_of(&gpu) {
+    let mut keys = variants_on(&gpu(), &[StoreMode::Resident, StoreMode::Inline]);
+    for tile in [32, 16] {
+        let opts = GpuOptions {
+            adapter_name: std::env::var("PNP_ADAPTER").ok(),
+            force_tile: Some(tile),
+            ..Default::default()
+        };
+        let forced = pollster::block_on(Gpu::new(&opts)).expect("adapter");
+        keys.extend(variants_on(&forced, &[StoreMode::Resident]));
+    }
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
+    keys
+}
+
+fn variants_on(gpu: &Arc<Gpu>, stores: &[StoreMode]) -> Vec<KernelKey> {
+    for dtype in dtypes_of(gpu) {
         for model in ["sd15-tiny", "sd2-tiny"] {
-            for store in [StoreMode::Resident, StoreMode::Inline] {
-                short_translation(model, dtype, store);
+            for &store in stores {
+                short_translation(gpu, model, dtype, store);
             }
         }
         for (_, unet, vae) in [
@@ -71,10 +88,15 @@ fn requested_variants() -> Vec<KernelKey> {
             pnp::models::presets::sd21_base(),
         ] {
             for (i, &c) in unet.block_out_channels.iter().enumerate() {
-                attention(dtype, c, unet.heads(i));
+                attention(gpu, dtype, c, unet.heads(i));
             }
             // The VAE's mid-block attention: one head as wide as its channels.
-            attention(dtype, *vae.block_out_channels.last().expect("channels"), 1);
+            attention(
+                gpu,
+                dtype,
+                *vae.block_out_channels.last().expect("channels"),
+                1,
+            );
         }
     }
     gpu.kernel_keys()
@@ -242,4 +264,66 @@ fn uncaptured_device_errors_become_errors_not_panics() {
         pollster::block_on(ok.to_f32(&gpu)).expect("read"),
         [1.0, 2.0]
     );
+}
+
+/// The tile rule (`Graph::tile_for`), at the SD shapes the H100 profile
+/// found starved: no dispatch of at least 1 GFLOP launches fewer than twice
+/// the 132 compute units, and each takes the largest tile that fills them
+/// (a 64x64 latent's conv keeps its 64-tiles).
+#[test]
+fn heavy_dispatches_fill_the_modelled_gpu() {
+    let gpu = gpu();
+    let dt = DType::F16;
+    if !gpu.caps.shader_f16 {
+        eprintln!("skipped: no shader-f16");
+        return;
+    }
+    let mut g = Graph::new(gpu.clone(), dt);
+    g.model_device(1 << 31, 132);
+    let weight = |g: &mut Graph, name: &str, shape: &[usize]| {
+        g.external(name, &Tensor::empty(&gpu, name, shape, dt))
+    };
+    let conv = |g: &mut Graph, c: usize, side: usize, stride: usize| {
+        let x = g.input("x", &[1, c, side, side], dt);
+        let w = weight(g, "w", &[c, c, 3, 3]);
+        let b = weight(g, "b", &[c]);
+        let op = pnp::ops::Conv2d {
+            stride,
+            pad: [1; 4],
+        };
+        pnp::ops::conv2d(g, &x, &w, &b, op, None).expect("conv");
+    };
+    conv(&mut g, 1280, 8, 1); // the 8x8 ResNets: 80 workgroups at 32
+    conv(&mut g, 640, 32, 2); // the 32 -> 16 downsampler: 160 at 32
+    conv(&mut g, 320, 64, 1); // 320 at 64: stays
+    // The 8x8 GEGLU projection: 160 workgroups at 64.
+    let x = g.input("tokens", &[1, 64, 1280], dt);
+    let w = weight(&mut g, "ff", &[2 * 5120, 1280]);
+    let bias = weight(&mut g, "ff_b", &[2 * 5120]);
+    let epi = pnp::ops::Epilogue {
+        bias: Some(&bias),
+        act: pnp::ops::Act::Geglu(5120),
+        residual: None,
+    };
+    pnp::ops::linear(&mut g, &x, &w, epi).expect("geglu");
+    // SD 1.5's self-attention at 32x32: 8 heads of 40, 256 workgroups at 32.
+    let q = g.input("q", &[1, 1024, 320], dt);
+    pnp::ops::attention(&mut g, &q, &q, &q, 8, false, None).expect("attention");
+    let d = g.dispatches();
+    let groups: Vec<(&str, u64, u64)> = d
+        .iter()
+        .map(|x| (x.family, x.flops / 100_000_000, x.workgroups))
+        .collect();
+    for x in &d {
+        assert!(
+            x.flops < 1_000_000_000 || x.workgroups >= 264,
+            "a {} of {} MFLOP launches {} workgroups: {groups:?}",
+            x.family,
+            x.flops / 1_000_000,
+            x.workgroups
+        );
+    }
+    let wg: Vec<u64> = d.iter().map(|x| x.workgroups).collect();
+    // 16-tiles, 16-tiles, 64-tiles, GEGLU at 32, 16 queries per workgroup.
+    assert_eq!(wg, [80 * 4, 40 * 16, 5 * 64, 2 * 320, 64 * 8], "{groups:?}");
 }

@@ -1,7 +1,12 @@
 // Fused attention, softmax(Q K^T * scale [+ causal mask]) V, without the score
-// matrix: one invocation per query row keeps its q and output accumulator in
-// registers and streams keys and values through workgroup memory in tiles of
-// BC, with the online softmax (running max and sum, rescaled once per tile).
+// matrix: a workgroup of 64 invocations takes BQ query rows (64, 32 or 16,
+// generated) with KS = 64 / BQ invocations per row. Each keeps the row's q
+// and its own output accumulator in registers and takes every KS-th key of
+// the tiles of BC keys and values streamed through workgroup memory, with the
+// online softmax (running max and sum, rescaled once per tile); at the end
+// the row's KS partial states are merged through workgroup memory. Fewer rows
+// per workgroup is more workgroups and more invocations for short sequences
+// (a 32x32 latent's self-attention), at the same workgroup size.
 //
 // Tensors are in the layout right after the q/k/v projections, (B, L, H*D)
 // with head h in columns h*D .. h*D+D, addressed through row/batch strides and
@@ -23,8 +28,8 @@ struct Params {
     heads: u32, k_begin: u32, k_end: u32, first_last: u32, // first_last: bit 0 first chunk, bit 1 last
 }
 
-// BQ (queries per workgroup, one per invocation) is generated: 64, or 32
-// where 64 would launch too few workgroups to fill the GPU.
+const THREADS: u32 = 64u;
+const KS: u32 = THREADS / BQ; // invocations (key lanes) per query row
 const BC: u32 = 16u;
 const NEG: f32 = -3.0e38;
 
@@ -39,12 +44,32 @@ const NEG: f32 = -3.0e38;
 
 var<workgroup> k_tile: array<f32, BC * HEAD_DIM>;
 var<workgroup> v_tile: array<f32, BC * HEAD_DIM>;
+var<workgroup> merge_ml: array<vec2<f32>, 32>; // (max, sum) of the lane being merged, per row
 
-@compute @workgroup_size(BQ)
+// The k and v tiles, end to end, hold one lane's accumulators (BQ rows of
+// HEAD_DIM, BQ <= 32 whenever KS > 1) while the lanes merge.
+fn stash(e: u32, x: f32) {
+    if (e < BC * HEAD_DIM) {
+        k_tile[e] = x;
+    } else {
+        v_tile[e - BC * HEAD_DIM] = x;
+    }
+}
+
+fn unstash(e: u32) -> f32 {
+    if (e < BC * HEAD_DIM) {
+        return k_tile[e];
+    }
+    return v_tile[e - BC * HEAD_DIM];
+}
+
+@compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let b = wg.z;
     let col = wg.y * HEAD_DIM;
-    let i = wg.x * BQ + tid;
+    let row = tid / KS;
+    let lane = tid % KS;
+    let i = wg.x * BQ + row;
     let live = i < p.lq;
 
     var qr: array<f32, HEAD_DIM>;
@@ -60,7 +85,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
     var l = 0.0;
 #if CHUNKED
     let sb = ((b * p.heads + wg.y) * p.lq + i) * (HEAD_DIM + 2u);
-    if (live && (p.first_last & 1u) == 0u) {
+    // The carried state goes to lane 0; the other lanes start empty.
+    if (live && lane == 0u && (p.first_last & 1u) == 0u) {
         m = state[sb];
         l = state[sb + 1u];
         for (var d = 0u; d < HEAD_DIM; d++) {
@@ -75,7 +101,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         k_end = min(k_end, (wg.x + 1u) * BQ);
     }
     for (var k0 = p.k_begin; k0 < k_end; k0 += BC) {
-        for (var e = tid; e < BC * HEAD_DIM; e += BQ) {
+        for (var e = tid; e < BC * HEAD_DIM; e += THREADS) {
             let j = k0 + e / HEAD_DIM;
             let d = e % HEAD_DIM;
             var kv = 0.0;
@@ -91,7 +117,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         if (live) {
             var s: array<f32, BC>;
             var tile_max = NEG;
-            for (var jj = 0u; jj < BC; jj++) {
+            for (var jj = lane; jj < BC; jj += KS) {
                 let j = k0 + jj;
                 var sv = NEG;
                 if (j < k_end && (p.causal == 0u || j <= i)) {
@@ -110,7 +136,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
                 for (var d = 0u; d < HEAD_DIM; d++) {
                     acc[d] *= corr;
                 }
-                for (var jj = 0u; jj < BC; jj++) {
+                for (var jj = lane; jj < BC; jj += KS) {
                     if (s[jj] > NEG) {
                         let pj = exp(s[jj] - m_new);
                         l += pj;
@@ -125,9 +151,33 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         workgroupBarrier();
     }
 
+    // Lane 0 of each row takes in the other lanes' (max, sum, acc), one lane
+    // at a time (uniform control flow: KS is a constant).
+    for (var r = 1u; r < KS; r++) {
+        if (live && lane == r) {
+            merge_ml[row] = vec2<f32>(m, l);
+            for (var d = 0u; d < HEAD_DIM; d++) {
+                stash(row * HEAD_DIM + d, acc[d]);
+            }
+        }
+        workgroupBarrier();
+        if (live && lane == 0u) {
+            let other = merge_ml[row];
+            let m_new = max(m, other.x);
+            let c_own = exp(m - m_new);
+            let c_other = exp(other.x - m_new);
+            l = l * c_own + other.y * c_other;
+            for (var d = 0u; d < HEAD_DIM; d++) {
+                acc[d] = acc[d] * c_own + unstash(row * HEAD_DIM + d) * c_other;
+            }
+            m = m_new;
+        }
+        workgroupBarrier();
+    }
+
 #if CHUNKED
     if ((p.first_last & 2u) == 0u) {
-        if (live) {
+        if (live && lane == 0u) {
             state[sb] = m;
             state[sb + 1u] = l;
             for (var d = 0u; d < HEAD_DIM; d++) {
@@ -137,7 +187,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
         return;
     }
 #endif
-    if (live) {
+    if (live && lane == 0u) {
         let inv = 1.0 / l;
         let ob = b * p.o_bs + i * p.o_rs + p.o_off + col;
         for (var d = 0u; d < HEAD_DIM; d++) {

@@ -86,7 +86,7 @@ fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
         b += f32(rowb[(p.row_base + bt) * p.row_stride + p.row_off + p.m_base + m]);
 #endif
     }
-    for (var j = 0u; j < 4u; j++) {
+    for (var j = 0u; j < R; j++) {
         let n = n0 + TS * j;
         if (n < p.n) {
             let i = (bt * p.m + m) * p.n + n;

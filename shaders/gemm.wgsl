@@ -9,8 +9,9 @@
 // written channel-major), HAS_RES, B_N_FAST (B contiguous along n).
 // GEGLU expects the projection's rows interleaved in groups of 16 (hidden
 // rows h, then gate rows g, per group; see ops::gemm::geglu_interleave): the
-// thread holding columns tx + 16j then owns the pair (h, g) for j = (0, 1)
-// and (2, 3) and writes h * gelu(g) at half the column index.
+// thread holding columns tx + TS*j of a 64- or 32-tile then owns both halves
+// of two pairs (h, g) and writes h * gelu(g) at half the column index (a
+// 16-tile's thread does not: GEGLU never runs at 16).
 
 // LN_A: A is read through a LayerNorm over its rows (width K), with gamma
 // and beta (K): each workgroup first computes the mean and the inverse
@@ -131,7 +132,7 @@ fn finish(bt: u32, m: u32, n: u32, x: f32) {
 
 fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
     var v = acc;
-    for (var j = 0u; j < 4u; j++) {
+    for (var j = 0u; j < R; j++) {
         let n = n0 + TS * j;
 #if HAS_BIAS
         if (n < p.n) {
@@ -144,16 +145,18 @@ fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
 #endif
     }
     if (ACT == 4u) {
-        // Pairs (h, g) in columns (n0, n0 + 16) and (n0 + 32, n0 + 48).
+        // The pairs (h, g) lie 16 columns apart: registers (0, 1) and (2, 3)
+        // of a 64-tile (TS = 16), (0, 2) and (1, 3) of a 32-tile (TS = 8).
         for (var q = 0u; q < 2u; q++) {
-            let n = n0 + 32u * q;
+            let hj = select(q, 2u * q, TS == 16u);
+            let n = n0 + TS * hj;
             let out_col = (n / 32u) * 16u + (n % 16u);
             if (n < p.n && out_col < p.n_out) {
-                finish(bt, m, out_col, v[2u * q] * gelu_erf(v[2u * q + 1u]));
+                finish(bt, m, out_col, v[hj] * gelu_erf(v[hj + 16u / TS]));
             }
         }
     } else {
-        for (var j = 0u; j < 4u; j++) {
+        for (var j = 0u; j < R; j++) {
             let n = n0 + TS * j;
             if (n < p.n) {
                 finish(bt, m, n, activate(v[j]));

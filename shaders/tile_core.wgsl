@@ -1,19 +1,21 @@
 // Tiled matrix-multiply main loop shared by gemm.wgsl and conv.wgsl (appended
 // to either; never a module of its own).
 //
-// C tile of TILE x TILE per workgroup of TS x TS threads (TS = TILE / 4);
-// each thread owns a 4 x 4 register block at rows ty + TS*i and columns
+// C tile of TILE x TILE per workgroup of TS x TS threads; each thread owns an
+// R x R register block (R = TILE / TS) at rows ty + TS*i and columns
 // tx + TS*j, so neighbouring threads touch neighbouring columns (coalesced
 // stores, conflict-free shared reads). K advances in slices of BK through
-// workgroup memory. TILE is 64, or 32 for a problem whose 64-tiles would
-// leave the GPU idle (four times the workgroups).
+// workgroup memory. TILE is 64 (16 x 16 threads of 4 x 4), or, for a problem
+// whose larger tiles would leave the GPU idle, 32 (8 x 8 threads of 4 x 4) or
+// 16 (8 x 8 threads of 2 x 2): every variant keeps at least 64 threads, so a
+// smaller tile means more threads in flight, not emptier workgroups.
 //
 // The including family provides:
 //   p.m, p.n, p.k                         problem size (uniform)
 //   fn load_a(bt, m, k) -> f32            A[bt, m, k], called only in range
 //   fn load_b(bt, k, n) -> f32            B[bt, k, n], called only in range
-//   fn epilogue(bt, m, n0, v: vec4<f32>)  v = C[bt, m, n0 + TS*j], j = 0..3
-//   const TILE: u32                       64 or 32 (generated)
+//   fn epilogue(bt, m, n0, v: vec4<f32>)  v[j] = C[bt, m, n0 + TS*j] for j < R
+//   const TILE: u32                       64, 32 or 16 (generated)
 //   fn prepare(bt, m0, tid)               once per workgroup before the loop
 //                                         (gemm's fused LayerNorm statistics)
 //   const B_N_FAST: u32                   1 if B is contiguous along n
@@ -22,7 +24,8 @@
 const BM: u32 = TILE;
 const BN: u32 = TILE;
 const BK: u32 = 16u;
-const TS: u32 = TILE / 4u;       // threads per side
+const TS: u32 = select(8u, 16u, TILE == 64u); // threads per side
+const R: u32 = TILE / TS;                       // register block side: 4 or 2
 const THREADS: u32 = TS * TS;
 const LOADS: u32 = BK * TILE / THREADS; // tile elements each thread loads
 
@@ -44,7 +47,7 @@ fn main(
     prepare(bt, m0, tid);
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // A slice: 64 rows x 16 k, in whichever order reads memory contiguously.
+        // A slice: TILE rows x BK k, in whichever order reads memory contiguously.
         for (var r = 0u; r < LOADS; r++) {
             let e = tid + r * THREADS;
             var mi: u32;
@@ -64,7 +67,7 @@ fn main(
             }
             a_tile[kk * BM + mi] = v;
         }
-        // B slice: 16 k x 64 columns, in whichever order reads memory contiguously.
+        // B slice: BK k x TILE columns, in whichever order reads memory contiguously.
         for (var r = 0u; r < LOADS; r++) {
             let e = tid + r * THREADS;
             var ni: u32;
@@ -88,17 +91,26 @@ fn main(
         for (var kk = 0u; kk < BK; kk++) {
             let ab = kk * BM + ty;
             let bb = kk * BN + tx;
-            let a = vec4<f32>(a_tile[ab], a_tile[ab + TS], a_tile[ab + 2u * TS], a_tile[ab + 3u * TS]);
-            let b = vec4<f32>(b_tile[bb], b_tile[bb + TS], b_tile[bb + 2u * TS], b_tile[bb + 3u * TS]);
-            acc[0] += a.x * b;
-            acc[1] += a.y * b;
-            acc[2] += a.z * b;
-            acc[3] += a.w * b;
+            var a = vec4<f32>(0.0);
+            var b = vec4<f32>(0.0);
+            for (var r = 0u; r < R; r++) {
+                a[r] = a_tile[ab + r * TS];
+                b[r] = b_tile[bb + r * TS];
+            }
+            for (var i = 0u; i < R; i++) {
+                if (R == 4u) {
+                    acc[i] += a[i] * b;
+                } else {
+                    for (var j = 0u; j < R; j++) {
+                        acc[i][j] += a[i] * b[j];
+                    }
+                }
+            }
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
+    for (var i = 0u; i < R; i++) {
         let m = m0 + ty + TS * i;
         if (m < p.m) {
             epilogue(bt, m, n0 + tx, acc[i]);

@@ -90,10 +90,12 @@ pub struct GpuOptions {
     /// shader even in a release build (also `PNP_CHECKED_SHADERS=1`).
     /// Debug builds always keep them.
     pub checked_shaders: bool,
-    /// Tile every GEMM and convolution at 32 wherever that launches more
-    /// workgroups than 64, not only heavy ones on a starved grid: how the
-    /// tests run the small-tile kernels at fixture sizes.
-    pub small_tiles: bool,
+    /// Tile every GEMM and convolution at this side (and run the fused
+    /// attention with this many queries per workgroup), or at the nearest
+    /// larger one an op allows, whatever the problem's size: how the tests
+    /// run the small-tile kernels (32 or 16) at fixture sizes. `None`: the
+    /// executor's choice ([`Graph::tile_for`](crate::graph::Graph)).
+    pub force_tile: Option<usize>,
 }
 
 /// Features this crate uses where the adapter offers them.
@@ -203,8 +205,8 @@ pub struct Gpu {
     /// (attention over many keys) split their work into several dispatches to
     /// stay under it. `None`: no bound.
     pub loop_budget: Option<usize>,
-    /// See [`GpuOptions::small_tiles`].
-    pub small_tiles: bool,
+    /// See [`GpuOptions::force_tile`].
+    pub force_tile: Option<usize>,
     pub(crate) pipelines: PipelineCache,
     /// Submits, reads and writes so far.
     pub counters: Counters,
@@ -272,7 +274,7 @@ impl Gpu {
             uncaptured,
             counters: Counters::default(),
             pipelines: PipelineCache::new(checked_shaders(opts)),
-            small_tiles: opts.small_tiles,
+            force_tile: opts.force_tile,
             loop_budget,
             device,
             queue,

@@ -531,19 +531,47 @@ impl Graph {
 }
 
 impl Graph {
-    /// The tile side (64 or 32) of a tiled GEMM or convolution (or the
-    /// queries per workgroup of the fused attention) whose grid has
-    /// `groups_at(tile)` workgroups: 64, unless a dispatch of at least
-    /// 1 GFLOP (`flops`) would launch fewer than [`Graph::min_workgroups`]
-    /// 64-tiles and 32-tiles launch more.
-    pub(crate) fn tile_for(&self, flops: usize, groups_at: impl Fn(usize) -> u64) -> usize {
-        let heavy = flops >= 1_000_000_000 || self.gpu.small_tiles;
-        let starved = groups_at(64) < self.min_workgroups || self.gpu.small_tiles;
-        if heavy && starved && groups_at(32) > groups_at(64) {
-            32
-        } else {
-            64
+    /// The tile side of a tiled GEMM or convolution (or the queries per
+    /// workgroup of the fused attention), from `tiles`, the sides the op
+    /// allows, largest first; `groups_at(tile)` is its grid's workgroup count.
+    ///
+    /// The rule: no dispatch of at least 1 GFLOP (`flops`) launches fewer
+    /// than [`Graph::min_workgroups`] (twice the target's compute units)
+    /// where a smaller tile launches enough. So: the largest tile (the most
+    /// reuse per load) unless the dispatch is heavy and starved, then the
+    /// largest that fills the GPU, else the one with the most workgroups.
+    /// Every tile keeps the same threads per workgroup, so a smaller tile is
+    /// more threads in flight.
+    pub(crate) fn tile_for(
+        &self,
+        flops: usize,
+        tiles: &[usize],
+        groups_at: impl Fn(usize) -> u64,
+    ) -> usize {
+        let largest = tiles[0];
+        if let Some(forced) = self.gpu.force_tile {
+            return tiles
+                .iter()
+                .rev()
+                .copied()
+                .find(|&t| t >= forced)
+                .unwrap_or(largest);
         }
+        if flops < 1_000_000_000 || groups_at(largest) >= self.min_workgroups {
+            return largest;
+        }
+        tiles
+            .iter()
+            .copied()
+            .find(|&t| groups_at(t) >= self.min_workgroups)
+            .unwrap_or_else(|| {
+                let most = tiles.iter().map(|&t| groups_at(t)).max().unwrap_or(0);
+                tiles
+                    .iter()
+                    .copied()
+                    .find(|&t| groups_at(t) == most)
+                    .unwrap_or(largest)
+            })
     }
 }
 

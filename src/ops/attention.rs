@@ -171,7 +171,7 @@ pub fn attention_views(
     // registers and the k/v tiles in workgroup memory. Wider heads (the VAE's
     // single 512-wide head) go through the score matrix instead: past 256 the
     // per-row registers would spill even where the tiles fit.
-    let shared = 2 * KEY_TILE * d * 4;
+    let shared = 2 * KEY_TILE * d * 4 + 32 * 8;
     let limit = g.gpu.limits.max_compute_workgroup_storage_size as usize;
     if shared > limit || d > MAX_FUSED_HEAD_DIM {
         let why = format!(
@@ -219,8 +219,11 @@ pub fn attention_views(
         outputs.extend(state.as_ref());
         // q k^T and p v: 2 multiply-adds per (query, key, channel).
         let flops = 4 * batch * heads * lq * (k_end - k_begin) * d;
-        // Fewer queries per workgroup where 64 would starve the GPU.
-        let bq = g.tile_for(flops, |t| (lq.div_ceil(t) * heads * batch) as u64);
+        // Fewer queries per workgroup (more key lanes each) where 64 would
+        // starve the GPU.
+        let bq = g.tile_for(flops, &[64, 32, 16], |t| {
+            (lq.div_ceil(t) * heads * batch) as u64
+        });
         let node = g.push(
             "attention",
             "main",

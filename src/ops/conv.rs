@@ -171,7 +171,7 @@ fn record(
         (b, ci_per, m_per)
     };
     let batches = if fits { b } else { 1 };
-    let tile = g.tile_for(2 * cout * ho * wo * cin * taps * b, |t| {
+    let tile = g.tile_for(2 * cout * ho * wo * cin * taps * b, &[64, 32, 16], |t| {
         (plane_out.div_ceil(t) * m_per.min(cout).div_ceil(t) * batches) as u64
     });
     let consts = vec![

@@ -108,16 +108,17 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
         }
         (s.batch, per)
     };
-    // Small tiles where 64-tiles would leave the GPU idle (not with GEGLU,
-    // whose column pairs follow the 64-tile's thread layout).
+    // Smaller tiles where 64-tiles would leave the GPU idle (not 16 with
+    // GEGLU, whose thread must hold both columns of a pair; see gemm.wgsl).
     let batches = if fits { s.batch } else { 1 };
     let flops = 2 * s.m * s.n * s.k * s.batch;
-    let tile = match s.act {
-        Act::Geglu(_) => 64,
-        _ => g.tile_for(flops, |t| {
-            (s.n.div_ceil(t) * row_chunk.min(s.m).div_ceil(t) * batches) as u64
-        }),
+    let tiles: &[usize] = match s.act {
+        Act::Geglu(_) => &[64, 32],
+        _ => &[64, 32, 16],
     };
+    let tile = g.tile_for(flops, tiles, |t| {
+        (s.n.div_ceil(t) * row_chunk.min(s.m).div_ceil(t) * batches) as u64
+    });
     let consts = vec![
         ("TILE", tile as u32),
         ("ACT", s.act.code()),
