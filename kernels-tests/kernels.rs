@@ -181,11 +181,10 @@ fn constant_work_runs_once_per_refresh() {
     assert_eq!(run(1.0), 7.0, "the refresh did not rerun the hoisted work");
 }
 
-/// The 32-wide tiles (chosen where 64-tiles would starve the GPU) against
-/// the same references: on a device that takes them wherever they launch
-/// more workgroups, the GEMM, convolution, attention (32 queries a
-/// workgroup) and fused cases pass at their tolerances, and the small-tile
-/// variants really ran.
+/// The 32- and 16-wide tiles (chosen where 64-tiles would starve the GPU)
+/// against the same references: on a device forced to them, the GEMM,
+/// convolution, attention (32 or 16 query rows a workgroup) and fused cases
+/// pass at their tolerances, and the small-tile variants really ran.
 #[test]
 fn small_tiles_match_torch() {
     for tile in [32, 16] {
@@ -226,6 +225,77 @@ fn small_tiles_match_torch() {
                 && k.consts.contains(&("ACT", 4))
                 && k.consts.contains(&("TILE", 32))),
             "no GEGLU ran with 32-tiles"
+        );
+    }
+}
+
+/// The cooperative-matrix main loop (`coop_core.wgsl`: f16 inputs, f32
+/// accumulators) against the PyTorch fixtures at the f16 tolerances, at both
+/// of its block sides, through every epilogue and loader the models use
+/// (GEGLU, the fused LayerNorm, channel-major A, concatenated inputs, the
+/// time-row bias), asserting that the coop variants ran and no f16 GEMM or
+/// convolution fell back. Where `PNP_EXPECT_COOP=1` (CI's run under the
+/// cooperative-matrix lavapipe) an adapter without them fails the test.
+#[test]
+fn coop_kernels_match_torch() {
+    let expect = std::env::var("PNP_EXPECT_COOP").is_ok_and(|v| v == "1");
+    for forced in [None, Some(16)] {
+        let opts = pnp::gpu::GpuOptions {
+            adapter_name: std::env::var("PNP_ADAPTER").ok(),
+            force_tile: forced,
+            ..Default::default()
+        };
+        let gpu = pollster::block_on(pnp::gpu::Gpu::new(&opts)).expect("adapter");
+        let Some(coop) = gpu.caps.coop else {
+            assert!(
+                !expect,
+                "PNP_EXPECT_COOP=1 but {} has no cooperative matrices",
+                gpu.describe()
+            );
+            eprintln!("skipped: {} has no cooperative matrices", gpu.describe());
+            return;
+        };
+        let side = coop.side;
+        let tile = if forced.is_some() { 2 * side } else { 4 * side };
+        let d = [pnp::gpu::DType::F16];
+        let what = |op: &str| format!("{op}, coop {side}, {tile}-blocks");
+        let f = Fixture::load("gemm.safetensors");
+        pollster::block_on(cases::gemm(&gpu, &f, &d)).finish(&what("gemm"));
+        let f = Fixture::load("conv2d.safetensors");
+        pollster::block_on(cases::conv2d(&gpu, &f, &d)).finish(&what("conv2d"));
+        pollster::block_on(cases::normed_linear(&gpu, &d)).finish(&what("normed linear"));
+        pollster::block_on(cases::channel_linears(&gpu, &d)).finish(&what("channel linears"));
+        pollster::block_on(cases::concat_readers(&gpu, &d)).finish(&what("concat readers"));
+        let keys = gpu.kernel_keys();
+        let coop_ran = |family: &str, with: (&str, u32)| {
+            keys.iter().any(|k| {
+                k.family == family
+                    && k.consts.contains(&("COOP", side))
+                    && k.consts.contains(&with)
+                    && (with.0 == "ACT" && with.1 == 4 || k.consts.contains(&("TILE", tile)))
+            })
+        };
+        for (family, with) in [
+            ("gemm", ("TILE", tile)),
+            ("gemm", ("ACT", 4)),
+            ("gemm", ("LN_A", 1)),
+            ("gemm", ("A_M_FAST", 1)),
+            ("conv", ("TILE", tile)),
+            ("conv", ("CAT", 1)),
+        ] {
+            assert!(coop_ran(family, with), "no coop {family} ran with {with:?}");
+        }
+        let fell_back: Vec<_> = keys
+            .iter()
+            .filter(|k| {
+                matches!(k.family, "gemm" | "conv")
+                    && k.dtype == pnp::gpu::DType::F16
+                    && !k.consts.contains(&("COOP", side))
+            })
+            .collect();
+        assert!(
+            fell_back.is_empty(),
+            "f16 kernels without coop: {fell_back:?}"
         );
     }
 }

@@ -127,7 +127,10 @@ fn requested_shader_variants_validate_and_translate() {
     }
 
     let mut failures = Vec::new();
-    for key in keys {
+    let coop = coop_variants(&keys);
+    eprintln!("{} cooperative-matrix variants derived", coop.len());
+    for key in keys.into_iter().chain(coop) {
+        let coop_side = key.consts.iter().find(|c| c.0 == "COOP").map(|c| c.1);
         let src = shader_source(&key);
         let what = format!("{} {:?} {:?}", key.family, key.dtype, key.consts);
         let module = match naga::front::wgsl::parse_str(&src) {
@@ -145,12 +148,32 @@ fn requested_shader_variants_validate_and_translate() {
                     continue;
                 }
             };
-        if let Err(e) = spv::write_vec(&module, &info, &spv::Options::default(), None) {
-            failures.push(format!("{what}: SPIR-V: {e}"));
+        match spv::write_vec(&module, &info, &spv::Options::default(), None) {
+            Err(e) => failures.push(format!("{what}: SPIR-V: {e}")),
+            // OpCapability (17, 2 words) CooperativeMatrixKHR (6022).
+            Ok(words)
+                if coop_side.is_some() && !words.windows(2).any(|w| w == [0x0002_0011, 6022]) =>
+            {
+                failures.push(format!(
+                    "{what}: SPIR-V without the CooperativeMatrixKHR capability"
+                ))
+            }
+            Ok(_) => {}
+        }
+        // Metal has 8x8 simdgroup matrices only (MSL 2.3); DX12 none.
+        if coop_side.is_some_and(|side| side != 8) {
+            continue;
         }
         let pipeline = msl::PipelineOptions::default();
-        if let Err(e) = msl::write_string(&module, &info, &msl::Options::default(), &pipeline) {
+        let msl_opts = msl::Options {
+            lang_version: (2, 3),
+            ..Default::default()
+        };
+        if let Err(e) = msl::write_string(&module, &info, &msl_opts, &pipeline) {
             failures.push(format!("{what}: MSL: {e}"));
+        }
+        if coop_side.is_some() {
+            continue;
         }
         let mut out = String::new();
         let opts = hlsl::Options::default();
@@ -166,6 +189,41 @@ fn requested_shader_variants_validate_and_translate() {
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// The cooperative-matrix form of every GEMM and convolution variant
+/// requested (f16 storage), at each configuration a device may pick: 8x8
+/// tiles by subgroups of 8 (lavapipe) or 32 (Apple), 16x16 by subgroups of
+/// 32 (NVIDIA), both block sides each (GEGLU's never below 32). The
+/// requesting device need not have cooperative matrices.
+fn coop_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
+    let mut out: Vec<KernelKey> = Vec::new();
+    for key in keys.iter().filter(|k| matches!(k.family, "gemm" | "conv")) {
+        let geglu = key.consts.contains(&("ACT", 4));
+        for (side, sg) in [(8, 8), (8, 32), (16, 32)] {
+            for tile in [4 * side, 2 * side] {
+                if geglu && tile < 32 {
+                    continue;
+                }
+                let mut consts: Vec<(&'static str, u32)> = key
+                    .consts
+                    .iter()
+                    .copied()
+                    .filter(|c| !matches!(c.0, "TILE" | "COOP" | "SG"))
+                    .collect();
+                consts.extend([("TILE", tile), ("COOP", side), ("SG", sg)]);
+                let k = KernelKey {
+                    dtype: DType::F16,
+                    consts,
+                    ..key.clone()
+                };
+                if !keys.contains(&k) && !out.contains(&k) {
+                    out.push(k);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The performance model's arithmetic (`pnp bench plan`): a GEMM, a

@@ -96,6 +96,9 @@ pub struct GpuOptions {
     /// run the small-tile kernels (32 or 16) at fixture sizes. `None`: the
     /// executor's choice ([`Graph::tile_for`](crate::graph::Graph)).
     pub force_tile: Option<usize>,
+    /// Do not use cooperative matrices (tensor cores) even where the adapter
+    /// has them (also `PNP_NO_COOP=1`): the fallback kernels, to compare.
+    pub disable_coop: bool,
 }
 
 /// Features this crate uses where the adapter offers them.
@@ -104,6 +107,68 @@ pub struct Capabilities {
     pub shader_f16: bool,
     pub subgroups: bool,
     pub timestamps: bool,
+    /// Cooperative matrices in use: the side (16 or 8) of the square f16 x
+    /// f16 -> f32 configuration the adapter lists (see [`Coop`]).
+    pub coop: Option<Coop>,
+}
+
+/// The cooperative-matrix configuration the GEMM and convolution kernels
+/// use (`shaders/coop_core.wgsl`): tiles of `side` x `side` (x `side` deep),
+/// f16 inputs and f32 accumulators, by subgroups of `subgroup_size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coop {
+    pub side: u32,
+    pub subgroup_size: u32,
+}
+
+impl Coop {
+    /// Workgroup memory of the coop main loop at its largest block
+    /// (2 x 2 subgroups of 2 x 2 tiles): the f16 slices of A and B and the
+    /// f32 block of C, plus the fused LayerNorm's scratch.
+    pub fn workgroup_bytes(side: u32) -> u32 {
+        let tile = 4 * side;
+        let bk = 2 * side;
+        2 * tile * bk * 2 + tile * tile * 4 + 256 * 4 + 64 * 8
+    }
+
+    /// The configuration to use on `adapter`, if any: the largest square
+    /// f16 -> f32 one it lists (16 before 8), with one fixed subgroup size at
+    /// least as wide as a tile's side and the workgroup memory the loop needs.
+    fn choose(adapter: &wgpu::Adapter, limits: &wgpu::Limits) -> Option<Coop> {
+        use wgpu::CooperativeScalarType as S;
+        let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_F16;
+        if !adapter.features().contains(needed) {
+            return None;
+        }
+        // The loop's workgroup is exactly four subgroups (its cooperative
+        // operations need uniform control flow across the workgroup, so no
+        // subgroup may sit out): only where the subgroup size is fixed.
+        let info = adapter.get_info();
+        let subgroup_size = info.subgroup_max_size;
+        if info.subgroup_min_size != subgroup_size {
+            return None;
+        }
+        let listed = adapter.cooperative_matrix_properties();
+        [16, 8].into_iter().find_map(|side| {
+            let square = listed.iter().any(|c| {
+                c.m_size == side
+                    && c.n_size == side
+                    && c.k_size == side
+                    && c.ab_type == S::F16
+                    && c.cr_type == S::F32
+            });
+            let fits = Coop::workgroup_bytes(side) <= limits.max_compute_workgroup_storage_size
+                && subgroup_size >= side
+                && 4 * subgroup_size <= limits.max_compute_invocations_per_workgroup
+                && 4 * subgroup_size <= 256;
+            (square && fits).then_some(Coop {
+                side,
+                subgroup_size,
+            })
+        })
+    }
 }
 
 /// What the host asked of the device, counted since it was opened: how
@@ -226,10 +291,18 @@ impl Gpu {
         let info = adapter.get_info();
         let available = adapter.features();
         let mut wanted = wgpu::Features::empty();
+        let limits = adapter.limits();
+        let shader_f16 = available.contains(wgpu::Features::SHADER_F16) && !opts.disable_f16;
+        let no_coop = opts.disable_coop || std::env::var("PNP_NO_COOP").is_ok_and(|v| v == "1");
         let caps = Capabilities {
-            shader_f16: available.contains(wgpu::Features::SHADER_F16) && !opts.disable_f16,
+            shader_f16,
             subgroups: available.contains(wgpu::Features::SUBGROUP),
             timestamps: available.contains(wgpu::Features::TIMESTAMP_QUERY),
+            coop: if shader_f16 && !no_coop {
+                Coop::choose(&adapter, &limits)
+            } else {
+                None
+            },
         };
         if caps.shader_f16 {
             wanted |= wgpu::Features::SHADER_F16;
@@ -240,13 +313,23 @@ impl Gpu {
         if caps.timestamps {
             wanted |= wgpu::Features::TIMESTAMP_QUERY;
         }
-        let limits = adapter.limits();
+        let experimental_features = if caps.coop.is_some() {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: wgpu asks callers of its experimental features to accept
+            // that their implementation may still have bugs. We use one, the
+            // cooperative matrices, in the kernels of coop_core.wgsl only;
+            // their results are checked against PyTorch in the test suite
+            // (under a driver that has them, with the Vulkan validation layer).
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("pnp"),
                 required_features: wanted,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -300,6 +383,15 @@ impl Gpu {
         }
         if self.caps.timestamps {
             feats.push("timestamps");
+        }
+        let coop = self.caps.coop.map(|c| {
+            format!(
+                "cooperative matrices {0}x{0}x{0} f16->f32 by subgroups of {1}",
+                c.side, c.subgroup_size
+            )
+        });
+        if let Some(c) = &coop {
+            feats.push(c);
         }
         if self.checked_shaders() {
             feats.push("checked shaders");

@@ -33,6 +33,7 @@ pub struct KernelKey {
 /// not modules of their own: they are appended to the families that use them.
 pub const SHADERS: &[(&str, &str)] = &[
     ("tile_core", include_str!("../../shaders/tile_core.wgsl")),
+    ("coop_core", include_str!("../../shaders/coop_core.wgsl")),
     ("math", include_str!("../../shaders/math.wgsl")),
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
@@ -50,10 +51,12 @@ pub const SHADERS: &[(&str, &str)] = &[
 ];
 
 /// Shared files appended after a family's own: the tiled-matmul main loop of
-/// gemm and conv, and the math helpers (erf) that WGSL lacks.
+/// gemm and conv, and the math helpers (erf) that WGSL lacks. A variant with
+/// a nonzero `COOP` constant takes the cooperative-matrix loop, `coop_core`,
+/// in place of `tile_core` ([`shader_source`]).
 pub const INCLUDES: &[(&str, &[&str])] = &[
-    ("gemm", &["tile_core", "math"]),
-    ("conv", &["tile_core"]),
+    ("gemm", &["tile_core", "coop_core", "math"]),
+    ("conv", &["tile_core", "coop_core"]),
     ("elementwise", &["math"]),
 ];
 
@@ -75,8 +78,12 @@ pub const FLAT_WORKGROUP: usize = 256;
 /// constants), then the family file.
 pub fn shader_source(key: &KernelKey) -> String {
     let mut src = String::new();
-    if key.dtype == DType::F16 {
+    let coop = key.consts.iter().any(|&(n, v)| n == "COOP" && v != 0);
+    if key.dtype == DType::F16 || coop {
         src.push_str("enable f16;\n");
+    }
+    if coop {
+        src.push_str("enable wgpu_cooperative_matrix;\n");
     }
     src.push_str(&format!("alias T = {};\n", key.dtype.wgsl()));
     // The flat (one element per invocation) kernels' workgroup size and
@@ -90,16 +97,19 @@ pub fn shader_source(key: &KernelKey) -> String {
         src.push_str(&format!("const {name}: u32 = {value}u;\n"));
     }
     preprocess(file(key.family), &key.consts, &mut src);
+    let main_loop = if coop { "coop_core" } else { "tile_core" };
+    let skipped = |name: &str| name.ends_with("_core") && name != main_loop;
     for (_, extra) in INCLUDES.iter().filter(|(f, _)| *f == key.family) {
-        for name in *extra {
+        for name in extra.iter().filter(|n| !skipped(n)) {
             preprocess(file(name), &key.consts, &mut src);
         }
     }
     src
 }
 
-/// Keeps or drops the lines between `#if NAME` / `#else` / `#endif` (nestable)
-/// by the value of the constant NAME (absent counts as 0). This is how an
+/// Keeps or drops the lines between `#if NAME` (or `#if NAME == V`) /
+/// `#else` / `#endif` (nestable) by the value of the constant NAME (absent
+/// counts as 0): nonzero, or equal to V. This is how an
 /// optional binding (a bias, a residual) exists only in the variants that bind
 /// it: WGSL itself cannot leave a declared binding out of an entry point.
 fn preprocess(text: &str, consts: &[(&'static str, u32)], out: &mut String) {
@@ -114,9 +124,13 @@ fn preprocess(text: &str, consts: &[(&'static str, u32)], out: &mut String) {
     let live = |stack: &Vec<(bool, bool)>| stack.last().is_none_or(|&(on, outer)| on && outer);
     for line in text.lines() {
         let t = line.trim_start();
-        if let Some(name) = t.strip_prefix("#if ") {
+        if let Some(cond) = t.strip_prefix("#if ") {
             let outer = live(&stack);
-            stack.push((value(name.trim()) != 0, outer));
+            let on = match cond.split_once("==") {
+                Some((name, v)) => v.trim().parse() == Ok(value(name.trim())),
+                None => value(cond.trim()) != 0,
+            };
+            stack.push((on, outer));
         } else if t.starts_with("#else") {
             if let Some(top) = stack.last_mut() {
                 top.0 = !top.0;

@@ -531,6 +531,36 @@ impl Graph {
 }
 
 impl Graph {
+    /// The main loop of a GEMM or convolution (`gemm.wgsl`, `conv.wgsl`)
+    /// as the constants of its kernel variant: cooperative matrices
+    /// (`coop_core.wgsl`: `COOP` their side, `SG` the subgroup size, `TILE`
+    /// twice or four times the side) where the device has them and the
+    /// storage is f16, else the ALU tiles (`tile_core.wgsl`: `TILE` 64, 32
+    /// or 16); the side from [`Graph::tile_for`]. `min_tile`: the smallest
+    /// block the epilogue allows (GEGLU's column pairs need 32). Returns the
+    /// tile side and the constants.
+    pub(crate) fn matmul_loop(
+        &self,
+        dtype: DType,
+        flops: usize,
+        min_tile: usize,
+        groups_at: impl Fn(usize) -> u64,
+    ) -> (usize, Vec<(&'static str, u32)>) {
+        let coop = self.gpu.caps.coop.filter(|_| dtype == DType::F16);
+        let tiles: Vec<usize> = match coop {
+            Some(c) => vec![4 * c.side as usize, 2 * c.side as usize],
+            None => vec![64, 32, 16],
+        };
+        let tiles: Vec<usize> = tiles.into_iter().filter(|&t| t >= min_tile).collect();
+        let tile = self.tile_for(flops, &tiles, groups_at);
+        let mut consts = vec![("TILE", tile as u32)];
+        if let Some(c) = coop {
+            consts.push(("COOP", c.side));
+            consts.push(("SG", c.subgroup_size));
+        }
+        (tile, consts)
+    }
+
     /// The tile side of a tiled GEMM or convolution (or the queries per
     /// workgroup of the fused attention), from `tiles`, the sides the op
     /// allows, largest first; `groups_at(tile)` is its grid's workgroup count.

@@ -171,15 +171,15 @@ fn record(
         (b, ci_per, m_per)
     };
     let batches = if fits { b } else { 1 };
-    let tile = g.tile_for(2 * cout * ho * wo * cin * taps * b, &[64, 32, 16], |t| {
+    let flops = 2 * cout * ho * wo * cin * taps * b;
+    let (tile, mut consts) = g.matmul_loop(x.dtype, flops, 0, |t| {
         (plane_out.div_ceil(t) * m_per.min(cout).div_ceil(t) * batches) as u64
     });
-    let consts = vec![
-        ("TILE", tile as u32),
+    consts.extend([
         ("HAS_RES", residual.is_some() as u32),
         ("HAS_ROW", row_bias.is_some() as u32),
         ("CAT", x2.is_some() as u32),
-    ];
+    ]);
     for bt in 0..rows {
         for m0 in (0..cout).step_by(m_per) {
             let mc = m_per.min(cout - m0);

@@ -108,19 +108,19 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
         }
         (s.batch, per)
     };
-    // Smaller tiles where 64-tiles would leave the GPU idle (not 16 with
-    // GEGLU, whose thread must hold both columns of a pair; see gemm.wgsl).
+    // Smaller tiles where 64-tiles would leave the GPU idle (never below 32
+    // with GEGLU, whose thread must hold both columns of a pair; gemm.wgsl).
     let batches = if fits { s.batch } else { 1 };
     let flops = 2 * s.m * s.n * s.k * s.batch;
-    let tiles: &[usize] = match s.act {
-        Act::Geglu(_) => &[64, 32],
-        _ => &[64, 32, 16],
+    let min_tile = if matches!(s.act, Act::Geglu(_)) {
+        32
+    } else {
+        0
     };
-    let tile = g.tile_for(flops, tiles, |t| {
+    let (tile, mut consts) = g.matmul_loop(dtype, flops, min_tile, |t| {
         (s.n.div_ceil(t) * row_chunk.min(s.m).div_ceil(t) * batches) as u64
     });
-    let consts = vec![
-        ("TILE", tile as u32),
+    consts.extend([
         ("ACT", s.act.code()),
         ("HAS_BIAS", s.bias.is_some() as u32),
         ("BIAS_ROWS", s.bias_rows as u32),
@@ -131,7 +131,7 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
         ),
         ("HAS_RES", s.residual.is_some() as u32),
         ("B_N_FAST", (s.b_strides[2] == 1) as u32),
-    ];
+    ]);
     for bt in 0..rows {
         for m0 in (0..s.m.max(1)).step_by(row_chunk) {
             let mc = row_chunk.min(s.m - m0);

@@ -1,0 +1,143 @@
+// Matrix-multiply main loop on cooperative matrices (tensor cores), shared by
+// gemm.wgsl and conv.wgsl in place of tile_core.wgsl where the adapter has
+// them and the storage is f16 (never a module of its own).
+//
+// The workgroup computes a TILE x TILE block of C with four subgroups of SG
+// invocations (SG: the adapter's subgroup size, generated), in a 2 x 2
+// arrangement; each subgroup owns RT x RT cooperative tiles of CT x CT (CT =
+// COOP: 16 where the adapter lists 16x16x16 f16 -> f32, else 8), so
+// TILE = 2 * RT * CT. K advances in slices of BK = 2 * CT: every invocation
+// helps stage the slice of A (TILE x BK) and of B (BK x TILE) in workgroup
+// memory as f16, through the family's load_a / load_b (so an implicit-GEMM
+// gather, a fused LayerNorm or a concatenation reads exactly as in the
+// fallback), then each subgroup multiplies its tiles with f32 accumulators.
+// At the end the accumulators go through workgroup memory to the family's
+// epilogue, called as tile_core calls it from a 64- or 32-tile (TS = TILE / 4
+// columns apart, R = 4), so bias, activation, GEGLU pairs and residual are the
+// same code.
+//
+// The including family provides what tile_core.wgsl lists, with TILE the
+// block side (2 * RT * CT, generated) and COOP and SG generated.
+
+const CT: u32 = COOP;
+const BM: u32 = TILE;
+const BN: u32 = TILE;
+const BK: u32 = 2u * CT;
+const RT: u32 = TILE / (2u * CT); // cooperative tiles per subgroup side: 1 or 2
+const SUBGROUPS: u32 = 4u;
+const THREADS: u32 = SUBGROUPS * SG;
+const TS: u32 = TILE / 4u; // the epilogue's column spacing
+const R: u32 = 4u;
+
+#if COOP == 16
+alias MatA = coop_mat16x16<f16, A>;
+alias MatB = coop_mat16x16<f16, B>;
+alias MatC = coop_mat16x16<f32, C>;
+#else
+alias MatA = coop_mat8x8<f16, A>;
+alias MatB = coop_mat8x8<f16, B>;
+alias MatC = coop_mat8x8<f32, C>;
+#endif
+
+var<workgroup> a_sh: array<f16, BM * BK>; // [m][k]
+var<workgroup> b_sh: array<f16, BK * BN>; // [k][n]
+var<workgroup> c_sh: array<f32, BM * BN>; // [m][n]
+
+@compute @workgroup_size(THREADS, 1, 1)
+fn main(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+    @builtin(subgroup_id) sg: u32,
+) {
+    let bt = wg.z;
+    let m0 = wg.y * BM;
+    let n0 = wg.x * BN;
+    // This subgroup's corner inside the block. Cooperative operations need
+    // uniform control flow across the workgroup, so every subgroup computes:
+    // the device uses this loop only where the subgroup size is fixed (its
+    // minimum and maximum agree), so the workgroup is exactly 4 subgroups.
+    let sm = (sg / 2u) * RT * CT;
+    let sn = (sg % 2u) * RT * CT;
+    var c00 = MatC();
+    var c01 = MatC();
+    var c10 = MatC();
+    var c11 = MatC();
+    prepare(bt, m0, tid);
+
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var e = tid; e < BM * BK; e += THREADS) {
+            var mi: u32;
+            var kk: u32;
+            if (A_M_FAST == 1u) {
+                kk = e / BM;
+                mi = e % BM;
+            } else {
+                mi = e / BK;
+                kk = e % BK;
+            }
+            let m = m0 + mi;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (m < p.m && k < p.k) {
+                v = load_a(bt, m, k);
+            }
+            a_sh[mi * BK + kk] = f16(v);
+        }
+        for (var e = tid; e < BK * BN; e += THREADS) {
+            var ni: u32;
+            var kk: u32;
+            if (B_N_FAST == 1u) {
+                kk = e / BN;
+                ni = e % BN;
+            } else {
+                ni = e / BK;
+                kk = e % BK;
+            }
+            let n = n0 + ni;
+            let k = k0 + kk;
+            var v = 0.0;
+            if (n < p.n && k < p.k) {
+                v = load_b(bt, k, n);
+            }
+            b_sh[kk * BN + ni] = f16(v);
+        }
+        workgroupBarrier();
+        for (var ks = 0u; ks < BK; ks += CT) {
+            let a0 = coopLoadT<MatA>(&a_sh[sm * BK + ks], BK);
+            let b0 = coopLoadT<MatB>(&b_sh[ks * BN + sn], BN);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            if (RT == 2u) {
+                let a1 = coopLoadT<MatA>(&a_sh[(sm + CT) * BK + ks], BK);
+                let b1 = coopLoadT<MatB>(&b_sh[ks * BN + sn + CT], BN);
+                c01 = coopMultiplyAdd(a0, b1, c01);
+                c10 = coopMultiplyAdd(a1, b0, c10);
+                c11 = coopMultiplyAdd(a1, b1, c11);
+            }
+        }
+        workgroupBarrier();
+    }
+
+    // naga 30 needs the index and the stride of a coopStore as named values.
+    let stride = BN;
+    let i00 = sm * BN + sn;
+    coopStoreT(c00, &c_sh[i00], stride);
+    if (RT == 2u) {
+        let i01 = i00 + CT;
+        let i10 = i00 + CT * BN;
+        let i11 = i10 + CT;
+        coopStoreT(c01, &c_sh[i01], stride);
+        coopStoreT(c10, &c_sh[i10], stride);
+        coopStoreT(c11, &c_sh[i11], stride);
+    }
+    workgroupBarrier();
+    for (var e = tid; e < BM * TS; e += THREADS) {
+        let mi = e / TS;
+        let c = e % TS;
+        let m = m0 + mi;
+        if (m < p.m) {
+            let row = mi * BN + c;
+            let v = vec4<f32>(c_sh[row], c_sh[row + TS], c_sh[row + 2u * TS], c_sh[row + 3u * TS]);
+            epilogue(bt, m, n0 + c, v);
+        }
+    }
+}
