@@ -325,3 +325,102 @@ fn a_translation_keeps_the_loop_on_the_gpu() {
         assert_eq!(got, total, "phase {name}: {got} ticks of {total}");
     }
 }
+
+/// A case's final latents from one whole translation on `gpu` in `dtype`,
+/// with the reference's.
+fn translate_case(
+    case: &str,
+    gpu: &std::sync::Arc<pnp::gpu::Gpu>,
+    dtype: DType,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let f = Fixture::load(&format!("pnp/{case}.safetensors"));
+    let c: Json = serde_json::from_str(&f.meta["case"]).expect("case metadata");
+    let model_dir = fixture_path("models").join(p_str(&c, "model"));
+    let model = SdModel::load_folder(Ctx { gpu, dtype }, &model_dir).expect("model");
+    let tok = ClipTokenizer::from_dir(&model_dir.join("tokenizer")).expect("tokenizer");
+    let sched_cfg: Json = serde_json::from_str(
+        &std::fs::read_to_string(model_dir.join("scheduler/scheduler_config.json"))
+            .expect("scheduler config"),
+    )
+    .expect("json");
+    let sched = Ddim::from_config(&sched_cfg).expect("scheduler");
+    let prompts = case_prompts(&c);
+    let targets: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let (pixels, hw) = load_png(p_str(&c, "image"));
+    let mut pipe = Pipeline::new(gpu.clone(), &model, &tok, sched, dtype);
+    let opts = case_options(&c);
+    let mut quiet = Quiet;
+    let run = pipe.translate(&pixels, hw, &targets, &opts, &mut quiet);
+    let run = pollster::block_on(run).expect("translate");
+    (run.finals, f.get("final").1.clone())
+}
+
+/// f16 end to end (weights and activations, f32 accumulation) against the
+/// float32 reference, on the fallback kernels and, where the adapter has
+/// them, on cooperative matrices: the two errors are of the same size (the
+/// random tiny models amplify f16 rounding over 50 UNet evaluations, so the
+/// bound is loose: 5% of max|final|), and the coop run really took the coop
+/// GEMMs and convolutions. `PNP_EXPECT_COOP=1` makes a missing coop path a
+/// failure.
+#[test]
+fn f16_translations_stay_near_the_f32_reference() {
+    let case = "sd15_square";
+    let open = |disable_coop: bool| {
+        let opts = pnp::gpu::GpuOptions {
+            adapter_name: std::env::var("PNP_ADAPTER").ok(),
+            disable_coop,
+            ..Default::default()
+        };
+        pollster::block_on(pnp::gpu::Gpu::new(&opts)).expect("adapter")
+    };
+    let fallback = open(true);
+    if !fallback.caps.shader_f16 {
+        eprintln!("skipped: {} has no shader-f16", fallback.describe());
+        return;
+    }
+    let error = |finals: &[Vec<f32>], want: &[f32]| {
+        let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = finals[0]
+            .iter()
+            .zip(want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        (err, err / max)
+    };
+    let (finals, want) = translate_case(case, &fallback, DType::F16);
+    let (abs, rel) = error(&finals, &want);
+    eprintln!("{case} f16 fallback: final max abs {abs:.2e} ({rel:.2e} of max|ref|)");
+    assert!(rel < 0.05, "f16 fallback: {rel:.2e} of max|ref|");
+    let coop = open(false);
+    let expect = std::env::var("PNP_EXPECT_COOP").is_ok_and(|v| v == "1");
+    let Some(c) = coop.caps.coop else {
+        assert!(
+            !expect,
+            "PNP_EXPECT_COOP=1 but {} has none",
+            coop.describe()
+        );
+        return;
+    };
+    let (finals, _) = translate_case(case, &coop, DType::F16);
+    let (coop_abs, coop_rel) = error(&finals, &want);
+    eprintln!(
+        "{case} f16 coop {0}x{0}: final max abs {coop_abs:.2e} ({coop_rel:.2e} of max|ref|)",
+        c.side
+    );
+    assert!(coop_rel < 0.05, "f16 coop: {coop_rel:.2e} of max|ref|");
+    assert!(
+        coop_abs < 3.0 * abs.max(1e-3),
+        "coop error {coop_abs:.2e} against the fallback's {abs:.2e}"
+    );
+    let keys = coop.kernel_keys();
+    for family in ["gemm", "conv"] {
+        assert!(
+            keys.iter()
+                .any(|k| k.family == family && k.consts.contains(&("COOP", c.side))),
+            "no coop {family} ran"
+        );
+        let fell_back = keys.iter().any(|k| {
+            k.family == family && k.dtype == DType::F16 && !k.consts.iter().any(|x| x.0 == "COOP")
+        });
+        assert!(!fell_back, "an f16 {family} fell back to the ALU tiles");
+    }
+}

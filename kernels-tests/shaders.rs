@@ -330,7 +330,14 @@ fn uncaptured_device_errors_become_errors_not_panics() {
 /// (a 64x64 latent's conv keeps its 64-tiles).
 #[test]
 fn heavy_dispatches_fill_the_modelled_gpu() {
-    let gpu = gpu();
+    // The ALU tiles (a device with cooperative matrices would take its own
+    // block sides for f16).
+    let opts = GpuOptions {
+        adapter_name: std::env::var("PNP_ADAPTER").ok(),
+        disable_coop: true,
+        ..Default::default()
+    };
+    let gpu = pollster::block_on(Gpu::new(&opts)).expect("adapter");
     let dt = DType::F16;
     if !gpu.caps.shader_f16 {
         eprintln!("skipped: no shader-f16");
