@@ -82,6 +82,8 @@ pub fn run(cmd: GenerateCmd, adapter: Option<String>) -> Result<()> {
             p.display(),
         );
     }
+    let precision = crate::translate::precision_words(cmd.model.precision, &gpu);
+    println!("precision: {precision}");
     crate::translate::print_stats(&pipe.stats);
     Ok(())
 }

@@ -32,6 +32,9 @@ struct Cli {
 /// Storage precision of weights and activations.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Precision {
+    /// f16 where the adapter has SHADER_F16 (as the reference runs SD), f32 elsewhere.
+    Auto,
+    /// The exact path: what the PyTorch fixtures check.
     F32,
     /// Needs the adapter's SHADER_F16.
     F16,
@@ -68,20 +71,23 @@ pub fn open_gpu_quietly(adapter: Option<String>) -> Result<Arc<Gpu>> {
 }
 
 impl Precision {
-    /// The flag's value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-        }
-    }
-
     /// The storage type on `gpu`, or why it has none.
     pub fn dtype(self, gpu: &Gpu) -> Result<DType> {
         match self {
-            Precision::F32 => Ok(DType::F32),
+            Precision::Auto if gpu.caps.shader_f16 => Ok(DType::F16),
+            Precision::Auto | Precision::F32 => Ok(DType::F32),
             Precision::F16 if gpu.caps.shader_f16 => Ok(DType::F16),
             Precision::F16 => anyhow::bail!("this adapter has no SHADER_F16; use --precision f32"),
+        }
+    }
+
+    /// The flag's value with the storage type it gives on `gpu`:
+    /// "f32", "f16", "auto: f16".
+    pub fn name_on(self, gpu: &Gpu) -> String {
+        let dtype = self.dtype(gpu).map_or("none", |d| d.wgsl());
+        match self {
+            Precision::Auto => format!("auto: {dtype}"),
+            _ => dtype.to_string(),
         }
     }
 }

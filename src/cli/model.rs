@@ -20,8 +20,9 @@ pub struct ModelArgs {
     /// scheduler and config.json files give what the file does not record.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Storage precision of weights and activations (f16 needs SHADER_F16).
-    #[arg(long, value_enum, default_value = "f32")]
+    /// Storage precision of weights and activations: auto is f16 where the adapter has
+    /// SHADER_F16, else f32; f32 is the exact path.
+    #[arg(long, value_enum, default_value = "auto")]
     pub precision: Precision,
 }
 

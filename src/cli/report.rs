@@ -13,7 +13,8 @@ pub struct Report<'a> {
     command: &'static str,
     version: &'static str,
     model: &'a str,
-    precision: &'static str,
+    /// The flag and the storage type it gave ("auto: f16").
+    precision: String,
     image: String,
     /// [width, height] processed.
     size: [usize; 2],
@@ -71,7 +72,7 @@ impl<'a> Measured<'a> {
             command,
             version: env!("CARGO_PKG_VERSION"),
             model: &model.model,
-            precision: model.precision.name(),
+            precision: model.precision.name_on(&self.gpu),
             image: image.display().to_string(),
             size,
             prompts,

@@ -201,8 +201,20 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
             "inline source row (the reference's batch-3 call)"
         }
     );
+    println!("precision: {}", precision_words(cmd.model.precision, &gpu));
     print_stats(s);
     Ok(())
+}
+
+/// What `--precision` gave on `gpu`, in words.
+pub fn precision_words(p: crate::Precision, gpu: &pnp::gpu::Gpu) -> String {
+    match p.dtype(gpu) {
+        Ok(pnp::gpu::DType::F16) => format!(
+            "{} (weights and activations in f16, f32 accumulation; --precision f32 is the exact path)",
+            p.name_on(gpu)
+        ),
+        _ => p.name_on(gpu),
+    }
 }
 
 /// The library's wording, in the command line's flags.

@@ -20,7 +20,7 @@ pub enum BenchCmd {
         #[arg(long)]
         quick: bool,
         /// Storage precision of the kernels (f16 needs SHADER_F16).
-        #[arg(long, value_enum, default_value = "f32")]
+        #[arg(long, value_enum, default_value = "auto")]
         precision: crate::Precision,
         /// Timed runs per kernel, after one warm-up.
         #[arg(long, default_value_t = 5)]

@@ -76,8 +76,9 @@ pub struct PipelineBenchOptions {
     /// Time the VAE encode and decode only (no UNet, no translations).
     #[arg(long)]
     pub vae_only: bool,
-    /// Storage precision of weights and activations (f16 needs SHADER_F16).
-    #[arg(long, value_enum, default_value = "f16")]
+    /// Storage precision of weights and activations: auto is f16 where the adapter has
+    /// SHADER_F16, else f32; f32 is the exact path.
+    #[arg(long, value_enum, default_value = "auto")]
     pub precision: crate::Precision,
 }
 

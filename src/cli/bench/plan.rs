@@ -286,7 +286,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &PlanOptions) -> Result<()> {
         let o = Output {
             arch: opts.arch.name(),
             size,
-            precision: opts.precision.name(),
+            precision: dtype.wgsl(),
             profile: p.name,
             profile_source: p.source,
             graphs: &graphs,
@@ -297,7 +297,7 @@ pub fn run(gpu: &Arc<Gpu>, opts: &PlanOptions) -> Result<()> {
     println!(
         "performance model: {} {size}x{size}, {} storage, as recorded for {} ({} compute units, FP32 {} TF, tensor FP16 {} TF, {} GB/s; {})",
         opts.arch.name(),
-        opts.precision.name(),
+        dtype.wgsl(),
         p.name,
         p.compute_units,
         p.fp32_tflops,
