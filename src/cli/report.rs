@@ -72,7 +72,7 @@ impl<'a> Measured<'a> {
             command,
             version: env!("CARGO_PKG_VERSION"),
             model: &model.model,
-            precision: model.precision.name_on(&self.gpu),
+            precision: model.precision.name_on(self.gpu),
             image: image.display().to_string(),
             size,
             prompts,
