@@ -234,7 +234,8 @@ fn small_tiles_match_torch() {
 /// of its block sides, through every epilogue and loader the models use
 /// (GEGLU, the fused LayerNorm, channel-major A, concatenated inputs, the
 /// time-row bias), asserting that the coop variants ran and no f16 GEMM or
-/// convolution fell back. Where `PNP_EXPECT_COOP=1` (CI's run under the
+/// convolution fell back; and the fused attention's coop kernel
+/// (`attention_coop.wgsl`) on the attention fixtures. Where `PNP_EXPECT_COOP=1` (CI's run under the
 /// cooperative-matrix lavapipe) an adapter without them fails the test.
 #[test]
 fn coop_kernels_match_torch() {
@@ -266,7 +267,23 @@ fn coop_kernels_match_torch() {
         pollster::block_on(cases::normed_linear(&gpu, &d)).finish(&what("normed linear"));
         pollster::block_on(cases::channel_linears(&gpu, &d)).finish(&what("channel linears"));
         pollster::block_on(cases::concat_readers(&gpu, &d)).finish(&what("concat readers"));
+        let f = Fixture::load("attention.safetensors");
+        pollster::block_on(cases::attention(&gpu, &f, &d)).finish(&what("attention"));
         let keys = gpu.kernel_keys();
+        // The attention cases on cooperative matrices: every head width the
+        // models use that fits (on llvmpipe the longest key loops do not and
+        // stay on the ALU kernel), causal (CLIP) among them.
+        let coop_heads: Vec<u32> = keys
+            .iter()
+            .filter(|k| k.family == "attention_coop" && k.consts.contains(&("COOP", side)))
+            .filter_map(|k| k.consts.iter().find(|c| c.0 == "HEAD_DIM").map(|c| c.1))
+            .collect();
+        for head in [40, 64, 80] {
+            assert!(
+                coop_heads.contains(&head),
+                "no coop attention with heads of {head}: {coop_heads:?}"
+            );
+        }
         let coop_ran = |family: &str, with: (&str, u32)| {
             keys.iter().any(|k| {
                 k.family == family

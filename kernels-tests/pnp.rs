@@ -360,7 +360,7 @@ fn translate_case(
 /// them, on cooperative matrices: the two errors are of the same size (the
 /// random tiny models amplify f16 rounding over 50 UNet evaluations, so the
 /// bound is loose: 5% of max|final|), and the coop run really took the coop
-/// GEMMs and convolutions. `PNP_EXPECT_COOP=1` makes a missing coop path a
+/// GEMMs, convolutions and attention. `PNP_EXPECT_COOP=1` makes a missing coop path a
 /// failure.
 #[test]
 fn f16_translations_stay_near_the_f32_reference() {
@@ -412,6 +412,10 @@ fn f16_translations_stay_near_the_f32_reference() {
         "coop error {coop_abs:.2e} against the fallback's {abs:.2e}"
     );
     let keys = coop.kernel_keys();
+    assert!(
+        keys.iter().any(|k| k.family == "attention_coop"),
+        "no attention ran on cooperative matrices"
+    );
     for family in ["gemm", "conv"] {
         assert!(
             keys.iter()

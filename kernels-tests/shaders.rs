@@ -107,7 +107,8 @@ fn requested_shader_variants_validate_and_translate() {
     use naga::back::{hlsl, msl, spv};
     use naga::valid::{Capabilities, ValidationFlags, Validator};
     let keys = requested_variants();
-    let families: BTreeSet<&str> = keys.iter().map(|k| k.family).collect();
+    let coop = coop_variants(&keys);
+    let families: BTreeSet<&str> = keys.iter().chain(&coop).map(|k| k.family).collect();
     eprintln!(
         "{} variants requested, of families {families:?}",
         keys.len()
@@ -127,7 +128,6 @@ fn requested_shader_variants_validate_and_translate() {
     }
 
     let mut failures = Vec::new();
-    let coop = coop_variants(&keys);
     eprintln!("{} cooperative-matrix variants derived", coop.len());
     for key in keys.into_iter().chain(coop) {
         let coop_side = key.consts.iter().find(|c| c.0 == "COOP").map(|c| c.1);
@@ -191,13 +191,35 @@ fn requested_shader_variants_validate_and_translate() {
     );
 }
 
-/// The cooperative-matrix form of every GEMM and convolution variant
-/// requested (f16 storage), at each configuration a device may pick: 8x8
+/// The cooperative-matrix form of every GEMM, convolution and attention
+/// variant requested (f16 storage), at each configuration a device may pick: 8x8
 /// tiles by subgroups of 8 (lavapipe) or 32 (Apple), 16x16 by subgroups of
 /// 32 (NVIDIA), both block sides each (GEGLU's never below 32). The
 /// requesting device need not have cooperative matrices.
 fn coop_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
     let mut out: Vec<KernelKey> = Vec::new();
+    for key in keys.iter().filter(|k| k.family == "attention") {
+        let Some(&(_, d)) = key.consts.iter().find(|c| c.0 == "HEAD_DIM") else {
+            continue;
+        };
+        for (side, sg) in [(8, 8), (8, 32), (16, 32)] {
+            let k = KernelKey {
+                family: "attention_coop",
+                dtype: DType::F16,
+                consts: vec![("HEAD_DIM", d), ("COOP", side), ("SG", sg)],
+                bindings: vec![
+                    (1, pnp::gpu::Access::ReadWrite),
+                    (3, pnp::gpu::Access::Read),
+                    (4, pnp::gpu::Access::Read),
+                    (5, pnp::gpu::Access::Read),
+                ],
+                ..key.clone()
+            };
+            if !keys.contains(&k) && !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
     for key in keys.iter().filter(|k| matches!(k.family, "gemm" | "conv")) {
         let geglu = key.consts.contains(&("ACT", 4));
         for (side, sg) in [(8, 8), (8, 32), (16, 32)] {

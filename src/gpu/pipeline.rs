@@ -41,6 +41,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
     (
+        "attention_coop",
+        include_str!("../../shaders/attention_coop.wgsl"),
+    ),
+    (
         "elementwise",
         include_str!("../../shaders/elementwise.wgsl"),
     ),

@@ -145,8 +145,20 @@ pub struct Graph {
 /// Twice the compute units of the largest GPU we tune for (an H100's 132
 /// SMs): the rule is that no dispatch of at least 1 GFLOP launches fewer
 /// workgroups than twice the target's compute units, and wgpu does not say
-/// how many an adapter has.
+/// how many an adapter has. A software adapter's units are the CPU's
+/// threads ([`min_workgroups_for`]).
 pub const MIN_WORKGROUPS: u64 = 2 * 132;
+
+/// [`MIN_WORKGROUPS`], or twice the CPU's threads on a software adapter
+/// (lavapipe, SwiftShader), where smaller tiles only cost time.
+pub fn min_workgroups_for(gpu: &Gpu) -> u64 {
+    if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        2 * threads as u64
+    } else {
+        MIN_WORKGROUPS
+    }
+}
 
 /// One dispatch of a recorded graph, as the performance model sees it.
 #[derive(Clone, Debug)]
@@ -160,6 +172,10 @@ pub struct Dispatch {
     /// Bytes of every binding (inputs read and outputs written once).
     pub bytes: u64,
     pub workgroups: u64,
+    /// The kernel variant's main-loop constants (tile, cooperative-matrix
+    /// side, queries per workgroup), as "TILE=64 COOP=16"; empty for
+    /// kernels without any.
+    pub variant: String,
 }
 
 /// An element offset into a tensor that may move with the step:
@@ -190,7 +206,7 @@ impl Graph {
             max_binding: gpu.max_binding(),
             loop_budget: gpu.loop_budget,
             model_only: false,
-            min_workgroups: MIN_WORKGROUPS,
+            min_workgroups: min_workgroups_for(&gpu),
             gpu,
             dtype,
             values: Vec::new(),
@@ -329,6 +345,14 @@ impl Graph {
                     })
                     .sum(),
                 workgroups: n.workgroups.iter().map(|&g| g as u64).product(),
+                variant: n
+                    .key
+                    .consts
+                    .iter()
+                    .filter(|(name, _)| matches!(*name, "TILE" | "COOP" | "BQ"))
+                    .map(|(name, v)| format!("{name}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             })
             .collect()
     }

@@ -180,6 +180,51 @@ pub fn attention_views(
         return through_scores(g, q, k, v, batch, heads, causal, scale, why);
     }
     let o = g.temp(&[batch, lq, c], q.value.dtype);
+    if let Some(coop) = coop_attention(g, q.value.dtype, d, lq, lk) {
+        let params = AttentionParams {
+            lq: u(lq),
+            lk: u(lk),
+            causal: causal as u32,
+            scale,
+            q_rs: u(q.row_stride),
+            k_rs: u(k.row_stride),
+            v_rs: u(v.row_stride),
+            o_rs: u(c),
+            q_bs: u(q.batch_stride),
+            k_bs: u(k.batch_stride),
+            v_bs: u(v.batch_stride),
+            o_bs: u(lq * c),
+            q_off: 0,
+            k_off: 0,
+            v_off: 0,
+            o_off: 0,
+            heads: u(heads),
+            k_begin: 0,
+            k_end: u(lk),
+            first_last: 3,
+        };
+        let bq = 4 * coop.side as usize;
+        let node = g.push(
+            "attention_coop",
+            "main",
+            q.value.dtype,
+            vec![
+                ("HEAD_DIM", u(d)),
+                ("COOP", coop.side),
+                ("SG", coop.subgroup_size),
+            ],
+            &[&o],
+            &[(3, q.value), (4, k.value), (5, v.value)],
+            words(&params),
+            [u(lq.div_ceil(bq)), u(heads), u(batch)],
+        );
+        // q k^T twice (the two passes) and p v.
+        g.set_flops(node, 6 * batch * heads * lq * lk * d);
+        g.step_param(node, word_of!(AttentionParams, q_off), q.offset);
+        g.step_param(node, word_of!(AttentionParams, k_off), k.offset);
+        g.step_param(node, word_of!(AttentionParams, v_off), v.offset);
+        return Ok(o);
+    }
     // Keys per dispatch: all of them, unless the driver bounds an invocation's
     // loop iterations (about 2D + 8 per key, see attention.wgsl).
     let chunk = match g.loop_budget {
@@ -244,6 +289,50 @@ pub fn attention_views(
         g.step_param(node, word_of!(AttentionParams, v_off), v.offset);
     }
     Ok(o)
+}
+
+/// The cooperative-matrix configuration for the fused attention
+/// (`attention_coop.wgsl`), where it applies: f16 storage on a device with
+/// cooperative matrices, the kernel's workgroup memory within the limit, and
+/// (where the driver bounds an invocation's loop iterations, as llvmpipe
+/// does) its whole key loop within that bound, for it has no chunked form.
+fn coop_attention(
+    g: &Graph,
+    dtype: crate::gpu::DType,
+    d: usize,
+    lq: usize,
+    lk: usize,
+) -> Option<crate::gpu::Coop> {
+    let coop = g
+        .gpu
+        .caps
+        .coop
+        .filter(|_| dtype == crate::gpu::DType::F16)?;
+    let ct = coop.side as usize;
+    let threads = 4 * coop.subgroup_size as usize;
+    let (bq, dp) = (4 * ct, d.div_ceil(ct) * ct);
+    // q, k and v tiles (f16), scores (f32) and probabilities (f16), the row
+    // statistics, an output tile per subgroup (f32).
+    let shared = 2 * bq * dp + 2 * 2 * ct * dp + bq * ct * (4 + 2) + 8 * bq + 4 * 4 * ct * ct;
+    if shared > g.gpu.limits.max_compute_workgroup_storage_size as usize || lq == 0 {
+        return None;
+    }
+    if let Some(budget) = g.loop_budget {
+        // Per invocation: staging q; per key block, both passes' staging
+        // loops, the score and product tile loops and the row loops; the
+        // output tiles.
+        let per_block = 3 * (ct * dp).div_ceil(threads)
+            + 3 * (dp / ct)
+            + 2 * ct
+            + (bq * ct).div_ceil(threads)
+            + 8;
+        let output = (dp / ct) * (2 + (4 * ct * ct).div_ceil(threads));
+        let iterations = (bq * dp).div_ceil(threads) + lk.div_ceil(ct) * per_block + output;
+        if iterations > budget {
+            return None;
+        }
+    }
+    Some(coop)
 }
 
 /// softmax(q k^T * scale) v with the score matrix in memory: a GEMM, a

@@ -54,7 +54,7 @@ pub fn run(cmd: BenchCmd, adapter: Option<String>) -> Result<()> {
             let shapes = if quick { " (--quick shapes)" } else { "" };
             println!("precision: {dtype:?}{shapes}");
             println!(
-                "{:<44} {:>10} {:>10} {:>9}",
+                "{:<48} {:>10} {:>10} {:>9}  variant",
                 "kernel", "ms", "GFLOP/s", "GB/s"
             );
             let rows = kernels::kernels(&gpu, dtype, quick, iters.max(1))
@@ -62,11 +62,12 @@ pub fn run(cmd: BenchCmd, adapter: Option<String>) -> Result<()> {
                 .context("kernel benchmark")?;
             for r in rows {
                 println!(
-                    "{:<44} {:>10.3} {:>10.2} {:>9.2}",
+                    "{:<48} {:>10.3} {:>10.2} {:>9.2}  {}",
                     r.name,
                     r.seconds * 1e3,
                     r.gflops,
-                    r.gbytes
+                    r.gbytes,
+                    r.variant
                 );
             }
             Ok(())
