@@ -317,6 +317,96 @@ fn coop_kernels_match_torch() {
     }
 }
 
+/// The f16 arithmetic of the ALU tiles (`F16_MATH`: f16 tiles, f16
+/// multiply-adds over a K slice, f32 accumulation across slices), which
+/// adapters with shader-f16 and no cooperative matrices use, against the
+/// PyTorch fixtures at the f16 tolerances, at 64- and 16-tiles; forced on
+/// here (a CPU driver does not choose it), with the variants asserted.
+#[test]
+fn f16_math_matches_torch() {
+    for forced in [None, Some(16)] {
+        let opts = pnp::gpu::GpuOptions {
+            adapter_name: std::env::var("PNP_ADAPTER").ok(),
+            disable_coop: true,
+            f16_math: Some(true),
+            force_tile: forced,
+            ..Default::default()
+        };
+        let gpu = pollster::block_on(pnp::gpu::Gpu::new(&opts)).expect("adapter");
+        if !gpu.caps.shader_f16 {
+            eprintln!("skipped: {} has no shader-f16", gpu.describe());
+            return;
+        }
+        assert!(gpu.caps.f16_math && gpu.describe().contains("f16 math"));
+        let d = [pnp::gpu::DType::F16];
+        let tile = forced.unwrap_or(64) as u32;
+        let what = |op: &str| format!("{op}, f16 math, {tile}-tiles");
+        let f = Fixture::load("gemm.safetensors");
+        pollster::block_on(cases::gemm(&gpu, &f, &d)).finish(&what("gemm"));
+        let f = Fixture::load("conv2d.safetensors");
+        pollster::block_on(cases::conv2d(&gpu, &f, &d)).finish(&what("conv2d"));
+        pollster::block_on(cases::normed_linear(&gpu, &d)).finish(&what("normed linear"));
+        pollster::block_on(cases::channel_linears(&gpu, &d)).finish(&what("channel linears"));
+        pollster::block_on(cases::concat_readers(&gpu, &d)).finish(&what("concat readers"));
+        long_sums_accumulate_in_f32(&gpu);
+        let keys = gpu.kernel_keys();
+        for family in ["gemm", "conv"] {
+            let ran = keys.iter().any(|k| {
+                k.family == family
+                    && k.consts.contains(&("F16_MATH", 1))
+                    && k.consts.contains(&("TILE", tile))
+            });
+            assert!(ran, "no {family} ran with f16 math at {tile}-tiles");
+            let without = keys
+                .iter()
+                .any(|k| k.family == family && !k.consts.contains(&("F16_MATH", 1)));
+            assert!(!without, "an f16 {family} ran without f16 math");
+        }
+    }
+}
+
+/// A GEMM whose sums are long and large (K = 4096 positive terms, sums near
+/// 1000): with f16 sums over one K slice and f32 across slices the result
+/// is the f16 rounding of the exact sum (of the f16 inputs); an f16 sum
+/// over all of K would be off by far more (its spacing reaches 0.5).
+fn long_sums_accumulate_in_f32(gpu: &std::sync::Arc<pnp::gpu::Gpu>) {
+    use pnp::gpu::{DType, Tensor};
+    let (m, k, n) = (8, 4096, 8);
+    let mut rng = pnp::rand::SplitMix64::new(7);
+    let a: Vec<f32> = rng
+        .signed_units(m * k)
+        .iter()
+        .map(|v| 0.5 + 0.5 * v)
+        .collect();
+    let b: Vec<f32> = rng
+        .signed_units(k * n)
+        .iter()
+        .map(|v| 0.5 + 0.5 * v)
+        .collect();
+    let at = Tensor::from_f32(gpu, "a", &a, &[1, m, k], DType::F16);
+    let bt = Tensor::from_f32(gpu, "b", &b, &[k, n], DType::F16);
+    // The inputs as f16 holds them.
+    let a = pollster::block_on(at.to_f32(gpu)).expect("read a");
+    let b = pollster::block_on(bt.to_f32(gpu)).expect("read b");
+    let mut g = pnp::graph::Graph::new(gpu.clone(), DType::F16);
+    let (av, bv) = (g.external("a", &at), g.external("b", &bt));
+    let y = pnp::ops::gemm(&mut g, &av, &bv, false, pnp::ops::Epilogue::NONE).expect("gemm");
+    let got = run_graph(&mut g, &y);
+    let mut worst = 0f64;
+    for r in 0..m {
+        for c in 0..n {
+            let want: f64 = (0..k)
+                .map(|i| a[r * k + i] as f64 * b[i * n + c] as f64)
+                .sum();
+            worst = worst.max((got[r * n + c] as f64 - want).abs() / want);
+        }
+    }
+    // f16 output rounding is 4.9e-4 relative; the f16 products of one
+    // slice add a little.
+    assert!(worst < 1.5e-3, "long sums: relative error {worst:.2e}");
+    eprintln!("long sums (K = {k}) in f16 math: relative error {worst:.2e}");
+}
+
 /// Two plans in one arena with the same constant work (a phase's variants
 /// all project the same text) keep its result in one buffer: the second
 /// plan allocates nothing for it, and both compute correctly.

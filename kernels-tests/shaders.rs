@@ -107,8 +107,8 @@ fn requested_shader_variants_validate_and_translate() {
     use naga::back::{hlsl, msl, spv};
     use naga::valid::{Capabilities, ValidationFlags, Validator};
     let keys = requested_variants();
-    let coop = coop_variants(&keys);
-    let families: BTreeSet<&str> = keys.iter().chain(&coop).map(|k| k.family).collect();
+    let derived = derived_variants(&keys);
+    let families: BTreeSet<&str> = keys.iter().chain(&derived).map(|k| k.family).collect();
     eprintln!(
         "{} variants requested, of families {families:?}",
         keys.len()
@@ -128,8 +128,11 @@ fn requested_shader_variants_validate_and_translate() {
     }
 
     let mut failures = Vec::new();
-    eprintln!("{} cooperative-matrix variants derived", coop.len());
-    for key in keys.into_iter().chain(coop) {
+    eprintln!(
+        "{} f16-math and cooperative-matrix variants derived",
+        derived.len()
+    );
+    for key in keys.into_iter().chain(derived) {
         let coop_side = key.consts.iter().find(|c| c.0 == "COOP").map(|c| c.1);
         let src = shader_source(&key);
         let what = format!("{} {:?} {:?}", key.family, key.dtype, key.consts);
@@ -191,12 +194,13 @@ fn requested_shader_variants_validate_and_translate() {
     );
 }
 
-/// The cooperative-matrix form of every GEMM, convolution and attention
-/// variant requested (f16 storage), at each configuration a device may pick: 8x8
+/// The f16-arithmetic form of every GEMM and convolution variant requested,
+/// and the cooperative-matrix form of every GEMM, convolution and attention
+/// variant (f16 storage), at each configuration a device may pick: 8x8
 /// tiles by subgroups of 8 (lavapipe) or 32 (Apple), 16x16 by subgroups of
 /// 32 (NVIDIA), both block sides each (GEGLU's never below 32). The
 /// requesting device need not have cooperative matrices.
-fn coop_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
+fn derived_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
     let mut out: Vec<KernelKey> = Vec::new();
     for key in keys.iter().filter(|k| k.family == "attention") {
         let Some(&(_, d)) = key.consts.iter().find(|c| c.0 == "HEAD_DIM") else {
@@ -221,6 +225,22 @@ fn coop_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
         }
     }
     for key in keys.iter().filter(|k| matches!(k.family, "gemm" | "conv")) {
+        // The f16-arithmetic form of the ALU tiles (F16_MATH).
+        let mut consts: Vec<(&'static str, u32)> = key
+            .consts
+            .iter()
+            .copied()
+            .filter(|c| !matches!(c.0, "COOP" | "SG" | "F16_MATH"))
+            .collect();
+        consts.push(("F16_MATH", 1));
+        let k = KernelKey {
+            dtype: DType::F16,
+            consts,
+            ..key.clone()
+        };
+        if !keys.contains(&k) && !out.contains(&k) {
+            out.push(k);
+        }
         let geglu = key.consts.contains(&("ACT", 4));
         for (side, sg) in [(8, 8), (8, 32), (16, 32)] {
             for tile in [4 * side, 2 * side] {
@@ -231,7 +251,7 @@ fn coop_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
                     .consts
                     .iter()
                     .copied()
-                    .filter(|c| !matches!(c.0, "TILE" | "COOP" | "SG"))
+                    .filter(|c| !matches!(c.0, "TILE" | "COOP" | "SG" | "F16_MATH"))
                     .collect();
                 consts.extend([("TILE", tile), ("COOP", side), ("SG", sg)]);
                 let k = KernelKey {

@@ -20,6 +20,11 @@
 //                                         (gemm's fused LayerNorm statistics)
 //   const B_N_FAST: u32                   1 if B is contiguous along n
 //   const A_M_FAST: u32                   1 if A is contiguous along m
+//
+// F16_MATH (generated; f16 storage on an adapter with shader-f16 and no
+// cooperative matrices): the tiles hold f16 and the products are f16 fused
+// multiply-adds, summed in f16 over one K slice (BK = 16 terms) and then
+// added to the f32 accumulators, so long sums still accumulate in f32.
 
 const BM: u32 = TILE;
 const BN: u32 = TILE;
@@ -29,8 +34,13 @@ const R: u32 = TILE / TS;                       // register block side: 4 or 2
 const THREADS: u32 = TS * TS;
 const LOADS: u32 = BK * TILE / THREADS; // tile elements each thread loads
 
-var<workgroup> a_tile: array<f32, 1024>; // [BK][BM]
-var<workgroup> b_tile: array<f32, 1024>; // [BK][BN]
+#if F16_MATH
+alias TileT = f16;
+#else
+alias TileT = f32;
+#endif
+var<workgroup> a_tile: array<TileT, 1024>; // [BK][BM]
+var<workgroup> b_tile: array<TileT, 1024>; // [BK][BN]
 
 @compute @workgroup_size(TS, TS, 1)
 fn main(
@@ -65,7 +75,7 @@ fn main(
             if (m < p.m && k < p.k) {
                 v = load_a(bt, m, k);
             }
-            a_tile[kk * BM + mi] = v;
+            a_tile[kk * BM + mi] = TileT(v);
         }
         // B slice: BK k x TILE columns, in whichever order reads memory contiguously.
         for (var r = 0u; r < LOADS; r++) {
@@ -85,19 +95,31 @@ fn main(
             if (n < p.n && k < p.k) {
                 v = load_b(bt, k, n);
             }
-            b_tile[kk * BN + ni] = v;
+            b_tile[kk * BN + ni] = TileT(v);
         }
         workgroupBarrier();
+#if F16_MATH
+        var part = array<vec4<f16>, 4>();
+#endif
         for (var kk = 0u; kk < BK; kk++) {
             let ab = kk * BM + ty;
             let bb = kk * BN + tx;
-            var a = vec4<f32>(0.0);
-            var b = vec4<f32>(0.0);
+            var a = vec4<TileT>();
+            var b = vec4<TileT>();
             for (var r = 0u; r < R; r++) {
                 a[r] = a_tile[ab + r * TS];
                 b[r] = b_tile[bb + r * TS];
             }
             for (var i = 0u; i < R; i++) {
+#if F16_MATH
+                if (R == 4u) {
+                    part[i] = fma(vec4<f16>(a[i]), b, part[i]);
+                } else {
+                    for (var j = 0u; j < R; j++) {
+                        part[i][j] = fma(a[i], b[j], part[i][j]);
+                    }
+                }
+#else
                 if (R == 4u) {
                     acc[i] += a[i] * b;
                 } else {
@@ -105,8 +127,14 @@ fn main(
                         acc[i][j] += a[i] * b[j];
                     }
                 }
+#endif
             }
         }
+#if F16_MATH
+        for (var i = 0u; i < R; i++) {
+            acc[i] += vec4<f32>(part[i]);
+        }
+#endif
         workgroupBarrier();
     }
 

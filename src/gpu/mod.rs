@@ -99,6 +99,11 @@ pub struct GpuOptions {
     /// Do not use cooperative matrices (tensor cores) even where the adapter
     /// has them (also `PNP_NO_COOP=1`): the fallback kernels, to compare.
     pub disable_coop: bool,
+    /// f16 arithmetic in the ALU GEMM and convolution tiles for f16 storage
+    /// (`F16_MATH` in tile_core.wgsl): `None` uses it on hardware adapters
+    /// with SHADER_F16 and no cooperative matrices (a CPU driver only
+    /// emulates f16), `Some(on)` decides (tests force it on lavapipe).
+    pub f16_math: Option<bool>,
 }
 
 /// Features this crate uses where the adapter offers them.
@@ -110,6 +115,8 @@ pub struct Capabilities {
     /// Cooperative matrices in use: the side (16 or 8) of the square f16 x
     /// f16 -> f32 configuration the adapter lists (see [`Coop`]).
     pub coop: Option<Coop>,
+    /// f16 multiply-adds in the ALU matmul tiles (see [`GpuOptions::f16_math`]).
+    pub f16_math: bool,
 }
 
 /// The cooperative-matrix configuration the GEMM and convolution kernels
@@ -294,15 +301,21 @@ impl Gpu {
         let limits = adapter.limits();
         let shader_f16 = available.contains(wgpu::Features::SHADER_F16) && !opts.disable_f16;
         let no_coop = opts.disable_coop || std::env::var("PNP_NO_COOP").is_ok_and(|v| v == "1");
+        let coop = if shader_f16 && !no_coop {
+            Coop::choose(&adapter, &limits)
+        } else {
+            None
+        };
         let caps = Capabilities {
             shader_f16,
             subgroups: available.contains(wgpu::Features::SUBGROUP),
             timestamps: available.contains(wgpu::Features::TIMESTAMP_QUERY),
-            coop: if shader_f16 && !no_coop {
-                Coop::choose(&adapter, &limits)
-            } else {
-                None
-            },
+            coop,
+            f16_math: shader_f16
+                && coop.is_none()
+                && opts
+                    .f16_math
+                    .unwrap_or(info.device_type != wgpu::DeviceType::Cpu),
         };
         if caps.shader_f16 {
             wanted |= wgpu::Features::SHADER_F16;
@@ -392,6 +405,9 @@ impl Gpu {
         });
         if let Some(c) = &coop {
             feats.push(c);
+        }
+        if self.caps.f16_math {
+            feats.push("f16 math");
         }
         if self.checked_shaders() {
             feats.push("checked shaders");

@@ -560,7 +560,8 @@ impl Graph {
     /// (`coop_core.wgsl`: `COOP` their side, `SG` the subgroup size, `TILE`
     /// twice or four times the side) where the device has them and the
     /// storage is f16, else the ALU tiles (`tile_core.wgsl`: `TILE` 64, 32
-    /// or 16); the side from [`Graph::tile_for`]. `min_tile`: the smallest
+    /// or 16; `F16_MATH` for f16 storage where the device does f16
+    /// arithmetic); the side from [`Graph::tile_for`]. `min_tile`: the smallest
     /// block the epilogue allows (GEGLU's column pairs need 32). Returns the
     /// tile side and the constants.
     pub(crate) fn matmul_loop(
@@ -581,6 +582,8 @@ impl Graph {
         if let Some(c) = coop {
             consts.push(("COOP", c.side));
             consts.push(("SG", c.subgroup_size));
+        } else if dtype == DType::F16 && self.gpu.caps.f16_math {
+            consts.push(("F16_MATH", 1));
         }
         (tile, consts)
     }
