@@ -181,6 +181,23 @@ fn constant_work_runs_once_per_refresh() {
     assert_eq!(run(1.0), 7.0, "the refresh did not rerun the hoisted work");
 }
 
+/// The GEMM and convolution fixtures and the fused matmul cases (LayerNorm
+/// in the GEMM, channel-major linears, concatenated readers) on `gpu` in
+/// `d`, each failure list named by `what`.
+fn matmul_cases(
+    gpu: &std::sync::Arc<pnp::gpu::Gpu>,
+    d: &[pnp::gpu::DType],
+    what: &dyn Fn(&str) -> String,
+) {
+    let f = Fixture::load("gemm.safetensors");
+    pollster::block_on(cases::gemm(gpu, &f, d)).finish(&what("gemm"));
+    let f = Fixture::load("conv2d.safetensors");
+    pollster::block_on(cases::conv2d(gpu, &f, d)).finish(&what("conv2d"));
+    pollster::block_on(cases::normed_linear(gpu, d)).finish(&what("normed linear"));
+    pollster::block_on(cases::channel_linears(gpu, d)).finish(&what("channel linears"));
+    pollster::block_on(cases::concat_readers(gpu, d)).finish(&what("concat readers"));
+}
+
 /// The 32- and 16-wide tiles (chosen where 64-tiles would starve the GPU)
 /// against the same references: on a device forced to them, the GEMM,
 /// convolution, attention (32 or 16 query rows a workgroup) and fused cases
@@ -196,15 +213,9 @@ fn small_tiles_match_torch() {
         let gpu = pollster::block_on(pnp::gpu::Gpu::new(&opts)).expect("adapter");
         let d = dtypes();
         let what = |op: &str| format!("{op}, {tile}-tiles");
-        let f = Fixture::load("gemm.safetensors");
-        pollster::block_on(cases::gemm(&gpu, &f, &d)).finish(&what("gemm"));
-        let f = Fixture::load("conv2d.safetensors");
-        pollster::block_on(cases::conv2d(&gpu, &f, &d)).finish(&what("conv2d"));
+        matmul_cases(&gpu, &d, &what);
         let f = Fixture::load("attention.safetensors");
         pollster::block_on(cases::attention(&gpu, &f, &d)).finish(&what("attention"));
-        pollster::block_on(cases::normed_linear(&gpu, &d)).finish(&what("normed linear"));
-        pollster::block_on(cases::channel_linears(&gpu, &d)).finish(&what("channel linears"));
-        pollster::block_on(cases::concat_readers(&gpu, &d)).finish(&what("concat readers"));
         let keys = gpu.kernel_keys();
         let ran = |family: &str, name: &str, value: u32| {
             keys.iter()
@@ -260,13 +271,7 @@ fn coop_kernels_match_torch() {
         let tile = if forced.is_some() { 2 * side } else { 4 * side };
         let d = [pnp::gpu::DType::F16];
         let what = |op: &str| format!("{op}, coop {side}, {tile}-blocks");
-        let f = Fixture::load("gemm.safetensors");
-        pollster::block_on(cases::gemm(&gpu, &f, &d)).finish(&what("gemm"));
-        let f = Fixture::load("conv2d.safetensors");
-        pollster::block_on(cases::conv2d(&gpu, &f, &d)).finish(&what("conv2d"));
-        pollster::block_on(cases::normed_linear(&gpu, &d)).finish(&what("normed linear"));
-        pollster::block_on(cases::channel_linears(&gpu, &d)).finish(&what("channel linears"));
-        pollster::block_on(cases::concat_readers(&gpu, &d)).finish(&what("concat readers"));
+        matmul_cases(&gpu, &d, &what);
         let f = Fixture::load("attention.safetensors");
         pollster::block_on(cases::attention(&gpu, &f, &d)).finish(&what("attention"));
         let keys = gpu.kernel_keys();
@@ -341,13 +346,7 @@ fn f16_math_matches_torch() {
         let d = [pnp::gpu::DType::F16];
         let tile = forced.unwrap_or(64) as u32;
         let what = |op: &str| format!("{op}, f16 math, {tile}-tiles");
-        let f = Fixture::load("gemm.safetensors");
-        pollster::block_on(cases::gemm(&gpu, &f, &d)).finish(&what("gemm"));
-        let f = Fixture::load("conv2d.safetensors");
-        pollster::block_on(cases::conv2d(&gpu, &f, &d)).finish(&what("conv2d"));
-        pollster::block_on(cases::normed_linear(&gpu, &d)).finish(&what("normed linear"));
-        pollster::block_on(cases::channel_linears(&gpu, &d)).finish(&what("channel linears"));
-        pollster::block_on(cases::concat_readers(&gpu, &d)).finish(&what("concat readers"));
+        matmul_cases(&gpu, &d, &what);
         long_sums_accumulate_in_f32(&gpu);
         let keys = gpu.kernel_keys();
         for family in ["gemm", "conv"] {

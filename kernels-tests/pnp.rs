@@ -41,13 +41,17 @@ fn tol_for(want: &[f32]) -> Tol {
     }
 }
 
-fn run_case(case: &str, fails: &mut Failures) {
+/// A case's reference fixture, its metadata, and its model, tokenizer and
+/// scheduler loaded on `gpu` in `dtype`.
+fn load_case(
+    case: &str,
+    gpu: &std::sync::Arc<pnp::gpu::Gpu>,
+    dtype: DType,
+) -> (Fixture, Json, SdModel, ClipTokenizer, Ddim) {
     let f = Fixture::load(&format!("pnp/{case}.safetensors"));
     let c: Json = serde_json::from_str(&f.meta["case"]).expect("case metadata");
     let model_dir = fixture_path("models").join(p_str(&c, "model"));
-    let gpu = gpu();
-    let dtype = DType::F32;
-    let model = SdModel::load_folder(Ctx { gpu: &gpu, dtype }, &model_dir).expect("model");
+    let model = SdModel::load_folder(Ctx { gpu, dtype }, &model_dir).expect("model");
     let tok = ClipTokenizer::from_dir(&model_dir.join("tokenizer")).expect("tokenizer");
     let sched_cfg: Json = serde_json::from_str(
         &std::fs::read_to_string(model_dir.join("scheduler/scheduler_config.json"))
@@ -55,6 +59,13 @@ fn run_case(case: &str, fails: &mut Failures) {
     )
     .expect("json");
     let sched = Ddim::from_config(&sched_cfg).expect("scheduler");
+    (f, c, model, tok, sched)
+}
+
+fn run_case(case: &str, fails: &mut Failures) {
+    let gpu = gpu();
+    let dtype = DType::F32;
+    let (f, c, model, tok, sched) = load_case(case, &gpu, dtype);
     let prompts = case_prompts(&c);
     let (pixels, hw) = load_png(p_str(&c, "image"));
     let mut by_mode: Vec<Vec<Vec<f32>>> = Vec::new();
@@ -333,17 +344,7 @@ fn translate_case(
     gpu: &std::sync::Arc<pnp::gpu::Gpu>,
     dtype: DType,
 ) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let f = Fixture::load(&format!("pnp/{case}.safetensors"));
-    let c: Json = serde_json::from_str(&f.meta["case"]).expect("case metadata");
-    let model_dir = fixture_path("models").join(p_str(&c, "model"));
-    let model = SdModel::load_folder(Ctx { gpu, dtype }, &model_dir).expect("model");
-    let tok = ClipTokenizer::from_dir(&model_dir.join("tokenizer")).expect("tokenizer");
-    let sched_cfg: Json = serde_json::from_str(
-        &std::fs::read_to_string(model_dir.join("scheduler/scheduler_config.json"))
-            .expect("scheduler config"),
-    )
-    .expect("json");
-    let sched = Ddim::from_config(&sched_cfg).expect("scheduler");
+    let (f, c, model, tok, sched) = load_case(case, gpu, dtype);
     let prompts = case_prompts(&c);
     let targets: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let (pixels, hw) = load_png(p_str(&c, "image"));

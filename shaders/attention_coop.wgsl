@@ -5,7 +5,7 @@
 //
 // A workgroup of four subgroups (SG invocations each, generated) takes BQ =
 // 4 * CT query rows of one head, CT rows per subgroup (CT = COOP, the
-// cooperative tile side). Q, scaled, is staged once in workgroup memory as
+// cooperative tile side; the header declares MatA, MatB and MatC of it). Q, scaled, is staged once in workgroup memory as
 // f16, its head dimension zero-padded to DP, a multiple of CT. Keys and
 // values stream through workgroup memory in blocks of CT.
 //
@@ -35,16 +35,6 @@ const BC: u32 = CT;                              // keys per block
 const DP: u32 = (HEAD_DIM + CT - 1u) / CT * CT;  // head dimension, padded
 const DT: u32 = DP / CT;                         // cooperative tiles along it
 const NEG: f32 = -3.0e38;
-
-#if COOP == 16
-alias MatA = coop_mat16x16<f16, A>;
-alias MatB = coop_mat16x16<f16, B>;
-alias MatC = coop_mat16x16<f32, C>;
-#else
-alias MatA = coop_mat8x8<f16, A>;
-alias MatB = coop_mat8x8<f16, B>;
-alias MatC = coop_mat8x8<f32, C>;
-#endif
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> o: array<T>; // o: (B, Lq, H*D)
@@ -81,6 +71,21 @@ fn stage_keys(b: u32, col: u32, k0: u32, k_end: u32, tid: u32, with_values: bool
     }
 }
 
+// The scores of this subgroup's CT rows against the staged block of keys,
+// Q K^T on cooperative tiles, into s_sh.
+fn block_scores(row0: u32) {
+    var s = MatC();
+    for (var t = 0u; t < DT; t++) {
+        let qa = coopLoadT<MatA>(&q_sh[row0 * DP + t * CT], DP);
+        let kb = coopLoad<MatB>(&k_sh[t * CT], DP);
+        s = coopMultiplyAdd(qa, kb, s);
+    }
+    // naga 30 needs a coopStore's index and stride as named values.
+    let at = row0 * BC;
+    let stride = BC;
+    coopStoreT(s, &s_sh[at], stride);
+}
+
 // Whether key j counts for query row i.
 fn visible(i: u32, j: u32, k_end: u32) -> bool {
     return j < k_end && (p.causal == 0u || j <= i);
@@ -114,21 +119,12 @@ fn main(
     if (p.causal == 1u) {
         k_end = min(k_end, q0 + BQ);
     }
-    // naga 30 needs a coopStore's index and stride as named values.
-    let s_at = row0 * BC;
-    let s_stride = BC;
 
     // Pass 1: each row's max and sum over all keys.
     for (var k0 = 0u; k0 < k_end; k0 += BC) {
         stage_keys(b, col, k0, k_end, tid, false);
         workgroupBarrier();
-        var s = MatC();
-        for (var t = 0u; t < DT; t++) {
-            let qa = coopLoadT<MatA>(&q_sh[row0 * DP + t * CT], DP);
-            let kb = coopLoad<MatB>(&k_sh[t * CT], DP);
-            s = coopMultiplyAdd(qa, kb, s);
-        }
-        coopStoreT(s, &s_sh[s_at], s_stride);
+        block_scores(row0);
         workgroupBarrier();
         for (var r = tid; r < BQ; r += THREADS) {
             let i = q0 + r;
@@ -161,13 +157,7 @@ fn main(
     for (var k0 = 0u; k0 < k_end; k0 += BC) {
         stage_keys(b, col, k0, k_end, tid, true);
         workgroupBarrier();
-        var s = MatC();
-        for (var t = 0u; t < DT; t++) {
-            let qa = coopLoadT<MatA>(&q_sh[row0 * DP + t * CT], DP);
-            let kb = coopLoad<MatB>(&k_sh[t * CT], DP);
-            s = coopMultiplyAdd(qa, kb, s);
-        }
-        coopStoreT(s, &s_sh[s_at], s_stride);
+        block_scores(row0);
         workgroupBarrier();
         for (var e = tid; e < BQ * BC; e += THREADS) {
             let r = e / BC;

@@ -17,7 +17,8 @@
 // same code.
 //
 // The including family provides what tile_core.wgsl lists, with TILE the
-// block side (2 * RT * CT, generated) and COOP and SG generated.
+// block side (2 * RT * CT, generated) and COOP and SG generated; the header
+// declares the cooperative types MatA, MatB (f16) and MatC (f32) of side COOP.
 
 const CT: u32 = COOP;
 const BM: u32 = TILE;
@@ -28,16 +29,6 @@ const SUBGROUPS: u32 = 4u;
 const THREADS: u32 = SUBGROUPS * SG;
 const TS: u32 = TILE / 4u; // the epilogue's column spacing
 const R: u32 = 4u;
-
-#if COOP == 16
-alias MatA = coop_mat16x16<f16, A>;
-alias MatB = coop_mat16x16<f16, B>;
-alias MatC = coop_mat16x16<f32, C>;
-#else
-alias MatA = coop_mat8x8<f16, A>;
-alias MatB = coop_mat8x8<f16, B>;
-alias MatC = coop_mat8x8<f32, C>;
-#endif
 
 var<workgroup> a_sh: array<f16, BM * BK>; // [m][k]
 var<workgroup> b_sh: array<f16, BK * BN>; // [k][n]

@@ -78,16 +78,27 @@ fn file(name: &str) -> &'static str {
 pub const FLAT_WORKGROUP: usize = 256;
 
 /// The complete WGSL module for a key: a generated header (f16 enable, the
-/// storage type alias `T`, the flat kernels' workgroup size and index, the
-/// constants), then the family file.
+/// storage type alias `T`, the cooperative-matrix types `MatA`, `MatB`,
+/// `MatC` of a `COOP` variant, the flat kernels' workgroup size and index,
+/// the constants), then the family file.
 pub fn shader_source(key: &KernelKey) -> String {
     let mut src = String::new();
-    let coop = key.consts.iter().any(|&(n, v)| n == "COOP" && v != 0);
+    let coop_side = key
+        .consts
+        .iter()
+        .find(|&&(n, _)| n == "COOP")
+        .map_or(0, |&(_, v)| v);
+    let coop = coop_side != 0;
     if key.dtype == DType::F16 || coop {
         src.push_str("enable f16;\n");
     }
     if coop {
+        // The cooperative types of the variant's tile side, by role.
         src.push_str("enable wgpu_cooperative_matrix;\n");
+        let m = format!("coop_mat{coop_side}x{coop_side}");
+        src.push_str(&format!(
+            "alias MatA = {m}<f16, A>;\nalias MatB = {m}<f16, B>;\nalias MatC = {m}<f32, C>;\n"
+        ));
     }
     src.push_str(&format!("alias T = {};\n", key.dtype.wgsl()));
     // The flat (one element per invocation) kernels' workgroup size and

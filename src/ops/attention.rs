@@ -180,29 +180,37 @@ pub fn attention_views(
         return through_scores(g, q, k, v, batch, heads, causal, scale, why);
     }
     let o = g.temp(&[batch, lq, c], q.value.dtype);
+    // Keys [k_begin, k_end) of every query row; the offsets move with the
+    // step (store slots) and are set on the node.
+    let params = |k_begin: usize, k_end: usize, first_last: u32| AttentionParams {
+        lq: u(lq),
+        lk: u(lk),
+        causal: causal as u32,
+        scale,
+        q_rs: u(q.row_stride),
+        k_rs: u(k.row_stride),
+        v_rs: u(v.row_stride),
+        o_rs: u(c),
+        q_bs: u(q.batch_stride),
+        k_bs: u(k.batch_stride),
+        v_bs: u(v.batch_stride),
+        o_bs: u(lq * c),
+        q_off: 0,
+        k_off: 0,
+        v_off: 0,
+        o_off: 0,
+        heads: u(heads),
+        k_begin: u(k_begin),
+        k_end: u(k_end),
+        first_last,
+    };
+    let step_offsets = |g: &mut Graph, node: usize| {
+        g.step_param(node, word_of!(AttentionParams, q_off), q.offset);
+        g.step_param(node, word_of!(AttentionParams, k_off), k.offset);
+        g.step_param(node, word_of!(AttentionParams, v_off), v.offset);
+    };
     if let Some(coop) = coop_attention(g, q.value.dtype, d, lq, lk) {
-        let params = AttentionParams {
-            lq: u(lq),
-            lk: u(lk),
-            causal: causal as u32,
-            scale,
-            q_rs: u(q.row_stride),
-            k_rs: u(k.row_stride),
-            v_rs: u(v.row_stride),
-            o_rs: u(c),
-            q_bs: u(q.batch_stride),
-            k_bs: u(k.batch_stride),
-            v_bs: u(v.batch_stride),
-            o_bs: u(lq * c),
-            q_off: 0,
-            k_off: 0,
-            v_off: 0,
-            o_off: 0,
-            heads: u(heads),
-            k_begin: 0,
-            k_end: u(lk),
-            first_last: 3,
-        };
+        let params = params(0, lk, 3);
         let bq = 4 * coop.side as usize;
         let node = g.push(
             "attention_coop",
@@ -220,9 +228,7 @@ pub fn attention_views(
         );
         // q k^T twice (the two passes) and p v.
         g.set_flops(node, 6 * batch * heads * lq * lk * d);
-        g.step_param(node, word_of!(AttentionParams, q_off), q.offset);
-        g.step_param(node, word_of!(AttentionParams, k_off), k.offset);
-        g.step_param(node, word_of!(AttentionParams, v_off), v.offset);
+        step_offsets(g, node);
         return Ok(o);
     }
     // Keys per dispatch: all of them, unless the driver bounds an invocation's
@@ -237,29 +243,7 @@ pub fn attention_views(
     for ch in 0..chunks {
         let (k_begin, k_end) = (ch * chunk, ((ch + 1) * chunk).min(lk));
         let first_last = (ch == 0) as u32 | (((ch + 1 == chunks) as u32) << 1);
-        let params = AttentionParams {
-            lq: u(lq),
-            lk: u(lk),
-            causal: causal as u32,
-            scale,
-            q_rs: u(q.row_stride),
-            k_rs: u(k.row_stride),
-            v_rs: u(v.row_stride),
-            o_rs: u(c),
-            q_bs: u(q.batch_stride),
-            k_bs: u(k.batch_stride),
-            v_bs: u(v.batch_stride),
-            o_bs: u(lq * c),
-            // The offsets move with the step (store slots): set below.
-            q_off: 0,
-            k_off: 0,
-            v_off: 0,
-            o_off: 0,
-            heads: u(heads),
-            k_begin: u(k_begin),
-            k_end: u(k_end),
-            first_last,
-        };
+        let params = params(k_begin, k_end, first_last);
         let mut outputs = vec![&o];
         outputs.extend(state.as_ref());
         // q k^T and p v: 2 multiply-adds per (query, key, channel).
@@ -284,9 +268,7 @@ pub fn attention_views(
             [u(lq.div_ceil(bq)), u(heads), u(batch)],
         );
         g.set_flops(node, flops);
-        g.step_param(node, word_of!(AttentionParams, q_off), q.offset);
-        g.step_param(node, word_of!(AttentionParams, k_off), k.offset);
-        g.step_param(node, word_of!(AttentionParams, v_off), v.offset);
+        step_offsets(g, node);
     }
     Ok(o)
 }
