@@ -1,18 +1,16 @@
 //! The `pnp` binary on the tiny model: a real translation end to end, and the
 //! errors a user can run into, each saying what to do.
 
+mod pnp_bin;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels-tests/fixtures")
 }
 
 fn pnp(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pnp"))
-        .args(args)
-        .output()
-        .expect("run pnp");
+    let out = pnp_bin::pnp_command().args(args).output().expect("run pnp");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -71,6 +69,18 @@ fn translate_writes_images_latents_and_reuses_an_inversion() {
     );
     assert_eq!(r["size"], serde_json::json!([128, 128]));
     assert_eq!(r["options"]["steps"], 4);
+    // Precision auto: f16 where the adapter has shader-f16, and then, on a
+    // driver with cooperative matrices (CI's coop run), the coop kernels.
+    let precision = r["precision"].as_str().expect("precision");
+    assert!(precision.starts_with("auto: "), "{precision}");
+    if std::env::var("PNP_EXPECT_COOP").is_ok_and(|v| v == "1") {
+        assert_eq!(precision, "auto: f16");
+        let kernels = r["kernels"].to_string();
+        assert!(
+            stdout.contains("cooperative matrices") && kernels.contains("COOP="),
+            "no coop kernels in the CLI run:\n{stdout}\n{kernels}"
+        );
+    }
     let evals = r["unet_evals"].as_u64().expect("unet_evals");
     assert!(
         stdout.contains(&format!("UNet evaluations: {evals} ")),
@@ -196,7 +206,7 @@ fn a_successful_run_without_a_desktop_session_prints_no_error() {
     let model = fixtures().join("models/sd15-tiny");
     let image = fixtures().join("pnp/square.png");
     let out = temp("no-session").join("o.png");
-    let run = Command::new(env!("CARGO_BIN_EXE_pnp"))
+    let run = pnp_bin::pnp_command()
         .env_remove("XDG_RUNTIME_DIR")
         .env_remove("NODEVICE_SELECT")
         .args(["translate", "--model"])

@@ -6,9 +6,10 @@
 //! dropped alpha, truncated prompts, ignored flags) are checked on stderr
 //! without a terminal.
 
+mod pnp_bin;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 fn fixtures() -> PathBuf {
@@ -61,10 +62,7 @@ struct Run {
 fn pnp<A: AsRef<str>>(args: &[A]) -> Run {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_pnp"))
-        .args(args)
-        .output()
-        .expect("run pnp");
+    let out = pnp_bin::pnp_command().args(args).output().expect("run pnp");
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
