@@ -8,7 +8,7 @@
 // COOP: 16 where the adapter lists 16x16x16 f16 -> f32, else 8), so
 // TILE = 2 * RT * CT. K advances in slices of BK = 2 * CT: every invocation
 // helps stage the slice of A (TILE x BK) and of B (BK x TILE) in workgroup
-// memory as f16, through the family's load_a / load_b (so an implicit-GEMM
+// memory as f16 (slice.wgsl), through the family's load_a / load_b (so an implicit-GEMM
 // gather, a fused LayerNorm or a concatenation reads exactly as in the
 // fallback), then each subgroup multiplies its tiles with f32 accumulators.
 // At the end the accumulators go through workgroup memory to the family's
@@ -57,40 +57,12 @@ fn main(
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var e = tid; e < BM * BK; e += THREADS) {
-            var mi: u32;
-            var kk: u32;
-            if (A_M_FAST == 1u) {
-                kk = e / BM;
-                mi = e % BM;
-            } else {
-                mi = e / BK;
-                kk = e % BK;
-            }
-            let m = m0 + mi;
-            let k = k0 + kk;
-            var v = 0.0;
-            if (m < p.m && k < p.k) {
-                v = load_a(bt, m, k);
-            }
-            a_sh[mi * BK + kk] = f16(v);
+            let at = slice_at(e, A_M_FAST);
+            a_sh[at.x * BK + at.y] = f16(a_or_zero(bt, m0 + at.x, k0 + at.y));
         }
         for (var e = tid; e < BK * BN; e += THREADS) {
-            var ni: u32;
-            var kk: u32;
-            if (B_N_FAST == 1u) {
-                kk = e / BN;
-                ni = e % BN;
-            } else {
-                ni = e / BK;
-                kk = e % BK;
-            }
-            let n = n0 + ni;
-            let k = k0 + kk;
-            var v = 0.0;
-            if (n < p.n && k < p.k) {
-                v = load_b(bt, k, n);
-            }
-            b_sh[kk * BN + ni] = f16(v);
+            let at = slice_at(e, B_N_FAST);
+            b_sh[at.y * BN + at.x] = f16(b_or_zero(bt, k0 + at.y, n0 + at.x));
         }
         workgroupBarrier();
         for (var ks = 0u; ks < BK; ks += CT) {

@@ -57,45 +57,13 @@ fn main(
     prepare(bt, m0, tid);
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // A slice: TILE rows x BK k, in whichever order reads memory contiguously.
+        // The A and B slices (slice.wgsl), LOADS elements per invocation.
         for (var r = 0u; r < LOADS; r++) {
             let e = tid + r * THREADS;
-            var mi: u32;
-            var kk: u32;
-            if (A_M_FAST == 1u) {
-                kk = e / BM;
-                mi = e % BM;
-            } else {
-                mi = e / BK;
-                kk = e % BK;
-            }
-            let m = m0 + mi;
-            let k = k0 + kk;
-            var v = 0.0;
-            if (m < p.m && k < p.k) {
-                v = load_a(bt, m, k);
-            }
-            a_tile[kk * BM + mi] = TileT(v);
-        }
-        // B slice: BK k x TILE columns, in whichever order reads memory contiguously.
-        for (var r = 0u; r < LOADS; r++) {
-            let e = tid + r * THREADS;
-            var ni: u32;
-            var kk: u32;
-            if (B_N_FAST == 1u) {
-                kk = e / BN;
-                ni = e % BN;
-            } else {
-                ni = e / BK;
-                kk = e % BK;
-            }
-            let n = n0 + ni;
-            let k = k0 + kk;
-            var v = 0.0;
-            if (n < p.n && k < p.k) {
-                v = load_b(bt, k, n);
-            }
-            b_tile[kk * BN + ni] = TileT(v);
+            let a = slice_at(e, A_M_FAST);
+            a_tile[a.y * BM + a.x] = TileT(a_or_zero(bt, m0 + a.x, k0 + a.y));
+            let b = slice_at(e, B_N_FAST);
+            b_tile[b.y * BN + b.x] = TileT(b_or_zero(bt, k0 + b.y, n0 + b.x));
         }
         workgroupBarrier();
 #if F16_MATH

@@ -141,7 +141,11 @@ impl Coop {
     /// The configuration to use on `adapter`, if any: the largest square
     /// f16 -> f32 one it lists (16 before 8), with one fixed subgroup size at
     /// least as wide as a tile's side and the workgroup memory the loop needs.
-    fn choose(adapter: &wgpu::Adapter, limits: &wgpu::Limits) -> Option<Coop> {
+    fn choose(
+        adapter: &wgpu::Adapter,
+        info: &wgpu::AdapterInfo,
+        limits: &wgpu::Limits,
+    ) -> Option<Coop> {
         use wgpu::CooperativeScalarType as S;
         let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
             | wgpu::Features::SUBGROUP
@@ -152,7 +156,6 @@ impl Coop {
         // The loop's workgroup is exactly four subgroups (its cooperative
         // operations need uniform control flow across the workgroup, so no
         // subgroup may sit out): only where the subgroup size is fixed.
-        let info = adapter.get_info();
         let subgroup_size = info.subgroup_max_size;
         if info.subgroup_min_size != subgroup_size {
             return None;
@@ -302,7 +305,7 @@ impl Gpu {
         let shader_f16 = available.contains(wgpu::Features::SHADER_F16) && !opts.disable_f16;
         let no_coop = opts.disable_coop || std::env::var("PNP_NO_COOP").is_ok_and(|v| v == "1");
         let coop = if shader_f16 && !no_coop {
-            Coop::choose(&adapter, &limits)
+            Coop::choose(&adapter, &info, &limits)
         } else {
             None
         };

@@ -34,6 +34,7 @@ pub struct KernelKey {
 pub const SHADERS: &[(&str, &str)] = &[
     ("tile_core", include_str!("../../shaders/tile_core.wgsl")),
     ("coop_core", include_str!("../../shaders/coop_core.wgsl")),
+    ("slice", include_str!("../../shaders/slice.wgsl")),
     ("math", include_str!("../../shaders/math.wgsl")),
     ("gemm", include_str!("../../shaders/gemm.wgsl")),
     ("conv", include_str!("../../shaders/conv.wgsl")),
@@ -55,12 +56,13 @@ pub const SHADERS: &[(&str, &str)] = &[
 ];
 
 /// Shared files appended after a family's own: the tiled-matmul main loop of
-/// gemm and conv, and the math helpers (erf) that WGSL lacks. A variant with
+/// gemm and conv with its operand staging, and the math helpers (erf) that
+/// WGSL lacks. A variant with
 /// a nonzero `COOP` constant takes the cooperative-matrix loop, `coop_core`,
 /// in place of `tile_core` ([`shader_source`]).
 pub const INCLUDES: &[(&str, &[&str])] = &[
-    ("gemm", &["tile_core", "coop_core", "math"]),
-    ("conv", &["tile_core", "coop_core"]),
+    ("gemm", &["tile_core", "coop_core", "slice", "math"]),
+    ("conv", &["tile_core", "coop_core", "slice"]),
     ("elementwise", &["math"]),
 ];
 
