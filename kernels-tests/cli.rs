@@ -230,3 +230,76 @@ fn a_successful_run_without_a_desktop_session_prints_no_error() {
         .collect();
     assert!(errors.is_empty(), "a successful run printed {errors:?}");
 }
+
+/// `--autotune on` (which CPU drivers such as lavapipe need; on a GPU `auto`
+/// tunes): the first translation times the kernel variants of every
+/// distinct shape and writes the winners under `PNP_CACHE_DIR`, says so and
+/// records them in the report; the second takes them all from the cache;
+/// `--no-autotune` tunes nothing.
+#[test]
+fn autotune_times_once_then_reuses_the_cache() {
+    let model = fixtures().join("models/sd15-tiny");
+    let image = fixtures().join("pnp/square.png");
+    let dir = temp("autotune");
+    let cache = dir.join("cache");
+    let run = |extra: &[&str], report: &Path| {
+        let mut args = vec![
+            "translate",
+            "--model",
+            model.to_str().expect("utf-8"),
+            "--image",
+            image.to_str().expect("utf-8"),
+            "--prompt",
+            "a photo of a cat",
+            "--steps",
+            "2",
+            "--inversion-steps",
+            "2",
+            "--width",
+            "64",
+            "--out",
+        ];
+        let out = dir.join("out.png");
+        args.push(out.to_str().expect("utf-8"));
+        args.extend(["--report", report.to_str().expect("utf-8")]);
+        args.extend(extra);
+        let out = pnp_bin::pnp_command()
+            .args(&args)
+            .env("PNP_CACHE_DIR", &cache)
+            .env_remove("PNP_AUTOTUNE")
+            .output()
+            .expect("run pnp");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(report).expect("report")).expect("json");
+        (stdout, r["autotune"].clone())
+    };
+    let (stdout, first) = run(&["--autotune", "on"], &dir.join("first.json"));
+    let timed = first["timed"].as_u64().expect("timed");
+    assert!(timed > 0, "{first}");
+    assert!(
+        stdout.contains(&format!("autotune: {timed} dispatch shapes timed")),
+        "{stdout}"
+    );
+    let file = first["cache_file"].as_str().expect("cache file");
+    assert!(Path::new(file).starts_with(&cache), "{file}");
+    let chosen = first["chosen"].as_object().expect("chosen");
+    assert!(chosen.keys().any(|k| k.starts_with("conv ")), "{first}");
+
+    let (stdout, second) = run(&["--autotune", "on"], &dir.join("second.json"));
+    assert_eq!(second["timed"], 0, "{second}");
+    assert_eq!(second["reused"], timed, "{second}");
+    assert!(
+        stdout.contains(&format!("{timed} from the cache")),
+        "{stdout}"
+    );
+
+    let (stdout, off) = run(&["--no-autotune"], &dir.join("off.json"));
+    assert!(off.is_null() && !stdout.contains("autotune:"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -364,6 +364,119 @@ fn f16_math_matches_torch() {
     }
 }
 
+/// Autotune: a device with it on times the variants of every distinct
+/// GEMM, convolution and attention dispatch of the fixture cases (which
+/// pass at their tolerances with the winners), keeps the fastest of each in
+/// its cache file, and a second device reading that file times nothing and
+/// plans what the file says: with every winner rewritten to the smallest
+/// tile, only small tiles are compiled and the cases still pass. An
+/// unreadable file is reported and replaced.
+#[test]
+fn autotune_plans_the_timed_winners() {
+    use pnp::gpu::{Autotune, Gpu, GpuOptions};
+    let dir = std::env::temp_dir().join(format!("pnp-autotune-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let open = || {
+        let opts = GpuOptions {
+            adapter_name: std::env::var("PNP_ADAPTER").ok(),
+            autotune: Some(Autotune {
+                cache_dir: Some(dir.clone()),
+                on_cpu: true,
+            }),
+            ..Default::default()
+        };
+        pollster::block_on(Gpu::new(&opts)).expect("adapter")
+    };
+    let attention = Fixture::load("attention.safetensors");
+    let run_cases = |gpu: &std::sync::Arc<Gpu>, what: &str| {
+        let d = dtypes_of(gpu);
+        matmul_cases(gpu, &d, &|op| format!("{op}, {what}"));
+        pollster::block_on(cases::attention(gpu, &attention, &d))
+            .finish(&format!("attention, {what}"));
+    };
+
+    let gpu = open();
+    run_cases(&gpu, "autotuned");
+    let s = gpu.tuner.as_ref().expect("a tuner").summary();
+    assert!(s.warning.is_none(), "{:?}", s.warning);
+    assert!(s.timed >= 10, "only {} shapes timed", s.timed);
+    for family in ["gemm", "conv"] {
+        assert!(
+            s.chosen.keys().any(|k| k.starts_with(family)),
+            "no {family} was tuned: {:?}",
+            s.chosen
+        );
+    }
+    let file = s.cache_file.expect("a cache file");
+    let mut cache: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("the cache file")).expect("json");
+    let choices = cache["choices"].as_object_mut().expect("choices");
+    assert_eq!(choices.len(), s.timed);
+    for (key, c) in choices.iter_mut() {
+        let timings = c["timings"].as_array().expect("timings").clone();
+        assert!(timings.len() >= 2, "{key}: {timings:?}");
+        let fastest = (timings.iter())
+            .min_by(|a, b| a[1].as_f64().unwrap().total_cmp(&b[1].as_f64().unwrap()))
+            .unwrap();
+        assert_eq!(
+            c["variant"], fastest[0],
+            "{key}: the winner is not the fastest"
+        );
+        // The candidates run largest tile first: the last is the smallest.
+        c["variant"] = timings.last().unwrap()[0].clone();
+    }
+    std::fs::write(&file, serde_json::to_vec(&cache).unwrap()).unwrap();
+    drop(gpu);
+
+    let gpu = open();
+    run_cases(&gpu, "smallest tiles from the cache");
+    let s = gpu.tuner.as_ref().unwrap().summary();
+    assert_eq!(s.timed, 0, "shapes timed again despite the cache");
+    assert!(s.reused >= 10, "only {} winners reused", s.reused);
+    let keys = gpu.kernel_keys();
+    let tile = |k: &pnp::gpu::KernelKey, name: &str| {
+        k.consts.iter().find(|(n, _)| *n == name).map(|c| c.1)
+    };
+    for k in &keys {
+        let small = match k.family {
+            "gemm" | "conv" => tile(k, "TILE").is_some_and(|t| t <= 32),
+            "attention" => tile(k, "BQ") == Some(16),
+            _ => true,
+        };
+        assert!(
+            small,
+            "a cached smallest-tile winner was not planned: {k:?}"
+        );
+    }
+    assert!(
+        keys.iter().any(|k| tile(k, "TILE") == Some(16)),
+        "no 16-tile ran"
+    );
+    drop(gpu);
+
+    std::fs::write(&file, "{ not json").unwrap();
+    let gpu = open();
+    let warning = gpu
+        .tuner
+        .as_ref()
+        .unwrap()
+        .summary()
+        .warning
+        .unwrap_or_default();
+    assert!(
+        warning.contains("not a readable autotune cache"),
+        "{warning}"
+    );
+    let f = Fixture::load("gemm.safetensors");
+    pollster::block_on(cases::gemm(&gpu, &f, &dtypes_of(&gpu))).finish("gemm, retuned");
+    let text = std::fs::read(&file).unwrap();
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&text).is_ok(),
+        "the file was not rewritten"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A GEMM whose sums are long and large (K = 4096 positive terms, sums near
 /// 1000): with f16 sums over one K slice and f32 across slices the result
 /// is the f16 rounding of the exact sum (of the f16 inputs); an f16 sum

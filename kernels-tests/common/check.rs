@@ -20,9 +20,11 @@ pub fn dtypes_of(gpu: &Gpu) -> Vec<DType> {
     d
 }
 
-/// Marks `y` as the graph's output, plans, runs once and reads `y` back.
+/// Marks `y` as the graph's output, tunes (where the device has autotune
+/// on), plans, runs once and reads `y` back.
 pub async fn read_graph(g: &mut Graph, y: &Value) -> Vec<f32> {
     g.output(y);
+    g.tune().await.expect("autotune");
     let plan = g.plan().expect("plan");
     plan.run();
     plan.read(y).await.expect("readback")

@@ -40,7 +40,7 @@ pub struct GenerateCmd {
     save_features: Option<PathBuf>,
 }
 
-pub fn run(cmd: GenerateCmd, adapter: Option<String>) -> Result<()> {
+pub fn run(cmd: GenerateCmd, device: &crate::DeviceArgs) -> Result<()> {
     check_size([cmd.height, cmd.width])?;
     cli_words(check_guidance(cmd.guidance))?;
     let mut outputs = Outputs::default();
@@ -49,7 +49,7 @@ pub fn run(cmd: GenerateCmd, adapter: Option<String>) -> Result<()> {
         outputs.add(p, Kind::Tensors, "--save-features");
     }
     outputs.check(&[])?;
-    let gpu = crate::open_gpu(adapter)?;
+    let gpu = crate::open_gpu(device)?;
     let mut bars = Bars::default();
     let m = cmd.model.load(&gpu, &mut bars)?;
     let l = &m.loaded;
@@ -84,6 +84,9 @@ pub fn run(cmd: GenerateCmd, adapter: Option<String>) -> Result<()> {
     }
     let precision = crate::translate::precision_words(cmd.model.precision, &gpu);
     println!("precision: {precision}");
+    if let Some(words) = crate::autotune_words(&gpu) {
+        println!("{words}");
+    }
     crate::translate::print_stats(&pipe.stats);
     Ok(())
 }

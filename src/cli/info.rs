@@ -11,8 +11,8 @@ pub struct InfoCmd {
     model: ModelArgs,
 }
 
-pub fn run(cmd: InfoCmd, adapter: Option<String>) -> Result<()> {
-    let gpu = crate::open_gpu(adapter)?;
+pub fn run(cmd: InfoCmd, device: &crate::DeviceArgs) -> Result<()> {
+    let gpu = crate::open_gpu(device)?;
     let m = cmd.model.load(&gpu, &mut Quiet)?;
     let model = &m.loaded.model;
     let (t, u, v) = (&model.text.config, &model.unet.config, &model.vae.config);

@@ -12,7 +12,7 @@ mod translate;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use pnp::gpu::{DType, Gpu, GpuOptions};
+use pnp::gpu::{Autotune, DType, Gpu, GpuOptions};
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -22,11 +22,58 @@ use std::sync::Arc;
     about = "Plug-and-Play Diffusion Features on WGSL kernels (wgpu)"
 )]
 struct Cli {
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Which adapter, and how its kernels are chosen.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
     /// Pick the GPU adapter whose name contains this text (also PNP_ADAPTER).
     #[arg(long, global = true, env = "PNP_ADAPTER")]
     adapter: Option<String>,
-    #[command(subcommand)]
-    cmd: Cmd,
+    /// Time the kernel variants of each distinct GEMM, convolution and attention
+    /// shape once and run the fastest; the winners are kept in the user's cache
+    /// folder per adapter, driver and version (PNP_CACHE_DIR overrides the
+    /// folder). auto: on GPUs, not on CPU drivers such as lavapipe.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "PNP_AUTOTUNE"
+    )]
+    autotune: AutotuneMode,
+    /// Same as --autotune off: the executor's built-in rule picks every variant.
+    #[arg(long, global = true)]
+    no_autotune: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AutotuneMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl DeviceArgs {
+    fn options(&self) -> GpuOptions {
+        let mode = if self.no_autotune {
+            AutotuneMode::Off
+        } else {
+            self.autotune
+        };
+        GpuOptions {
+            adapter_name: self.adapter.clone(),
+            autotune: (mode != AutotuneMode::Off).then(|| Autotune {
+                cache_dir: pnp::gpu::user_cache_dir(),
+                on_cpu: mode == AutotuneMode::On,
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 /// Storage precision of weights and activations.
@@ -56,18 +103,35 @@ enum Cmd {
 }
 
 /// Opens the adapter (by name when given) and says which it is.
-pub fn open_gpu(adapter: Option<String>) -> Result<Arc<Gpu>> {
-    let gpu = open_gpu_quietly(adapter)?;
+pub fn open_gpu(device: &DeviceArgs) -> Result<Arc<Gpu>> {
+    let gpu = open_gpu_quietly(device)?;
     println!("adapter: {}", gpu.describe());
     Ok(gpu)
 }
 
-/// [`open_gpu`] saying the adapter on stderr (stdout carries JSON).
-pub fn open_gpu_quietly(adapter: Option<String>) -> Result<Arc<Gpu>> {
-    Ok(pollster::block_on(Gpu::new(&GpuOptions {
-        adapter_name: adapter,
-        ..Default::default()
-    }))?)
+/// [`open_gpu`] without a word (stdout carries JSON).
+pub fn open_gpu_quietly(device: &DeviceArgs) -> Result<Arc<Gpu>> {
+    Ok(pollster::block_on(Gpu::new(&device.options()))?)
+}
+
+/// One line on what autotune did on `gpu` (None where it is off), and its
+/// warning about the cache file if any.
+pub fn autotune_words(gpu: &Gpu) -> Option<String> {
+    let s = gpu.tuner.as_ref()?.summary();
+    let file = s
+        .cache_file
+        .as_ref()
+        .map_or("in memory only".to_string(), |f| {
+            format!("cache {}", f.display())
+        });
+    let mut line = format!(
+        "autotune: {} dispatch shapes timed ({:.1} s), {} from the cache; {file}",
+        s.timed, s.seconds, s.reused
+    );
+    if let Some(w) = &s.warning {
+        line.push_str(&format!("\nwarning: {w}"));
+    }
+    Some(line)
 }
 
 impl Precision {
@@ -114,18 +178,18 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let adapter = cli.adapter;
+    let device = cli.device;
     let done = match cli.cmd {
-        Cmd::Info(cmd) => info::run(cmd, adapter),
+        Cmd::Info(cmd) => info::run(cmd, &device),
         Cmd::Translate(mut cmd) => {
             cmd.inversion_steps_given = matches
                 .subcommand_matches("translate")
                 .and_then(|m| m.value_source("inversion_steps"))
                 == Some(clap::parser::ValueSource::CommandLine);
-            translate::run(*cmd, adapter)
+            translate::run(*cmd, &device)
         }
-        Cmd::Generate(cmd) => generate::run(cmd, adapter),
-        Cmd::Bench { what } => bench::run(what, adapter),
+        Cmd::Generate(cmd) => generate::run(cmd, &device),
+        Cmd::Bench { what } => bench::run(what, &device),
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -40,6 +40,8 @@ pub struct Report<'a> {
     used_feature_store: bool,
     /// Every kernel variant compiled for the run (family.entry, type, constants).
     kernels: Vec<String>,
+    /// What autotune timed, reused and chose (absent where it was off).
+    autotune: Option<pnp::gpu::TuneSummary>,
 }
 
 #[derive(Serialize)]
@@ -92,6 +94,7 @@ impl<'a> Measured<'a> {
             peak_bytes_with_weights: s.peak_bytes + self.weights_bytes,
             used_feature_store: s.used_store,
             kernels: self.kernels(),
+            autotune: self.gpu.tuner.as_ref().map(|t| t.summary()),
         }
     }
 

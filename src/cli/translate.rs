@@ -62,7 +62,7 @@ fn load_inversion(path: &std::path::Path, size: [usize; 2]) -> Result<Inversion>
     Ok(Inversion::from_safetensors(&name, &bytes, hw)?)
 }
 
-pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
+pub fn run(cmd: TranslateCmd, device: &crate::DeviceArgs) -> Result<()> {
     // Everything that can be checked without the GPU, first: the outputs,
     // the image's header and size, the inversion file.
     let n = cmd.prompts.len();
@@ -100,7 +100,7 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
         );
     }
 
-    let gpu = crate::open_gpu(adapter)?;
+    let gpu = crate::open_gpu(device)?;
     let mut bars = Bars::default();
     let m = cmd.model.load(&gpu, &mut bars)?;
     let model = &m.loaded.model;
@@ -202,6 +202,9 @@ pub fn run(cmd: TranslateCmd, adapter: Option<String>) -> Result<()> {
         }
     );
     println!("precision: {}", precision_words(cmd.model.precision, &gpu));
+    if let Some(words) = crate::autotune_words(&gpu) {
+        println!("{words}");
+    }
     print_stats(s);
     Ok(())
 }

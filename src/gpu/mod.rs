@@ -2,11 +2,15 @@
 //! the pipeline cache and readback. wgpu is pinned in Cargo.toml because its
 //! API changes between releases; nothing outside `gpu/` and `graph/` touches it.
 
+mod coop;
 mod pipeline;
 pub(crate) mod tensor;
+mod tune;
 
+pub use coop::Coop;
 pub use pipeline::{Access, FLAT_WORKGROUP, INCLUDES, KernelKey, PipelineCache, shader_source};
 pub use tensor::{DType, Tensor};
+pub use tune::{Autotune, Choice, TuneSummary, Tuner, user_cache_dir};
 
 use std::sync::Arc;
 
@@ -104,6 +108,10 @@ pub struct GpuOptions {
     /// with SHADER_F16 and no cooperative matrices (a CPU driver only
     /// emulates f16), `Some(on)` decides (tests force it on lavapipe).
     pub f16_math: Option<bool>,
+    /// Time the variants of each distinct GEMM, convolution and attention
+    /// dispatch once and run the fastest (see [`Tuner`]); `None` takes the
+    /// executor's rule ([`Graph::tile_for`](crate::graph::Graph)) untimed.
+    pub autotune: Option<Autotune>,
 }
 
 /// Features this crate uses where the adapter offers them.
@@ -115,70 +123,13 @@ pub struct Capabilities {
     /// Cooperative matrices in use: the side (16 or 8) of the square f16 x
     /// f16 -> f32 configuration the adapter lists (see [`Coop`]).
     pub coop: Option<Coop>,
-    /// f16 multiply-adds in the ALU matmul tiles (see [`GpuOptions::f16_math`]).
+    /// f16 multiply-adds in the ALU matmul tiles by default (see
+    /// [`GpuOptions::f16_math`]).
     pub f16_math: bool,
-}
-
-/// The cooperative-matrix configuration the GEMM and convolution kernels
-/// use (`shaders/coop_core.wgsl`): tiles of `side` x `side` (x `side` deep),
-/// f16 inputs and f32 accumulators, by subgroups of `subgroup_size`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Coop {
-    pub side: u32,
-    pub subgroup_size: u32,
-}
-
-impl Coop {
-    /// Workgroup memory of the coop main loop at its largest block
-    /// (2 x 2 subgroups of 2 x 2 tiles): the f16 slices of A and B and the
-    /// f32 block of C, plus the fused LayerNorm's scratch.
-    pub fn workgroup_bytes(side: u32) -> u32 {
-        let tile = 4 * side;
-        let bk = 2 * side;
-        2 * tile * bk * 2 + tile * tile * 4 + 256 * 4 + 64 * 8
-    }
-
-    /// The configuration to use on `adapter`, if any: the largest square
-    /// f16 -> f32 one it lists (16 before 8), with one fixed subgroup size at
-    /// least as wide as a tile's side and the workgroup memory the loop needs.
-    fn choose(
-        adapter: &wgpu::Adapter,
-        info: &wgpu::AdapterInfo,
-        limits: &wgpu::Limits,
-    ) -> Option<Coop> {
-        use wgpu::CooperativeScalarType as S;
-        let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
-            | wgpu::Features::SUBGROUP
-            | wgpu::Features::SHADER_F16;
-        if !adapter.features().contains(needed) {
-            return None;
-        }
-        // The loop's workgroup is exactly four subgroups (its cooperative
-        // operations need uniform control flow across the workgroup, so no
-        // subgroup may sit out): only where the subgroup size is fixed.
-        let subgroup_size = info.subgroup_max_size;
-        if info.subgroup_min_size != subgroup_size {
-            return None;
-        }
-        let listed = adapter.cooperative_matrix_properties();
-        [16, 8].into_iter().find_map(|side| {
-            let square = listed.iter().any(|c| {
-                c.m_size == side
-                    && c.n_size == side
-                    && c.k_size == side
-                    && c.ab_type == S::F16
-                    && c.cr_type == S::F32
-            });
-            let fits = Coop::workgroup_bytes(side) <= limits.max_compute_workgroup_storage_size
-                && subgroup_size >= side
-                && 4 * subgroup_size <= limits.max_compute_invocations_per_workgroup
-                && 4 * subgroup_size <= 256;
-            (square && fits).then_some(Coop {
-                side,
-                subgroup_size,
-            })
-        })
-    }
+    /// The ALU matmul tiles can do f16 multiply-adds (hardware f16, or
+    /// forced): the F16_MATH tiles are candidates for autotune even where
+    /// cooperative matrices are the default.
+    pub f16_alu: bool,
 }
 
 /// What the host asked of the device, counted since it was opened: how
@@ -283,6 +234,8 @@ pub struct Gpu {
     /// See [`GpuOptions::force_tile`].
     pub force_tile: Option<usize>,
     pub(crate) pipelines: PipelineCache,
+    /// Autotune's winners, where it is on ([`GpuOptions::autotune`]).
+    pub tuner: Option<Tuner>,
     /// Submits, reads and writes so far.
     pub counters: Counters,
     /// The first error no error scope caught (wgpu's default handler would
@@ -309,16 +262,17 @@ impl Gpu {
         } else {
             None
         };
+        let f16_alu = shader_f16
+            && opts
+                .f16_math
+                .unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
         let caps = Capabilities {
             shader_f16,
             subgroups: available.contains(wgpu::Features::SUBGROUP),
             timestamps: available.contains(wgpu::Features::TIMESTAMP_QUERY),
             coop,
-            f16_math: shader_f16
-                && coop.is_none()
-                && opts
-                    .f16_math
-                    .unwrap_or(info.device_type != wgpu::DeviceType::Cpu),
+            f16_math: f16_alu && coop.is_none(),
+            f16_alu,
         };
         if caps.shader_f16 {
             wanted |= wgpu::Features::SHADER_F16;
@@ -374,6 +328,9 @@ impl Gpu {
             counters: Counters::default(),
             pipelines: PipelineCache::new(checked_shaders(opts)),
             force_tile: opts.force_tile,
+            tuner: (opts.autotune.as_ref())
+                .filter(|a| a.on_cpu || info.device_type != wgpu::DeviceType::Cpu)
+                .map(|a| Tuner::new(a, &info)),
             loop_budget,
             device,
             queue,

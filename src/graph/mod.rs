@@ -4,8 +4,12 @@
 //! buffers and builds bind groups once; the [`Plan`] replays for every step.
 
 mod plan;
+mod tune;
+mod variants;
 
 pub use plan::{Arena, Plan};
+pub use variants::{MIN_WORKGROUPS, min_workgroups_for};
+pub(crate) use variants::{Variant, variant_name};
 
 use crate::gpu::{Access, DType, Gpu, KernelKey, Tensor};
 use std::fmt;
@@ -71,6 +75,9 @@ pub(crate) struct Node {
     /// ops that do real math (GEMM, convolution, attention), else one
     /// operation per output element.
     pub flops: u64,
+    /// Other variants of the same work, for autotune ([`Graph::tune`]);
+    /// empty where there is no choice or autotune is off.
+    pub alternatives: Vec<Variant>,
 }
 
 impl Node {
@@ -140,24 +147,6 @@ pub struct Graph {
     model_only: bool,
     /// Workgroups a heavy dispatch should launch at least ([`Graph::tile_for`]).
     pub(crate) min_workgroups: u64,
-}
-
-/// Twice the compute units of the largest GPU we tune for (an H100's 132
-/// SMs): the rule is that no dispatch of at least 1 GFLOP launches fewer
-/// workgroups than twice the target's compute units, and wgpu does not say
-/// how many an adapter has. A software adapter's units are the CPU's
-/// threads ([`min_workgroups_for`]).
-pub const MIN_WORKGROUPS: u64 = 2 * 132;
-
-/// [`MIN_WORKGROUPS`], or twice the CPU's threads on a software adapter
-/// (lavapipe, SwiftShader), where smaller tiles only cost time.
-pub fn min_workgroups_for(gpu: &Gpu) -> u64 {
-    if gpu.info.device_type == wgpu::DeviceType::Cpu {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        2 * threads as u64
-    } else {
-        MIN_WORKGROUPS
-    }
 }
 
 /// One dispatch of a recorded graph, as the performance model sees it.
@@ -331,28 +320,22 @@ impl Graph {
         self.nodes
             .iter()
             .zip(constant)
-            .map(|(n, once)| Dispatch {
-                once,
-                family: n.key.family,
-                flops: n.flops,
-                bytes: n
-                    .binds
-                    .iter()
-                    .map(|(id, w)| {
-                        let info = &self.values[id.0 as usize];
-                        let elems = w.map_or(info.shape.iter().product(), |w| w.len);
-                        (elems * info.dtype.size()) as u64
-                    })
-                    .sum(),
-                workgroups: n.workgroups.iter().map(|&g| g as u64).product(),
-                variant: n
-                    .key
-                    .consts
-                    .iter()
-                    .filter(|(name, _)| matches!(*name, "TILE" | "COOP" | "BQ"))
-                    .map(|(name, v)| format!("{name}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
+            .map(|(n, once)| {
+                let (key, workgroups) = self.chosen(n);
+                Dispatch {
+                    once,
+                    family: n.key.family,
+                    flops: n.flops,
+                    bytes: (n.binds.iter())
+                        .map(|(id, w)| {
+                            let info = &self.values[id.0 as usize];
+                            let elems = w.map_or(info.shape.iter().product(), |w| w.len);
+                            (elems * info.dtype.size()) as u64
+                        })
+                        .sum(),
+                    workgroups: workgroups.iter().map(|&g| g as u64).product(),
+                    variant: variant_name(&key.consts),
+                }
             })
             .collect()
     }
@@ -520,6 +503,7 @@ impl Graph {
             workgroups,
             label: format!("{family}::{entry}"),
             flops,
+            alternatives: Vec::new(),
         });
         self.nodes.len() - 1
     }
@@ -551,84 +535,6 @@ impl Graph {
 
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
-    }
-}
-
-impl Graph {
-    /// The main loop of a GEMM or convolution (`gemm.wgsl`, `conv.wgsl`)
-    /// as the constants of its kernel variant: cooperative matrices
-    /// (`coop_core.wgsl`: `COOP` their side, `SG` the subgroup size, `TILE`
-    /// twice or four times the side) where the device has them and the
-    /// storage is f16, else the ALU tiles (`tile_core.wgsl`: `TILE` 64, 32
-    /// or 16; `F16_MATH` for f16 storage where the device does f16
-    /// arithmetic); the side from [`Graph::tile_for`]. `min_tile`: the smallest
-    /// block the epilogue allows (GEGLU's column pairs need 32). Returns the
-    /// tile side and the constants.
-    pub(crate) fn matmul_loop(
-        &self,
-        dtype: DType,
-        flops: usize,
-        min_tile: usize,
-        groups_at: impl Fn(usize) -> u64,
-    ) -> (usize, Vec<(&'static str, u32)>) {
-        let coop = self.gpu.caps.coop.filter(|_| dtype == DType::F16);
-        let tiles: Vec<usize> = match coop {
-            Some(c) => vec![4 * c.side as usize, 2 * c.side as usize],
-            None => vec![64, 32, 16],
-        };
-        let tiles: Vec<usize> = tiles.into_iter().filter(|&t| t >= min_tile).collect();
-        let tile = self.tile_for(flops, &tiles, groups_at);
-        let mut consts = vec![("TILE", tile as u32)];
-        if let Some(c) = coop {
-            consts.push(("COOP", c.side));
-            consts.push(("SG", c.subgroup_size));
-        } else if dtype == DType::F16 && self.gpu.caps.f16_math {
-            consts.push(("F16_MATH", 1));
-        }
-        (tile, consts)
-    }
-
-    /// The tile side of a tiled GEMM or convolution (or the queries per
-    /// workgroup of the fused attention), from `tiles`, the sides the op
-    /// allows, largest first; `groups_at(tile)` is its grid's workgroup count.
-    ///
-    /// The rule: no dispatch of at least 1 GFLOP (`flops`) launches fewer
-    /// than [`Graph::min_workgroups`] (twice the target's compute units)
-    /// where a smaller tile launches enough. So: the largest tile (the most
-    /// reuse per load) unless the dispatch is heavy and starved, then the
-    /// largest that fills the GPU, else the one with the most workgroups.
-    /// Every tile keeps the same threads per workgroup, so a smaller tile is
-    /// more threads in flight.
-    pub(crate) fn tile_for(
-        &self,
-        flops: usize,
-        tiles: &[usize],
-        groups_at: impl Fn(usize) -> u64,
-    ) -> usize {
-        let largest = tiles[0];
-        if let Some(forced) = self.gpu.force_tile {
-            return tiles
-                .iter()
-                .rev()
-                .copied()
-                .find(|&t| t >= forced)
-                .unwrap_or(largest);
-        }
-        if flops < 1_000_000_000 || groups_at(largest) >= self.min_workgroups {
-            return largest;
-        }
-        tiles
-            .iter()
-            .copied()
-            .find(|&t| groups_at(t) >= self.min_workgroups)
-            .unwrap_or_else(|| {
-                let most = tiles.iter().map(|&t| groups_at(t)).max().unwrap_or(0);
-                tiles
-                    .iter()
-                    .copied()
-                    .find(|&t| groups_at(t) == most)
-                    .unwrap_or(largest)
-            })
     }
 }
 

@@ -3,7 +3,7 @@
 //! reads it; buffers are shared greedily by best fit. Inputs, outputs and
 //! external tensors are pinned. Bind groups are made once, here.
 
-use super::{Graph, Storage, Value, ValueId};
+use super::{Graph, Storage, Value, ValueId, variant_name};
 use crate::gpu::tensor::{STORAGE_USAGE, padded_bytes};
 use crate::gpu::{Gpu, GpuError, Tensor};
 use std::collections::HashMap;
@@ -14,6 +14,8 @@ struct Step {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
+    /// The kernel variant it runs ([`variant_name`]).
+    variant: String,
 }
 
 pub struct Plan {
@@ -329,7 +331,8 @@ impl Graph {
         let mut steps = Vec::with_capacity(self.nodes.len());
         let mut prologue = Vec::new();
         for ((node, &uoff), once) in self.nodes.iter().zip(&offsets).zip(constant) {
-            let pipeline = gpu.pipelines.get(&gpu.device, &node.key);
+            let (key, workgroups) = self.chosen(node);
+            let pipeline = gpu.pipelines.get(&gpu.device, &key);
             let ubytes = (node.params.len().div_ceil(4).max(1) * 16) as u64;
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
@@ -360,7 +363,7 @@ impl Graph {
                     }
                 })
                 .collect();
-            for ((binding, _), (buf, off, size)) in node.key.bindings.iter().zip(&resolved) {
+            for ((binding, _), (buf, off, size)) in key.bindings.iter().zip(&resolved) {
                 entries.push(wgpu::BindGroupEntry {
                     binding: *binding,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -378,7 +381,8 @@ impl Graph {
             let step = Step {
                 pipeline: pipeline.pipeline.clone(),
                 bind_group,
-                workgroups: node.workgroups,
+                workgroups,
+                variant: variant_name(&key.consts),
             };
             match once {
                 true => prologue.push(step),
@@ -499,6 +503,12 @@ impl Plan {
     }
 
     /// Dispatches of one replay, and of the constant prologue.
+    /// The variant each replayed dispatch runs, in order (empty strings
+    /// for kernels without variants).
+    pub fn variants(&self) -> Vec<&str> {
+        self.steps.iter().map(|s| s.variant.as_str()).collect()
+    }
+
     pub fn dispatch_counts(&self) -> (usize, usize) {
         (self.steps.len(), self.prologue.len())
     }

@@ -253,21 +253,29 @@ pub fn attention_views(
         let bq = g.tile_for(flops, &[64, 32, 16], |t| {
             (lq.div_ceil(t) * heads * batch) as u64
         });
-        let node = g.push(
-            "attention",
-            "main",
-            q.value.dtype,
-            vec![
+        let variant = |bq: usize| crate::graph::Variant {
+            consts: vec![
                 ("HEAD_DIM", u(d)),
                 ("CHUNKED", state.is_some() as u32),
                 ("BQ", u(bq)),
             ],
+            workgroups: [u(lq.div_ceil(bq)), u(heads), u(batch)],
+        };
+        let chosen = variant(bq);
+        let node = g.push(
+            "attention",
+            "main",
+            q.value.dtype,
+            chosen.consts,
             &outputs,
             &[(3, q.value), (4, k.value), (5, v.value)],
             words(&params),
-            [u(lq.div_ceil(bq)), u(heads), u(batch)],
+            chosen.workgroups,
         );
         g.set_flops(node, flops);
+        if g.tunable() {
+            g.set_alternatives(node, [64, 32, 16].map(variant).to_vec());
+        }
         step_offsets(g, node);
     }
     Ok(o)

@@ -172,14 +172,16 @@ fn record(
     };
     let batches = if fits { b } else { 1 };
     let flops = 2 * cout * ho * wo * cin * taps * b;
-    let (tile, mut consts) = g.matmul_loop(x.dtype, flops, 0, |t| {
+    let main_loop = g.matmul_loop(x.dtype, flops, 0, |t| {
         (plane_out.div_ceil(t) * m_per.min(cout).div_ceil(t) * batches) as u64
     });
-    consts.extend([
+    let tile = main_loop.tile;
+    let extra = [
         ("HAS_RES", residual.is_some() as u32),
         ("HAS_ROW", row_bias.is_some() as u32),
         ("CAT", x2.is_some() as u32),
-    ]);
+    ];
+    let consts: Vec<_> = main_loop.consts.iter().chain(&extra).copied().collect();
     for bt in 0..rows {
         for m0 in (0..cout).step_by(m_per) {
             let mc = m_per.min(cout - m0);
@@ -237,11 +239,14 @@ fn record(
                     u(if fits { 0 } else { bt }),
                     u(x.dim(1)),
                 ];
-                let wg = [
-                    u(plane_out.div_ceil(tile)),
-                    u(mc.div_ceil(tile)),
-                    u(batches),
-                ];
+                let grid = |tile: usize| {
+                    [
+                        u(plane_out.div_ceil(tile)),
+                        u(mc.div_ceil(tile)),
+                        u(batches),
+                    ]
+                };
+                let wg = grid(tile);
                 let node = g.push_windowed(
                     "conv",
                     "main",
@@ -253,6 +258,7 @@ fn record(
                     wg,
                 );
                 g.set_flops(node, 2 * mc * plane_out * cc * taps * batches);
+                g.set_alternatives(node, main_loop.variants(&extra, grid));
             }
         }
     }

@@ -117,10 +117,11 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
     } else {
         0
     };
-    let (tile, mut consts) = g.matmul_loop(dtype, flops, min_tile, |t| {
+    let main_loop = g.matmul_loop(dtype, flops, min_tile, |t| {
         (s.n.div_ceil(t) * row_chunk.min(s.m).div_ceil(t) * batches) as u64
     });
-    consts.extend([
+    let tile = main_loop.tile;
+    let extra = [
         ("ACT", s.act.code()),
         ("HAS_BIAS", s.bias.is_some() as u32),
         ("BIAS_ROWS", s.bias_rows as u32),
@@ -131,7 +132,8 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
         ),
         ("HAS_RES", s.residual.is_some() as u32),
         ("B_N_FAST", (s.b_strides[2] == 1) as u32),
-    ]);
+    ];
+    let consts: Vec<_> = main_loop.consts.iter().chain(&extra).copied().collect();
     for bt in 0..rows {
         for m0 in (0..s.m.max(1)).step_by(row_chunk) {
             let mc = row_chunk.min(s.m - m0);
@@ -175,7 +177,8 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
                 u(offs[2]),
                 s.ln.map_or(0.0, |ln| ln.eps).to_bits(),
             ];
-            let wg = [u(s.n.div_ceil(tile)), u(mc.div_ceil(tile)), u(batches)];
+            let grid = |tile: usize| [u(s.n.div_ceil(tile)), u(mc.div_ceil(tile)), u(batches)];
+            let wg = grid(tile);
             if wg.iter().any(|&x| x > 65535) {
                 return Err(shape_err(
                     "gemm",
@@ -193,6 +196,7 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
                 wg,
             );
             g.set_flops(node, 2 * mc * s.n * s.k * batches);
+            g.set_alternatives(node, main_loop.variants(&extra, grid));
         }
     }
     Ok(out)

@@ -106,7 +106,9 @@ impl Pipeline<'_> {
             tables: &tables,
             ctx: &ctx,
         };
-        let plan = (self.loop_graph(1, hw, &io, None, |_| Ok(Hooks::default()))?).plan()?;
+        let g = self.loop_graph(1, hw, &io, None, |_| Ok(Hooks::default()))?;
+        g.tune().await?;
+        let plan = g.plan()?;
         self.note_peak(plan.planned_bytes() + state.bytes());
         progress.phase("inversion", steps);
         let mut flight = InFlight::default();
@@ -261,12 +263,14 @@ impl Pipeline<'_> {
         };
         let whats: Vec<Inject> = (0..n).map(|i| schedule.at(i)).collect();
         let mut plans = PlanCache::default();
-        plans.plan_all(&whats, |what| {
-            let (batch, io) = loop_io(what);
-            self.loop_graph(batch, hw, &io, store.as_ref(), |v| {
-                Ok(inject_hooks(&self.taps, v, what))
+        plans
+            .plan_all(&whats, |what| {
+                let (batch, io) = loop_io(what);
+                self.loop_graph(batch, hw, &io, store.as_ref(), |v| {
+                    Ok(inject_hooks(&self.taps, v, what))
+                })
             })
-        })?;
+            .await?;
         let mut flight = InFlight::default();
         for (pi, c) in emb.targets.iter().enumerate() {
             progress.phase(&format!("sampling prompt {}", pi + 1), n);
@@ -321,12 +325,14 @@ impl Pipeline<'_> {
         };
         let whats: Vec<Inject> = (0..steps).map(|i| schedule.at(i)).collect();
         let mut plans = PlanCache::default();
-        plans.plan_all(&whats, |what| {
-            self.loop_graph(1, hw, &io, Some(&store), |v| {
-                v.map(|v| capture_hooks(&self.taps, v, what))
-                    .ok_or_else(|| PnpError::Input("the store was not bound".into()))
+        plans
+            .plan_all(&whats, |what| {
+                self.loop_graph(1, hw, &io, Some(&store), |v| {
+                    v.map(|v| capture_hooks(&self.taps, v, what))
+                        .ok_or_else(|| PnpError::Input("the store was not bound".into()))
+                })
             })
-        })?;
+            .await?;
         progress.phase("source features", steps);
         let mut flight = InFlight::default();
         for (i, &what) in whats.iter().enumerate() {
@@ -390,7 +396,9 @@ impl Pipeline<'_> {
                 v_prediction: self.scheduler.prediction == Prediction::V,
             },
         );
-        let plan = (self.loop_graph(2, hw, &io, None, |_| Ok(Hooks::default()))?).plan()?;
+        let g = self.loop_graph(2, hw, &io, None, |_| Ok(Hooks::default()))?;
+        g.tune().await?;
+        let plan = g.plan()?;
         self.note_peak(plan.planned_bytes() + state.bytes());
         progress.phase("generation", steps);
         let mut flight = InFlight::default();

@@ -41,7 +41,7 @@ impl PlanCache {
     /// Plans every variant of `whats` (each recorded by `record`), the one
     /// with the most intermediate bytes first: the arena's buffers are sized
     /// by it, and the others' fit in them.
-    pub fn plan_all(
+    pub async fn plan_all(
         &mut self,
         whats: &[Inject],
         mut record: impl FnMut(Inject) -> Result<Graph>,
@@ -54,6 +54,7 @@ impl PlanCache {
         }
         graphs.sort_by_key(|(_, g)| std::cmp::Reverse(g.intermediate_bytes()));
         for (what, g) in graphs {
+            g.tune().await?;
             let plan = g.plan_in(&mut self.arena)?;
             self.plans.push((what, plan));
         }
@@ -216,6 +217,7 @@ impl<'a> Pipeline<'a> {
         let x = g.input("token embeddings", &[prompts.len(), len, d], self.dtype);
         let y = text.forward(&mut g, &x)?;
         g.output(&y);
+        g.tune().await?;
         let plan = g.plan()?;
         self.note_peak(plan.planned_bytes());
         plan.write(&x, &text.embed(&ids)?);
@@ -270,6 +272,7 @@ impl<'a> Pipeline<'a> {
         let x = g.input("image", &[1, 3, h, w], self.dtype);
         let m = vae.encode_moments(&mut g, &x)?;
         g.output(&m);
+        g.tune().await?;
         let plan = g.plan()?;
         self.note_peak(plan.planned_bytes());
         plan.write(
@@ -332,6 +335,7 @@ impl<'a> Pipeline<'a> {
         )?;
         let y = vae.decode(&mut g, &x)?;
         g.output(&y);
+        g.tune().await?;
         let plan = g.plan()?;
         self.note_peak(plan.planned_bytes());
         let mut shape = y.shape.clone();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use pnp::gpu::{DType, Gpu, GpuOptions};
+use pnp::gpu::{Autotune, DType, Gpu, GpuOptions};
 use pnp::models::loader::{LoadedModel, load_model};
 use pnp::models::nn::Ctx;
 use pnp::pipeline::scheduler::Ddim;
@@ -33,6 +33,12 @@ pub async fn open(force_f32: bool) -> Result<Arc<Gpu>, String> {
     }
     Gpu::new(&GpuOptions {
         disable_f16: force_f32,
+        // Winners kept for the page's session (a browser has no cache
+        // folder); a CPU rasteriser (SwiftShader) is not tuned.
+        autotune: Some(Autotune {
+            cache_dir: None,
+            on_cpu: false,
+        }),
         ..Default::default()
     })
     .await

@@ -56,6 +56,7 @@ fn time_op(
         let y = build(&mut g, &vals)?;
         g.output(&y);
     }
+    pollster::block_on(g.tune())?;
     let variant = {
         let d = g.dispatches();
         let main = d.iter().max_by_key(|x| x.flops).map_or(String::new(), |x| {

@@ -28,14 +28,14 @@ pub enum BenchCmd {
     },
 }
 
-pub fn run(cmd: BenchCmd, adapter: Option<String>) -> Result<()> {
+pub fn run(cmd: BenchCmd, device: &crate::DeviceArgs) -> Result<()> {
     let gpu = match &cmd {
         BenchCmd::Plan(p) if p.json => {
-            let gpu = crate::open_gpu_quietly(adapter)?;
+            let gpu = crate::open_gpu_quietly(device)?;
             eprintln!("adapter: {}", gpu.describe());
             gpu
         }
-        _ => crate::open_gpu(adapter)?,
+        _ => crate::open_gpu(device)?,
     };
     match cmd {
         BenchCmd::Plan(opts) => plan::run(&gpu, &opts),
@@ -43,7 +43,11 @@ pub fn run(cmd: BenchCmd, adapter: Option<String>) -> Result<()> {
             let dtype = opts.precision.dtype(&gpu)?;
             pipeline::run(&gpu, &opts, dtype, &mut std::io::stdout())
                 .map_err(|e| anyhow!(e))
-                .context("pipeline benchmark")
+                .context("pipeline benchmark")?;
+            if let Some(words) = crate::autotune_words(&gpu) {
+                println!("{words}");
+            }
+            Ok(())
         }
         BenchCmd::Kernels {
             quick,
@@ -60,6 +64,9 @@ pub fn run(cmd: BenchCmd, adapter: Option<String>) -> Result<()> {
             let rows = kernels::kernels(&gpu, dtype, quick, iters.max(1))
                 .map_err(|e| anyhow!(e))
                 .context("kernel benchmark")?;
+            if let Some(words) = crate::autotune_words(&gpu) {
+                println!("{words}");
+            }
             for r in rows {
                 println!(
                     "{:<48} {:>10.3} {:>10.2} {:>9.2}  {}",

@@ -208,6 +208,8 @@ pub fn run(
         );
         let eps = unet.forward(&mut g, &x, &t, &c)?;
         g.output(&eps);
+        pollster::block_on(g.tune())?;
+        pollster::block_on(g.tune())?;
         let plan = g.plan()?;
         let planned = plan.planned_bytes();
         let build = start.elapsed().as_secs_f64();
@@ -253,6 +255,8 @@ pub fn run(
             (x, y)
         };
         g.output(&y);
+        pollster::block_on(g.tune())?;
+        pollster::block_on(g.tune())?;
         let plan = g.plan()?;
         let planned = plan.planned_bytes();
         let build = start.elapsed().as_secs_f64();

@@ -1,0 +1,164 @@
+//! Autotune's timing: each alternative of each distinct dispatch, run on
+//! scratch buffers of its bindings' sizes (so nothing a plan holds is
+//! touched), the fastest kept in the device's [`Tuner`](crate::gpu::Tuner).
+
+use super::{Graph, Node, Variant, variant_name};
+use crate::gpu::tensor::STORAGE_USAGE;
+use crate::gpu::{Choice, Gpu, GpuError, InFlight, KernelKey};
+use crate::progress::Timer;
+
+/// Seconds of GPU work one measurement should span: enough repetitions of
+/// a dispatch that submitting and waiting are a small part of it. The
+/// browser's clock counts whole milliseconds.
+const SPAN: f64 = if cfg!(target_arch = "wasm32") {
+    0.02
+} else {
+    0.003
+};
+
+/// Scratch storage for the bindings of the dispatch being timed, by binding
+/// position, grown as needed and freed with the tune.
+#[derive(Default)]
+struct Scratch(Vec<wgpu::Buffer>);
+
+impl Scratch {
+    fn get(&mut self, gpu: &Gpu, i: usize, bytes: u64) -> &wgpu::Buffer {
+        let bytes = bytes.max(16).div_ceil(16) * 16;
+        if self.0.len() <= i {
+            self.0.resize_with(i + 1, || make(gpu, 16));
+        }
+        if self.0[i].size() < bytes {
+            self.0[i] = make(gpu, bytes);
+        }
+        &self.0[i]
+    }
+}
+
+fn make(gpu: &Gpu, size: u64) -> wgpu::Buffer {
+    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("autotune scratch"),
+        size,
+        usage: STORAGE_USAGE,
+        mapped_at_creation: false,
+    })
+}
+
+impl Graph {
+    /// Times the alternatives of every dispatch that has some and whose
+    /// winner the device's tuner does not know yet, keeps the winners (and
+    /// writes the tuner's cache file), so that plans made afterwards run
+    /// them. Does nothing where autotune is off. Call it before
+    /// [`Graph::plan`]: planning itself never times anything.
+    pub async fn tune(&self) -> Result<(), GpuError> {
+        let Some(tuner) = &self.gpu.tuner else {
+            return Ok(());
+        };
+        let mut scratch = Scratch::default();
+        for node in self.nodes.iter().filter(|n| !n.alternatives.is_empty()) {
+            let key = self.tune_key(node);
+            if tuner.choice(&key).is_some() {
+                tuner.reuse(&key, node.key.family);
+                continue;
+            }
+            let timer = Timer::start();
+            let mut timings = Vec::with_capacity(node.alternatives.len());
+            for v in &node.alternatives {
+                let seconds = self.time_variant(node, v, &mut scratch).await?;
+                timings.push((variant_name(&v.consts), seconds * 1e6));
+            }
+            let best = (timings.iter())
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(name, _)| name.clone())
+                .unwrap_or_default();
+            let choice = Choice {
+                variant: best,
+                timings,
+            };
+            tuner.record(key, node.key.family, choice, timer.seconds());
+        }
+        tuner.save();
+        Ok(())
+    }
+
+    /// Seconds per dispatch of `node` run as `v`, on scratch buffers.
+    async fn time_variant(
+        &self,
+        node: &Node,
+        v: &Variant,
+        scratch: &mut Scratch,
+    ) -> Result<f64, GpuError> {
+        let gpu = &self.gpu;
+        let key = KernelKey {
+            consts: v.consts.clone(),
+            ..node.key.clone()
+        };
+        let pipeline = gpu.pipelines.get(&gpu.device, &key);
+        let mut words = node.params.clone();
+        words.resize(words.len().div_ceil(4).max(1) * 4, 0);
+        let uniform = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("autotune params"),
+            size: 4 * words.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        gpu.queue
+            .write_buffer(&uniform, 0, bytemuck::cast_slice(&words));
+        let sizes: Vec<u64> = (node.binds.iter())
+            .map(|(id, w)| {
+                let v = id.0 as usize;
+                let elem = self.values[v].dtype.size() as u64;
+                w.map_or(self.value_bytes(v), |w| w.len as u64 * elem)
+            })
+            .collect();
+        for (i, &bytes) in sizes.iter().enumerate() {
+            scratch.get(gpu, i, bytes);
+        }
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for (i, ((binding, _), &bytes)) in key.bindings.iter().zip(&sizes).enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &scratch.0[i],
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(bytes.div_ceil(4).max(1) * 4),
+                }),
+            });
+        }
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("autotune"),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        let run = |reps: usize| {
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                for _ in 0..reps {
+                    let [x, y, z] = v.workgroups;
+                    pass.dispatch_workgroups(x, y, z);
+                }
+            }
+            encoder.finish()
+        };
+        // A warm-up (first use of the pipeline), a short run to size the
+        // measured one.
+        timed(gpu, run(1)).await?;
+        let first = timed(gpu, run(2)).await? / 2.0;
+        let reps = ((SPAN / first.max(1e-7)).ceil() as usize).clamp(2, 256);
+        Ok(timed(gpu, run(reps)).await? / reps as f64)
+    }
+}
+
+/// Wall-clock seconds from submitting `work` until the device finished it.
+async fn timed(gpu: &Gpu, work: wgpu::CommandBuffer) -> Result<f64, GpuError> {
+    let mut flight = InFlight::default();
+    let timer = Timer::start();
+    gpu.submit(work, &mut flight);
+    gpu.oldest_done(&mut flight).await?;
+    Ok(timer.seconds())
+}
