@@ -739,79 +739,84 @@ pub async fn latent_rows(gpu: &Arc<Gpu>, dtypes: &[DType]) -> Failures {
 /// an add. Each runs as one GEMM dispatch (asserted).
 pub async fn channel_linears(gpu: &Arc<Gpu>, dtypes: &[DType]) -> Failures {
     let mut fails = Failures::default();
-    let (b, c, l, n) = (2, 24, 40, 20);
-    let data = |len: usize, k: f32| -> Vec<f32> {
-        (0..len).map(|i| (i as f32 * 0.61 + k).sin()).collect()
-    };
-    let (x, w, bias, res) = (
-        data(b * c * l, 0.3),
-        data(n * c, 1.1),
-        data(n, 2.2),
-        data(b * n * l, 3.3),
-    );
-    let tk = data(b * l * c, 4.4);
-    for &dtype in dtypes {
-        {
-            let ext = |g: &mut Graph, name: &str, d: &[f32], shape: &[usize]| {
-                let t = Tensor::from_f32(gpu, name, d, shape, dtype);
-                g.external(name, &t)
-            };
-            let new_graph = || Graph::new(gpu.clone(), dtype);
-            // proj_in: (B, C, L) -> tokens (B, L, N).
-            let mut g = new_graph();
-            let (xv, wv, bv) = (
-                ext(&mut g, "x", &x, &[b, c, l]),
-                ext(&mut g, "w", &w, &[n, c]),
-                ext(&mut g, "b", &bias, &[n]),
-            );
-            let y = ops::linear_tokens(&mut g, &xv, &wv, Some(&bv)).expect("graph");
-            let fused = g.len();
-            let got = read_graph(&mut g, &y).await;
-            let mut g = Graph::new(gpu.clone(), dtype);
-            let (xv, wv, bv) = (
-                ext(&mut g, "x", &x, &[b, c, l]),
-                ext(&mut g, "w", &w, &[n, c]),
-                ext(&mut g, "b", &bias, &[n]),
-            );
-            let t = ops::transpose_last2(&mut g, &xv).expect("graph");
-            let epi = ops::Epilogue {
-                bias: Some(&bv),
-                ..ops::Epilogue::NONE
-            };
-            let y = ops::linear(&mut g, &t, &wv, epi).expect("graph");
-            let want = read_graph(&mut g, &y).await;
-            let name = format!("linear_tokens {dtype:?}");
-            assert_eq!(fused, 1, "{name}: {fused} dispatches");
-            fails.check(compare(&name, &got, &want, tol(dtype, REDUCE)));
-            // proj_out: tokens (B, L, C) -> (B, N, L) + residual.
-            let mut g = new_graph();
-            let (tv, wv, bv, rv) = (
-                ext(&mut g, "t", &tk, &[b, l, c]),
-                ext(&mut g, "w", &w, &[n, c]),
-                ext(&mut g, "b", &bias, &[n]),
-                ext(&mut g, "r", &res, &[b, n, l]),
-            );
-            let y = ops::linear_channels(&mut g, &tv, &wv, Some(&bv), Some(&rv)).expect("graph");
-            let fused = g.len();
-            let got = read_graph(&mut g, &y).await;
-            let mut g = Graph::new(gpu.clone(), dtype);
-            let (tv, wv, bv, rv) = (
-                ext(&mut g, "t", &tk, &[b, l, c]),
-                ext(&mut g, "w", &w, &[n, c]),
-                ext(&mut g, "b", &bias, &[n]),
-                ext(&mut g, "r", &res, &[b, n, l]),
-            );
-            let epi = ops::Epilogue {
-                bias: Some(&bv),
-                ..ops::Epilogue::NONE
-            };
-            let o = ops::linear(&mut g, &tv, &wv, epi).expect("graph");
-            let m = ops::transpose_last2(&mut g, &o).expect("graph");
-            let y = ops::add(&mut g, &m, &rv).expect("graph");
-            let want = read_graph(&mut g, &y).await;
-            let name = format!("linear_channels {dtype:?}");
-            assert_eq!(fused, 1, "{name}: {fused} dispatches");
-            fails.check(compare(&name, &got, &want, tol(dtype, REDUCE)));
+    // Ragged sides, then sides on every cooperative tile (8 and 16), which
+    // the coop loop reads straight from storage.
+    for (c, l, n) in [(24, 40, 20), (32, 48, 32)] {
+        let b = 2;
+        let data = |len: usize, k: f32| -> Vec<f32> {
+            (0..len).map(|i| (i as f32 * 0.61 + k).sin()).collect()
+        };
+        let (x, w, bias, res) = (
+            data(b * c * l, 0.3),
+            data(n * c, 1.1),
+            data(n, 2.2),
+            data(b * n * l, 3.3),
+        );
+        let tk = data(b * l * c, 4.4);
+        for &dtype in dtypes {
+            {
+                let ext = |g: &mut Graph, name: &str, d: &[f32], shape: &[usize]| {
+                    let t = Tensor::from_f32(gpu, name, d, shape, dtype);
+                    g.external(name, &t)
+                };
+                let new_graph = || Graph::new(gpu.clone(), dtype);
+                // proj_in: (B, C, L) -> tokens (B, L, N).
+                let mut g = new_graph();
+                let (xv, wv, bv) = (
+                    ext(&mut g, "x", &x, &[b, c, l]),
+                    ext(&mut g, "w", &w, &[n, c]),
+                    ext(&mut g, "b", &bias, &[n]),
+                );
+                let y = ops::linear_tokens(&mut g, &xv, &wv, Some(&bv)).expect("graph");
+                let fused = g.len();
+                let got = read_graph(&mut g, &y).await;
+                let mut g = Graph::new(gpu.clone(), dtype);
+                let (xv, wv, bv) = (
+                    ext(&mut g, "x", &x, &[b, c, l]),
+                    ext(&mut g, "w", &w, &[n, c]),
+                    ext(&mut g, "b", &bias, &[n]),
+                );
+                let t = ops::transpose_last2(&mut g, &xv).expect("graph");
+                let epi = ops::Epilogue {
+                    bias: Some(&bv),
+                    ..ops::Epilogue::NONE
+                };
+                let y = ops::linear(&mut g, &t, &wv, epi).expect("graph");
+                let want = read_graph(&mut g, &y).await;
+                let name = format!("linear_tokens {dtype:?} n {n}");
+                assert_eq!(fused, 1, "{name}: {fused} dispatches");
+                fails.check(compare(&name, &got, &want, tol(dtype, REDUCE)));
+                // proj_out: tokens (B, L, C) -> (B, N, L) + residual.
+                let mut g = new_graph();
+                let (tv, wv, bv, rv) = (
+                    ext(&mut g, "t", &tk, &[b, l, c]),
+                    ext(&mut g, "w", &w, &[n, c]),
+                    ext(&mut g, "b", &bias, &[n]),
+                    ext(&mut g, "r", &res, &[b, n, l]),
+                );
+                let y =
+                    ops::linear_channels(&mut g, &tv, &wv, Some(&bv), Some(&rv)).expect("graph");
+                let fused = g.len();
+                let got = read_graph(&mut g, &y).await;
+                let mut g = Graph::new(gpu.clone(), dtype);
+                let (tv, wv, bv, rv) = (
+                    ext(&mut g, "t", &tk, &[b, l, c]),
+                    ext(&mut g, "w", &w, &[n, c]),
+                    ext(&mut g, "b", &bias, &[n]),
+                    ext(&mut g, "r", &res, &[b, n, l]),
+                );
+                let epi = ops::Epilogue {
+                    bias: Some(&bv),
+                    ..ops::Epilogue::NONE
+                };
+                let o = ops::linear(&mut g, &tv, &wv, epi).expect("graph");
+                let m = ops::transpose_last2(&mut g, &o).expect("graph");
+                let y = ops::add(&mut g, &m, &rv).expect("graph");
+                let want = read_graph(&mut g, &y).await;
+                let name = format!("linear_channels {dtype:?} n {n}");
+                assert_eq!(fused, 1, "{name}: {fused} dispatches");
+                fails.check(compare(&name, &got, &want, tol(dtype, REDUCE)));
+            }
         }
     }
     fails

@@ -307,6 +307,35 @@ fn coop_kernels_match_torch() {
         ] {
             assert!(coop_ran(family, with), "no coop {family} ran with {with:?}");
         }
+        // Operands straight from storage where the layout allows (A and B
+        // of plain GEMMs in both B layouts, A channel-major, the
+        // convolution's weights) and staged where it does not (A through
+        // the fused LayerNorm, the convolution's gathered input, sides off
+        // the tile).
+        let coop_with = |family: &str, all: &[(&str, u32)]| {
+            keys.iter().any(|k| {
+                k.family == family
+                    && k.consts.contains(&("COOP", side))
+                    && all.iter().all(|c| k.consts.contains(c))
+            })
+        };
+        for (family, with) in [
+            (
+                "gemm",
+                &[("DIRECT_A", 1), ("DIRECT_B", 1), ("B_N_FAST", 1)][..],
+            ),
+            ("gemm", &[("DIRECT_A", 1), ("DIRECT_B", 1), ("B_N_FAST", 0)]),
+            ("gemm", &[("DIRECT_A", 1), ("A_M_FAST", 1)]),
+            ("gemm", &[("DIRECT_A", 0), ("LN_A", 1)]),
+            ("gemm", &[("DIRECT_A", 0), ("DIRECT_B", 0)]),
+            ("conv", &[("DIRECT_A", 1), ("DIRECT_B", 0)]),
+            ("conv", &[("DIRECT_A", 0), ("DIRECT_B", 0)]),
+        ] {
+            assert!(
+                coop_with(family, with),
+                "no coop {family} ran with {with:?}"
+            );
+        }
         let fell_back: Vec<_> = keys
             .iter()
             .filter(|k| {

@@ -230,7 +230,7 @@ fn derived_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
             .consts
             .iter()
             .copied()
-            .filter(|c| !matches!(c.0, "COOP" | "SG" | "F16_MATH"))
+            .filter(|c| !matches!(c.0, "COOP" | "SG" | "F16_MATH" | "DIRECT_A" | "DIRECT_B"))
             .collect();
         consts.push(("F16_MATH", 1));
         let k = KernelKey {
@@ -242,7 +242,16 @@ fn derived_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
             out.push(k);
         }
         let geglu = key.consts.contains(&("ACT", 4));
-        for (side, sg) in [(8, 8), (8, 32), (16, 32)] {
+        // Operands staged, and straight from storage where the family can
+        // (both GEMM operands, the convolution's weight).
+        let directs: &[(u32, u32)] = match key.family {
+            "gemm" => &[(0, 0), (1, 1)],
+            _ => &[(0, 0), (1, 0)],
+        };
+        for ((side, sg), &(da, db)) in [(8, 8), (8, 32), (16, 32)]
+            .into_iter()
+            .flat_map(|c| directs.iter().map(move |d| (c, d)))
+        {
             for tile in [4 * side, 2 * side] {
                 if geglu && tile < 32 {
                     continue;
@@ -251,9 +260,20 @@ fn derived_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
                     .consts
                     .iter()
                     .copied()
-                    .filter(|c| !matches!(c.0, "TILE" | "COOP" | "SG" | "F16_MATH"))
+                    .filter(|c| {
+                        !matches!(
+                            c.0,
+                            "TILE" | "COOP" | "SG" | "F16_MATH" | "DIRECT_A" | "DIRECT_B"
+                        )
+                    })
                     .collect();
-                consts.extend([("TILE", tile), ("COOP", side), ("SG", sg)]);
+                consts.extend([
+                    ("TILE", tile),
+                    ("COOP", side),
+                    ("SG", sg),
+                    ("DIRECT_A", da),
+                    ("DIRECT_B", db),
+                ]);
                 let k = KernelKey {
                     dtype: DType::F16,
                     consts,

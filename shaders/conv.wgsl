@@ -55,16 +55,44 @@ fn load_a(bt: u32, m: u32, k: u32) -> f32 {
     return f32(wt[(p.m_base + m) * p.k_full + p.ci_base * p.kh * p.kw + k]);
 }
 
+// The weight's cooperative tile at (m, k) straight from storage, row-major
+// (coop_core.wgsl's DIRECT_A).
+#if DIRECT_A
+fn direct_a(bt: u32, m: u32, k: u32) -> MatA {
+    let i = (p.m_base + m) * p.k_full + p.ci_base * p.kh * p.kw + k;
+    let s = p.k_full;
+    return coopLoadT<MatA>(&wt[i], s);
+}
+#endif
+
+// The top-left input tap of the last output position n load_b was asked
+// for. Both main loops stage B with B_N_FAST, where an invocation's column
+// n stays the same through the whole K loop: the division by the output
+// width is then paid once per invocation, not once per element.
+var<private> memo_n: u32 = 0xffffffffu;
+var<private> memo_tap: vec2<i32>;
+
 fn load_b(bt: u32, k: u32, n: u32) -> f32 {
-    let taps = p.kh * p.kw;
+    if (n != memo_n) {
+        memo_n = n;
+        let oy = n / p.wo;
+        let ox = n - oy * p.wo;
+        memo_tap = vec2<i32>(i32(oy * p.stride) - i32(p.pad_t), i32(ox * p.stride) - i32(p.pad_l));
+    }
+    // KSIZE (generated): the kernel's side where it is square (3 or 1), so
+    // that these divisions are by constants; 0: read p.kh and p.kw.
+    var kw = p.kw;
+    var taps = p.kh * p.kw;
+    if (KSIZE != 0u) {
+        kw = KSIZE;
+        taps = KSIZE * KSIZE;
+    }
     let ci = k / taps;
-    let r = k % taps;
-    let ky = r / p.kw;
-    let kx = r % p.kw;
-    let oy = n / p.wo;
-    let ox = n % p.wo;
-    let iy = i32(oy * p.stride + ky) - i32(p.pad_t);
-    let ix = i32(ox * p.stride + kx) - i32(p.pad_l);
+    let r = k - ci * taps;
+    let ky = r / kw;
+    let kx = r - ky * kw;
+    let iy = memo_tap.x + i32(ky);
+    let ix = memo_tap.y + i32(kx);
     if (iy < 0 || ix < 0 || iy >= i32(p.h) || ix >= i32(p.w)) {
         return 0.0;
     }

@@ -34,6 +34,37 @@ var<workgroup> a_sh: array<f16, BM * BK>; // [m][k]
 var<workgroup> b_sh: array<f16, BK * BN>; // [k][n]
 var<workgroup> c_sh: array<f32, BM * BN>; // [m][n]
 
+// DIRECT_A, DIRECT_B (generated, for operands the family can hand over as
+// whole cooperative tiles straight from storage: contiguous along k or
+// along m / n, every side a multiple of CT, aligned): that operand is not
+// staged; each subgroup loads its tiles from storage (the device's caches
+// serve the reuse). The family then provides direct_a(bt, m, k) -> MatA
+// and direct_b(bt, k, n) -> MatB, the CT x CT tile at (m, k) or (k, n).
+// Tiles wholly past the problem's edge (a block hanging over M or N) load
+// the last tile inside instead; the epilogue drops their results.
+const STAGED: bool = DIRECT_A == 0u || DIRECT_B == 0u;
+
+// This subgroup's A tile at block row r (0 or CT) of k slice offset ks.
+fn tile_a(bt: u32, m0: u32, sm: u32, k0: u32, ks: u32) -> MatA {
+#if DIRECT_A
+    let m = min(m0 + sm, p.m - CT);
+    return direct_a(bt, m, k0 + ks);
+#else
+    let i = sm * BK + ks;
+    return coopLoadT<MatA>(&a_sh[i], BK);
+#endif
+}
+
+fn tile_b(bt: u32, n0: u32, sn: u32, k0: u32, ks: u32) -> MatB {
+#if DIRECT_B
+    let n = min(n0 + sn, p.n - CT);
+    return direct_b(bt, k0 + ks, n);
+#else
+    let i = ks * BN + sn;
+    return coopLoadT<MatB>(&b_sh[i], BN);
+#endif
+}
+
 @compute @workgroup_size(THREADS, 1, 1)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -56,28 +87,40 @@ fn main(
     prepare(bt, m0, tid);
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
+#if DIRECT_A == 0
         for (var e = tid; e < BM * BK; e += THREADS) {
             let at = slice_at(e, A_M_FAST);
             a_sh[at.x * BK + at.y] = f16(a_or_zero(bt, m0 + at.x, k0 + at.y));
         }
+#endif
+#if DIRECT_B == 0
         for (var e = tid; e < BK * BN; e += THREADS) {
             let at = slice_at(e, B_N_FAST);
             b_sh[at.y * BN + at.x] = f16(b_or_zero(bt, k0 + at.y, n0 + at.x));
         }
-        workgroupBarrier();
-        for (var ks = 0u; ks < BK; ks += CT) {
-            let a0 = coopLoadT<MatA>(&a_sh[sm * BK + ks], BK);
-            let b0 = coopLoadT<MatB>(&b_sh[ks * BN + sn], BN);
+#endif
+        if (STAGED) {
+            workgroupBarrier();
+        }
+        // A direct K slice may end inside this one (K a multiple of CT, not
+        // of BK); a staged slice is zero there. (A loop bound, not an `if`:
+        // naga's uniformity analysis does not follow values through `var`s.)
+        let k_end = min(BK, p.k - k0);
+        for (var ks = 0u; ks < k_end; ks += CT) {
+            let a0 = tile_a(bt, m0, sm, k0, ks);
+            let b0 = tile_b(bt, n0, sn, k0, ks);
             c00 = coopMultiplyAdd(a0, b0, c00);
             if (RT == 2u) {
-                let a1 = coopLoadT<MatA>(&a_sh[(sm + CT) * BK + ks], BK);
-                let b1 = coopLoadT<MatB>(&b_sh[ks * BN + sn + CT], BN);
+                let a1 = tile_a(bt, m0, sm + CT, k0, ks);
+                let b1 = tile_b(bt, n0, sn + CT, k0, ks);
                 c01 = coopMultiplyAdd(a0, b1, c01);
                 c10 = coopMultiplyAdd(a1, b0, c10);
                 c11 = coopMultiplyAdd(a1, b1, c11);
             }
         }
-        workgroupBarrier();
+        if (STAGED) {
+            workgroupBarrier();
+        }
     }
 
     // naga 30 needs the index and the stride of a coopStore as named values.

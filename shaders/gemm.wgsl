@@ -111,6 +111,35 @@ fn load_b(bt: u32, k: u32, n: u32) -> f32 {
     return f32(b[p.b_off + bt * p.b_bs + k * p.b_ks + n * p.b_ns]);
 }
 
+// The cooperative tiles of A and B straight from storage (coop_core.wgsl's
+// DIRECT_A, DIRECT_B): A is read row-major (along k) or, with A_M_FAST,
+// column-major; B row-major (along n, B_N_FAST) or column-major (a Linear
+// weight, along k). naga wants the index and the stride as named values.
+#if DIRECT_A
+fn direct_a(bt: u32, m: u32, k: u32) -> MatA {
+    let i = p.a_off + bt * p.a_bs + m * p.a_rs + k * p.a_cs;
+#if A_M_FAST
+    let s = p.a_cs;
+    return coopLoad<MatA>(&a[i], s);
+#else
+    let s = p.a_rs;
+    return coopLoadT<MatA>(&a[i], s);
+#endif
+}
+#endif
+#if DIRECT_B
+fn direct_b(bt: u32, k: u32, n: u32) -> MatB {
+    let i = p.b_off + bt * p.b_bs + k * p.b_ks + n * p.b_ns;
+#if B_N_FAST
+    let s = p.b_ks;
+    return coopLoadT<MatB>(&b[i], s);
+#else
+    let s = p.b_ns;
+    return coopLoad<MatB>(&b[i], s);
+#endif
+}
+#endif
+
 fn activate(x: f32) -> f32 {
     if (ACT == 1u) {
         return gelu_erf(x);

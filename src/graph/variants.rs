@@ -32,7 +32,10 @@ impl Graph {
     /// storage is f16, else the ALU tiles (`tile_core.wgsl`: `TILE` 64, 32
     /// or 16; `F16_MATH` for f16 storage where the device does f16
     /// arithmetic); the side from [`Graph::tile_for`]. `min_tile`: the smallest
-    /// block the epilogue allows (GEGLU's column pairs need 32). With
+    /// block the epilogue allows (GEGLU's column pairs need 32). `direct(side)`:
+    /// which operands (A, B) the op can hand to the cooperative loop as
+    /// whole tiles of that side straight from storage (`DIRECT_A`,
+    /// `DIRECT_B`; the rule takes them wherever offered). With
     /// autotune on, the other variants that fit are its candidates
     /// ([`MatmulLoop::variants`]).
     pub(crate) fn matmul_loop(
@@ -40,16 +43,20 @@ impl Graph {
         dtype: DType,
         flops: usize,
         min_tile: usize,
+        direct: &dyn Fn(usize) -> [bool; 2],
         groups_at: impl Fn(usize) -> u64,
     ) -> MatmulLoop {
         let coop = self.gpu.caps.coop.filter(|_| dtype == DType::F16);
-        let coop_consts = |tile: usize, c: crate::gpu::Coop| {
+        let coop_consts = |tile: usize, c: crate::gpu::Coop, [a, b]: [bool; 2]| {
             vec![
                 ("TILE", tile as u32),
                 ("COOP", c.side),
                 ("SG", c.subgroup_size),
+                ("DIRECT_A", a as u32),
+                ("DIRECT_B", b as u32),
             ]
         };
+        let direct = coop.map_or([false; 2], |c| direct(c.side as usize));
         let alu_consts = |tile: usize, f16_math: bool| {
             let mut consts = vec![("TILE", tile as u32)];
             if dtype == DType::F16 && f16_math {
@@ -64,13 +71,18 @@ impl Graph {
         let tiles: Vec<usize> = tiles.into_iter().filter(|&t| t >= min_tile).collect();
         let tile = self.tile_for(flops, &tiles, groups_at);
         let consts = match coop {
-            Some(c) => coop_consts(tile, c),
+            Some(c) => coop_consts(tile, c, direct),
             None => alu_consts(tile, self.gpu.caps.f16_math),
         };
         let mut candidates = Vec::new();
         if self.tunable() {
             if let Some(c) = coop {
-                candidates.extend(tiles.iter().map(|&t| (t, coop_consts(t, c))));
+                for &t in &tiles {
+                    if direct != [false; 2] {
+                        candidates.push((t, coop_consts(t, c, direct)));
+                    }
+                    candidates.push((t, coop_consts(t, c, [false; 2])));
+                }
             }
             let alu = [64, 32, 16].into_iter().filter(|&t| t >= min_tile);
             candidates.extend(alu.map(|t| (t, alu_consts(t, self.gpu.caps.f16_alu))));
@@ -137,7 +149,9 @@ pub(crate) struct Variant {
 /// The constants that pick how a kernel computes, never what: the tile or
 /// block side, the cooperative-matrix side and subgroup size, f16 tile
 /// arithmetic, the attention's queries per workgroup.
-const VARIANT_CONSTS: &[&str] = &["TILE", "COOP", "SG", "F16_MATH", "BQ"];
+const VARIANT_CONSTS: &[&str] = &[
+    "TILE", "COOP", "SG", "DIRECT_A", "DIRECT_B", "F16_MATH", "BQ",
+];
 
 /// How a variant's constants read in reports and the autotune cache:
 /// "TILE=64 COOP=16", "BQ=32", "TILE=32 F16_MATH=1" (the subgroup size

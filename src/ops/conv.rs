@@ -172,11 +172,24 @@ fn record(
     };
     let batches = if fits { b } else { 1 };
     let flops = 2 * cout * ho * wo * cin * taps * b;
-    let main_loop = g.matmul_loop(x.dtype, flops, 0, |t| {
+    // The weight's cooperative tiles straight from storage where it is one
+    // chunk with tile-multiple sides and 16-byte aligned rows.
+    let direct = |ct: usize| {
+        let k = cin * taps;
+        let whole = ci_per >= cin && m_per >= cout;
+        [whole && cout % ct == 0 && k % ct == 0 && k % 8 == 0, false]
+    };
+    let main_loop = g.matmul_loop(x.dtype, flops, 0, &direct, |t| {
         (plane_out.div_ceil(t) * m_per.min(cout).div_ceil(t) * batches) as u64
     });
     let tile = main_loop.tile;
+    let ksize = match (kh, kw) {
+        (3, 3) => 3,
+        (1, 1) => 1,
+        _ => 0,
+    };
     let extra = [
+        ("KSIZE", ksize),
         ("HAS_RES", residual.is_some() as u32),
         ("HAS_ROW", row_bias.is_some() as u32),
         ("CAT", x2.is_some() as u32),

@@ -117,7 +117,22 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
     } else {
         0
     };
-    let main_loop = g.matmul_loop(dtype, flops, min_tile, |t| {
+    // Cooperative tiles straight from storage: every side a multiple of the
+    // tile, 16-byte aligned strides (8 f16), no windows, A not normalised
+    // on the way, and each operand contiguous along one of its axes.
+    let direct = |ct: usize| {
+        let aligned = |v: &[usize]| v.iter().all(|x| x % 8 == 0);
+        let sides = fits
+            && [s.m, row_chunk.min(s.m), s.n, s.k]
+                .iter()
+                .all(|x| x % ct == 0);
+        let [abs, ars, acs] = s.a_strides;
+        let [bbs, bks, bns] = s.b_strides;
+        let a = (acs == 1 && aligned(&[abs, ars])) || (ars == 1 && aligned(&[abs, acs]));
+        let b = (bns == 1 && aligned(&[bbs, bks])) || (bks == 1 && aligned(&[bbs, bns]));
+        [sides && a && s.ln.is_none(), sides && b]
+    };
+    let main_loop = g.matmul_loop(dtype, flops, min_tile, &direct, |t| {
         (s.n.div_ceil(t) * row_chunk.min(s.m).div_ceil(t) * batches) as u64
     });
     let tile = main_loop.tile;
