@@ -481,6 +481,27 @@ fn autotune_plans_the_timed_winners() {
         keys.iter().any(|k| tile(k, "TILE") == Some(16)),
         "no 16-tile ran"
     );
+
+    // The same linear at batch 1 and 2 (the batch is in no uniform word,
+    // only in the buffers' sizes) is two shapes, each timed on first use.
+    let timed = |gpu: &std::sync::Arc<Gpu>| gpu.tuner.as_ref().unwrap().summary().timed;
+    let before = timed(&gpu);
+    for batch in [1, 2, 1] {
+        let dtype = pnp::gpu::DType::F32;
+        let mut g = pnp::graph::Graph::new(gpu.clone(), dtype);
+        let t = |n: usize| vec![0.5f32; n];
+        let x = pnp::gpu::Tensor::from_f32(&gpu, "x", &t(batch * 40 * 24), &[batch, 40, 24], dtype);
+        let w = pnp::gpu::Tensor::from_f32(&gpu, "w", &t(24 * 24), &[24, 24], dtype);
+        let (x, w) = (g.external("x", &x), g.external("w", &w));
+        let y = pnp::ops::linear(&mut g, &x, &w, pnp::ops::Epilogue::NONE).expect("graph");
+        g.output(&y);
+        pollster::block_on(g.tune()).expect("tune");
+    }
+    assert_eq!(
+        timed(&gpu),
+        before + 2,
+        "batch 1 and 2 of one linear are not two shapes"
+    );
     drop(gpu);
 
     std::fs::write(&file, "{ not json").unwrap();

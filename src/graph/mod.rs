@@ -8,6 +8,7 @@ mod tune;
 mod variants;
 
 pub use plan::{Arena, Plan};
+pub use tune::TunedDispatch;
 pub use variants::{MIN_WORKGROUPS, min_workgroups_for};
 pub(crate) use variants::{Variant, variant_name};
 

@@ -80,6 +80,33 @@ impl Graph {
         Ok(())
     }
 
+    /// Each replayed dispatch with autotune's time for its winner, where it
+    /// has one (a dispatch without variants has none): the benchmark's
+    /// profile of a step. `None` where autotune is off.
+    pub fn tuned_dispatches(&self) -> Option<Vec<TunedDispatch>> {
+        let tuner = self.gpu.tuner.as_ref()?;
+        let constant = self.constant_nodes();
+        let out = (self.nodes.iter().zip(constant))
+            .filter(|(_, once)| !once)
+            .map(|(n, _)| {
+                let micros = (!n.alternatives.is_empty())
+                    .then(|| tuner.choice(&self.tune_key(n)))
+                    .flatten()
+                    .and_then(|c| {
+                        (c.timings.iter())
+                            .find(|(v, _)| *v == c.variant)
+                            .map(|t| t.1)
+                    });
+                TunedDispatch {
+                    family: n.key.family,
+                    flops: n.flops,
+                    micros,
+                }
+            })
+            .collect();
+        Some(out)
+    }
+
     /// Seconds per dispatch of `node` run as `v`, on scratch buffers.
     async fn time_variant(
         &self,
@@ -103,13 +130,7 @@ impl Graph {
         });
         gpu.queue
             .write_buffer(&uniform, 0, bytemuck::cast_slice(&words));
-        let sizes: Vec<u64> = (node.binds.iter())
-            .map(|(id, w)| {
-                let v = id.0 as usize;
-                let elem = self.values[v].dtype.size() as u64;
-                w.map_or(self.value_bytes(v), |w| w.len as u64 * elem)
-            })
-            .collect();
+        let sizes = self.binding_bytes(node);
         for (i, &bytes) in sizes.iter().enumerate() {
             scratch.get(gpu, i, bytes);
         }
@@ -152,6 +173,15 @@ impl Graph {
         let reps = ((SPAN / first.max(1e-7)).ceil() as usize).clamp(2, 256);
         Ok(timed(gpu, run(reps)).await? / reps as f64)
     }
+}
+
+/// A dispatch of [`Graph::tuned_dispatches`].
+#[derive(Clone, Debug)]
+pub struct TunedDispatch {
+    pub family: &'static str,
+    pub flops: u64,
+    /// Autotune's microseconds for the variant it chose.
+    pub micros: Option<f64>,
 }
 
 /// Wall-clock seconds from submitting `work` until the device finished it.

@@ -211,7 +211,8 @@ impl Graph {
     }
 
     /// What autotune's choice for `node` is keyed by: the kernel, storage
-    /// type and non-variant constants, and every uniform word.
+    /// type and non-variant constants, every uniform word, and the bytes of
+    /// every binding (the batch, which no uniform word holds, shows there).
     pub(crate) fn tune_key(&self, node: &Node) -> String {
         let k = &node.key;
         let consts: Vec<String> = (k.consts.iter())
@@ -219,13 +220,25 @@ impl Graph {
             .map(|(name, v)| format!("{name}={v}"))
             .collect();
         format!(
-            "{}:{} {:?} [{}] {:?}",
+            "{}:{} {:?} [{}] {:?} bytes {:?}",
             k.family,
             k.entry,
             k.dtype,
             consts.join(" "),
-            node.params
+            node.params,
+            self.binding_bytes(node)
         )
+    }
+
+    /// Bytes of each binding of `node` (a window's, or the whole value's).
+    pub(crate) fn binding_bytes(&self, node: &Node) -> Vec<u64> {
+        (node.binds.iter())
+            .map(|(id, w)| {
+                let v = id.0 as usize;
+                let elem = self.values[v].dtype.size() as u64;
+                w.map_or(self.value_bytes(v), |w| w.len as u64 * elem)
+            })
+            .collect()
     }
 
     /// The kernel and grid `node` runs with: autotune's winner where the

@@ -82,6 +82,57 @@ pub struct PipelineBenchOptions {
     pub precision: crate::Precision,
 }
 
+/// Where a step's time goes, by kernel family, from autotune's timings of
+/// each dispatch alone (nothing where autotune is off): milliseconds,
+/// dispatches and TFLOP/s per family; the kernels without variants (norms,
+/// elementwise, copies) are not timed and are counted apart.
+fn write_profile(out: &mut dyn Write, g: &Graph) -> Result<(), BoxError> {
+    let Some(dispatches) = g.tuned_dispatches() else {
+        return Ok(());
+    };
+    let mut families: Vec<(&str, usize, u64, f64)> = Vec::new();
+    let mut untimed = (0, 0u64);
+    for d in &dispatches {
+        match d.micros {
+            Some(us) => match families.iter_mut().find(|f| f.0 == d.family) {
+                Some(f) => {
+                    f.1 += 1;
+                    f.2 += d.flops;
+                    f.3 += us;
+                }
+                None => families.push((d.family, 1, d.flops, us)),
+            },
+            None => {
+                untimed.0 += 1;
+                untimed.1 += d.flops;
+            }
+        }
+    }
+    let total: f64 = families.iter().map(|f| f.3).sum();
+    writeln!(
+        out,
+        "  autotune's timings of its dispatches, alone: {:.2} ms in all",
+        total / 1e3
+    )?;
+    for (family, n, flops, us) in families {
+        writeln!(
+            out,
+            "    {family:<15} {:>8.2} ms {:>5.1}%  {n:>4} dispatches {:>8.1} GFLOP {:>7.1} TFLOP/s",
+            us / 1e3,
+            100.0 * us / total.max(1e-9),
+            flops as f64 / 1e9,
+            flops as f64 / (us * 1e-6) / 1e12
+        )?;
+    }
+    writeln!(
+        out,
+        "    not timed (no variants): {} dispatches, {:.1} GFLOP",
+        untimed.0,
+        untimed.1 as f64 / 1e9
+    )?;
+    Ok(())
+}
+
 /// `n` numbers uniform in [-1, 1) from `seed`.
 fn random(n: usize, seed: u64) -> Vec<f32> {
     pnp::rand::SplitMix64::new(seed).signed_units(n)
@@ -208,8 +259,9 @@ pub fn run(
         );
         let eps = unet.forward(&mut g, &x, &t, &c)?;
         g.output(&eps);
+        let tune_start = Instant::now();
         pollster::block_on(g.tune())?;
-        pollster::block_on(g.tune())?;
+        let tuning = tune_start.elapsed().as_secs_f64();
         let plan = g.plan()?;
         let planned = plan.planned_bytes();
         let build = start.elapsed().as_secs_f64();
@@ -226,10 +278,11 @@ pub fn run(
         peak = peak.max(planned);
         writeln!(
             out,
-            "unet step, batch {batch}: {s:.4} s, {:.2} UNet evals/s (plan {build:.2} s, {:.0} MiB activations, max |eps| {m:.3})",
+            "unet step, batch {batch}: {s:.4} s, {:.2} UNet evals/s (plan {build:.2} s with {tuning:.2} s of autotune, {:.0} MiB activations, max |eps| {m:.3})",
             batch as f64 / s,
             mib(planned)
         )?;
+        write_profile(out, &g)?;
     }
 
     if opts.unet_only {
@@ -255,7 +308,6 @@ pub fn run(
             (x, y)
         };
         g.output(&y);
-        pollster::block_on(g.tune())?;
         pollster::block_on(g.tune())?;
         let plan = g.plan()?;
         let planned = plan.planned_bytes();
