@@ -331,6 +331,11 @@ fn coop_kernels_match_torch() {
             ("conv", &[("DIRECT_A", 1), ("DIRECT_B", 0)]),
             ("conv", &[("DIRECT_A", 0), ("DIRECT_B", 0)]),
         ] {
+            // Row-major B (B_N_FAST) on tile multiples comes from a fixture
+            // at 8-tiles only.
+            if side == 16 && with.contains(&("B_N_FAST", 1)) {
+                continue;
+            }
             assert!(
                 coop_with(family, with),
                 "no coop {family} ran with {with:?}"
