@@ -7,7 +7,8 @@
 #   tools/gpu-bench.sh prepare DIR     # here: build, and pack the pnp binary and the
 #                                      # test binaries, stripped, into DIR/bins.tar.xz
 #   tools/gpu-bench.sh run DIR OUT [TORCH_BENCH_DIR]
-#                                      # there: everything, logs under OUT
+#                                      # there: everything, logs under OUT,
+#                                      # autotune's cache file under OUT/cache
 #
 # The test binaries find their fixtures through the absolute path of the checkout
 # they were built in; `run` links that path to the current checkout when it is
@@ -68,17 +69,19 @@ run)
     }
     nvidia-smi -L > "$out/card.log" 2>&1 || true
     cat "$out/card.log"
+    # Autotune's winners land in OUT/cache (its timings are the profile).
+    export PNP_CACHE_DIR="$out/cache"
     step info "$dir/pnp" bench plan --arch sd21-base --batch 1
-    step kernels-coop "$dir/pnp" bench kernels --iters 5
-    step kernels-nocoop env PNP_NO_COOP=1 "$dir/pnp" bench kernels --iters 5
-    step kernels-f32 "$dir/pnp" bench kernels --iters 5 --precision f32
+    step kernels-tuned "$dir/pnp" bench kernels --iters 5
+    step kernels-rule "$dir/pnp" bench kernels --iters 5 --no-autotune
+    step kernels-nocoop env PNP_NO_COOP=1 "$dir/pnp" bench kernels --iters 5 --no-autotune
     # The coop tests assert that the cooperative variants ran wherever the
     # adapter lists a configuration we use.
     for t in "$dir"/test-*; do
         step "$(basename "$t")" env PNP_EXPECT_COOP="${PNP_EXPECT_COOP:-1}" "$t" --nocapture
     done
-    step pipeline-coop "$dir/pnp" bench pipeline --arch sd21-base
-    step pipeline-nocoop env PNP_NO_COOP=1 "$dir/pnp" bench pipeline --arch sd21-base
+    step pipeline-tuned "$dir/pnp" bench pipeline --arch sd21-base
+    step pipeline-rule "$dir/pnp" bench pipeline --arch sd21-base --no-autotune
     if [ -n "$torch" ]; then
         step torch-unet python3 "$torch/torch_pnp_bench.py" --arch sd21base --unet-only
         step torch-50 python3 "$torch/torch_pnp_bench.py" --arch sd21base --inversion-steps 50 --no-preview
