@@ -251,10 +251,13 @@ fn small_tiles_match_torch() {
 #[test]
 fn coop_kernels_match_torch() {
     let expect = std::env::var("PNP_EXPECT_COOP").is_ok_and(|v| v == "1");
-    for forced in [None, Some(16)] {
+    // The convolutions' columns written out (im2col.wgsl) at both block
+    // sides, then gathered in the kernel.
+    for (forced, no_im2col) in [(None, false), (Some(16), false), (None, true)] {
         let opts = pnp::gpu::GpuOptions {
             adapter_name: std::env::var("PNP_ADAPTER").ok(),
             force_tile: forced,
+            no_im2col,
             ..Default::default()
         };
         let gpu = pollster::block_on(pnp::gpu::Gpu::new(&opts)).expect("adapter");
@@ -270,7 +273,7 @@ fn coop_kernels_match_torch() {
         let side = coop.side;
         let tile = if forced.is_some() { 2 * side } else { 4 * side };
         let d = [pnp::gpu::DType::F16];
-        let what = |op: &str| format!("{op}, coop {side}, {tile}-blocks");
+        let what = |op: &str| format!("{op}, coop {side}, {tile}-blocks, im2col {}", !no_im2col);
         matmul_cases(&gpu, &d, &what);
         let f = Fixture::load("attention.safetensors");
         pollster::block_on(cases::attention(&gpu, &f, &d)).finish(&what("attention"));
@@ -303,7 +306,7 @@ fn coop_kernels_match_torch() {
             ("gemm", ("LN_A", 1)),
             ("gemm", ("A_M_FAST", 1)),
             ("conv", ("TILE", tile)),
-            ("conv", ("CAT", 1)),
+            ("conv", ("CAT", no_im2col as u32)),
         ] {
             assert!(coop_ran(family, with), "no coop {family} ran with {with:?}");
         }
@@ -328,8 +331,7 @@ fn coop_kernels_match_torch() {
             ("gemm", &[("DIRECT_A", 1), ("A_M_FAST", 1)]),
             ("gemm", &[("DIRECT_A", 0), ("LN_A", 1)]),
             ("gemm", &[("DIRECT_A", 0), ("DIRECT_B", 0)]),
-            ("conv", &[("DIRECT_A", 1), ("DIRECT_B", 0)]),
-            ("conv", &[("DIRECT_A", 0), ("DIRECT_B", 0)]),
+            ("conv", &[("DIRECT_A", 0), ("DIRECT_B", 0), ("IM2COL", 0)]),
         ] {
             // Row-major B (B_N_FAST) on tile multiples comes from a fixture
             // at 8-tiles only.
@@ -339,6 +341,24 @@ fn coop_kernels_match_torch() {
             assert!(
                 coop_with(family, with),
                 "no coop {family} ran with {with:?}"
+            );
+        }
+        // The columns written out (concatenated inputs too) or the input
+        // itself as the columns (1x1), both operands then read whole; or,
+        // with im2col off, the gather with the weight read whole.
+        let im2col_ran = |cat: u32| {
+            keys.iter()
+                .any(|k| k.family == "im2col" && k.consts.contains(&("CAT", cat)))
+        };
+        let conv_cols = coop_with("conv", &[("DIRECT_A", 1), ("DIRECT_B", 1), ("IM2COL", 1)]);
+        let gathered = coop_with("conv", &[("DIRECT_A", 1), ("DIRECT_B", 0), ("IM2COL", 0)]);
+        if no_im2col {
+            assert!(gathered && !conv_cols && !im2col_ran(0) && !im2col_ran(1));
+        } else {
+            assert!(conv_cols, "no conv read its columns as whole tiles");
+            assert!(
+                im2col_ran(0) && im2col_ran(1),
+                "im2col did not run with and without CAT"
             );
         }
         let fell_back: Vec<_> = keys

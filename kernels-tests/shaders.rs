@@ -224,6 +224,28 @@ fn derived_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
             }
         }
     }
+    // The columns of every convolution, written out (f16, both forms).
+    if keys.iter().any(|k| k.family == "conv") {
+        for cat in [0, 1] {
+            let mut bindings = vec![
+                (1, pnp::gpu::Access::ReadWrite),
+                (2, pnp::gpu::Access::Read),
+            ];
+            if cat == 1 {
+                bindings.push((3, pnp::gpu::Access::Read));
+            }
+            let k = KernelKey {
+                family: "im2col",
+                entry: "main",
+                dtype: DType::F16,
+                consts: vec![("CAT", cat)],
+                bindings,
+            };
+            if !keys.contains(&k) && !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
     for key in keys.iter().filter(|k| matches!(k.family, "gemm" | "conv")) {
         // The f16-arithmetic form of the ALU tiles (F16_MATH).
         let mut consts: Vec<(&'static str, u32)> = key
@@ -243,10 +265,11 @@ fn derived_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
         }
         let geglu = key.consts.contains(&("ACT", 4));
         // Operands staged, and straight from storage where the family can
-        // (both GEMM operands, the convolution's weight).
+        // (both GEMM operands; the convolution's weight, and its columns
+        // where written out, im2col.wgsl, which the IM2COL form reads).
         let directs: &[(u32, u32)] = match key.family {
             "gemm" => &[(0, 0), (1, 1)],
-            _ => &[(0, 0), (1, 0)],
+            _ => &[(0, 0), (1, 0), (1, 1)],
         };
         for ((side, sg), &(da, db)) in [(8, 8), (8, 32), (16, 32)]
             .into_iter()
@@ -274,9 +297,23 @@ fn derived_variants(keys: &[KernelKey]) -> Vec<KernelKey> {
                     ("DIRECT_A", da),
                     ("DIRECT_B", db),
                 ]);
+                // A convolution reading its columns binds no second part.
+                let cols = key.family == "conv" && db == 1;
+                let mut bindings = key.bindings.clone();
+                if cols {
+                    for c in consts.iter_mut() {
+                        match c.0 {
+                            "IM2COL" => c.1 = 1,
+                            "CAT" => c.1 = 0,
+                            _ => {}
+                        }
+                    }
+                    bindings.retain(|b| b.0 != 7);
+                }
                 let k = KernelKey {
                     dtype: DType::F16,
                     consts,
+                    bindings,
                     ..key.clone()
                 };
                 if !keys.contains(&k) && !out.contains(&k) {

@@ -38,7 +38,11 @@ fn prepare(bt: u32, m0: u32, tid: u32) {}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> y: array<T>; // y: (B, C_out, H_out, W_out)
+#if IM2COL
+@group(0) @binding(2) var<storage, read> col: array<T>;     // col: (B, K, N), im2col.wgsl's
+#else
 @group(0) @binding(2) var<storage, read> x: array<T>;       // x: (B, C_in, H, W)
+#endif
 @group(0) @binding(3) var<storage, read> wt: array<T>;      // wt: (C_out, C_in, KH, KW)
 @group(0) @binding(4) var<storage, read> bias: array<T>;    // bias: (C_out)
 #if HAS_RES
@@ -65,6 +69,22 @@ fn direct_a(bt: u32, m: u32, k: u32) -> MatA {
 }
 #endif
 
+#if IM2COL
+// IM2COL: B is the convolution's columns, written out by im2col.wgsl (or, for
+// a 1x1 convolution of stride 1 without padding, x itself): row-major (K, N)
+// per batch row, whole tiles of which the coop loop reads from storage.
+fn load_b(bt: u32, k: u32, n: u32) -> f32 {
+    return f32(col[(bt * p.k + k) * p.n + n]);
+}
+
+#if DIRECT_B
+fn direct_b(bt: u32, k: u32, n: u32) -> MatB {
+    let i = (bt * p.k + k) * p.n + n;
+    let s = p.n;
+    return coopLoadT<MatB>(&col[i], s);
+}
+#endif
+#else
 // The top-left input tap of the last output position n load_b was asked
 // for. Both main loops stage B with B_N_FAST, where an invocation's column
 // n stays the same through the whole K loop: the division by the output
@@ -105,6 +125,7 @@ fn load_b(bt: u32, k: u32, n: u32) -> f32 {
     return f32(x[p.x_lead + ((bt * p.cin + ci) * p.h + u32(iy)) * p.w + u32(ix)]);
 #endif
 }
+#endif
 
 fn epilogue(bt: u32, m: u32, n0: u32, acc: vec4<f32>) {
     var b = 0.0;

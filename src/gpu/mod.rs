@@ -108,6 +108,10 @@ pub struct GpuOptions {
     /// with SHADER_F16 and no cooperative matrices (a CPU driver only
     /// emulates f16), `Some(on)` decides (tests force it on lavapipe).
     pub f16_math: Option<bool>,
+    /// Never write a convolution's columns out (`shaders/im2col.wgsl`) for
+    /// the cooperative loop; gather them in the kernel instead, as without
+    /// cooperative matrices: how the tests run both paths on one driver.
+    pub no_im2col: bool,
     /// Time the variants of each distinct GEMM, convolution and attention
     /// dispatch once and run the fastest (see [`Tuner`]); `None` takes the
     /// executor's rule ([`Graph::tile_for`](crate::graph::Graph)) untimed.
@@ -233,6 +237,8 @@ pub struct Gpu {
     pub loop_budget: Option<usize>,
     /// See [`GpuOptions::force_tile`].
     pub force_tile: Option<usize>,
+    /// See [`GpuOptions::no_im2col`].
+    pub no_im2col: bool,
     pub(crate) pipelines: PipelineCache,
     /// Autotune's winners, where it is on ([`GpuOptions::autotune`]).
     pub tuner: Option<Tuner>,
@@ -328,6 +334,7 @@ impl Gpu {
             counters: Counters::default(),
             pipelines: PipelineCache::new(checked_shaders(opts)),
             force_tile: opts.force_tile,
+            no_im2col: opts.no_im2col,
             tuner: (opts.autotune.as_ref())
                 .filter(|a| a.on_cpu || info.device_type != wgpu::DeviceType::Cpu)
                 .map(|a| Tuner::new(a, &info)),

@@ -50,6 +50,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/elementwise.wgsl"),
     ),
     ("copy", include_str!("../../shaders/copy.wgsl")),
+    ("im2col", include_str!("../../shaders/im2col.wgsl")),
     ("upsample", include_str!("../../shaders/upsample.wgsl")),
     ("timestep", include_str!("../../shaders/timestep.wgsl")),
     ("ddim", include_str!("../../shaders/ddim.wgsl")),

@@ -16,6 +16,10 @@ const SPAN: f64 = if cfg!(target_arch = "wasm32") {
     0.003
 };
 
+/// Seconds of work that bring an idle GPU to its clocks before the first
+/// measurement of a tune.
+const WARM_UP: f64 = 0.2;
+
 /// Scratch storage for the bindings of the dispatch being timed, by binding
 /// position, grown as needed and freed with the tune.
 #[derive(Default)]
@@ -54,6 +58,7 @@ impl Graph {
             return Ok(());
         };
         let mut scratch = Scratch::default();
+        let mut warm = false;
         for node in self.nodes.iter().filter(|n| !n.alternatives.is_empty()) {
             let key = self.tune_key(node);
             if tuner.choice(&key).is_some() {
@@ -61,11 +66,24 @@ impl Graph {
                 continue;
             }
             let timer = Timer::start();
-            let mut timings = Vec::with_capacity(node.alternatives.len());
-            for v in &node.alternatives {
-                let seconds = self.time_variant(node, v, &mut scratch).await?;
-                timings.push((variant_name(&v.consts), seconds * 1e6));
+            if !warm {
+                // An idle GPU runs at low clocks for a while: the first
+                // measurements would favour whichever variant came last.
+                let v = &node.alternatives[0];
+                self.time_variant(node, v, &mut scratch, WARM_UP).await?;
+                warm = true;
             }
+            // Every variant twice, round robin, the faster of each kept:
+            // clocks that still move then bias no variant.
+            let mut best = vec![f64::INFINITY; node.alternatives.len()];
+            for _ in 0..2 {
+                for (v, b) in node.alternatives.iter().zip(&mut best) {
+                    *b = b.min(self.time_variant(node, v, &mut scratch, SPAN).await?);
+                }
+            }
+            let timings: Vec<(String, f64)> = (node.alternatives.iter().zip(best))
+                .map(|(v, s)| (variant_name(&v.consts), s * 1e6))
+                .collect();
             let best = (timings.iter())
                 .min_by(|a, b| a.1.total_cmp(&b.1))
                 .map(|(name, _)| name.clone())
@@ -107,12 +125,14 @@ impl Graph {
         Some(out)
     }
 
-    /// Seconds per dispatch of `node` run as `v`, on scratch buffers.
+    /// Seconds per dispatch of `node` run as `v`, on scratch buffers, over
+    /// repetitions that span about `span` seconds.
     async fn time_variant(
         &self,
         node: &Node,
         v: &Variant,
         scratch: &mut Scratch,
+        span: f64,
     ) -> Result<f64, GpuError> {
         let gpu = &self.gpu;
         let key = KernelKey {
@@ -170,7 +190,7 @@ impl Graph {
         // measured one.
         timed(gpu, run(1)).await?;
         let first = timed(gpu, run(2)).await? / 2.0;
-        let reps = ((SPAN / first.max(1e-7)).ceil() as usize).clamp(2, 256);
+        let reps = ((span / first.max(1e-7)).ceil() as usize).clamp(2, 4096);
         Ok(timed(gpu, run(reps)).await? / reps as f64)
     }
 }

@@ -86,6 +86,51 @@ pub fn conv2d_cat(
     record(g, x1, Some(x2), w, bias, geo, residual, None)
 }
 
+/// Where the convolution's B (its implicit GEMM's columns) comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cols {
+    /// Gathered from the input by the kernel, element by element.
+    Gather,
+    /// The input is the columns (1x1, stride 1, no padding).
+    Input,
+    /// Written out by `shaders/im2col.wgsl` first.
+    Written,
+}
+
+/// Largest columns buffer written for one convolution: beyond it (the VAE at
+/// 512x512 and above) the kernel gathers.
+const IM2COL_BYTES: u64 = 256 << 20;
+
+/// Whether the convolution of `x` (and `x2`) with `[cout, k, n]` (output
+/// channels, K = C_in * taps, output pixels) reads its columns as a matrix:
+/// on cooperative matrices in f16, where every side is a multiple of the tile
+/// and 16-byte aligned, the weight and the columns then both load as whole
+/// tiles straight from storage (coop_core.wgsl's DIRECT_A, DIRECT_B), which
+/// on an H200 runs the GEMM two to three times as fast as gathering each
+/// element into workgroup memory. Writing the columns out costs one pass of
+/// K x N elements (the output's bytes times 9 C_in / C_out for a 3x3).
+fn im2col(g: &Graph, x: &Value, x2: Option<&Value>, [cout, k, n]: [usize; 3], fits: bool) -> Cols {
+    let Some(coop) = g
+        .gpu
+        .caps
+        .coop
+        .filter(|_| x.dtype == crate::gpu::DType::F16)
+    else {
+        return Cols::Gather;
+    };
+    if g.gpu.no_im2col {
+        return Cols::Gather;
+    }
+    let ct = coop.side as usize;
+    let tiles = [cout, k, n].iter().all(|v| v % ct == 0) && k % 8 == 0 && n % 8 == 0;
+    let bytes = (x.dim(0) * k * n * x.dtype.size()) as u64;
+    if !fits || !tiles || bytes > IM2COL_BYTES.min(g.max_binding()) {
+        return Cols::Gather;
+    }
+    let identity = x2.is_none() && k == x.dim(1) && n == x.dim(2) * x.dim(3);
+    if identity { Cols::Input } else { Cols::Written }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn record(
     g: &mut Graph,
@@ -173,11 +218,16 @@ fn record(
     let batches = if fits { b } else { 1 };
     let flops = 2 * cout * ho * wo * cin * taps * b;
     // The weight's cooperative tiles straight from storage where it is one
-    // chunk with tile-multiple sides and 16-byte aligned rows.
+    // chunk with tile-multiple sides and 16-byte aligned rows; the input's
+    // too where its columns are written out first (see `im2col`).
+    let cols = im2col(g, x, x2, [cout, cin * taps, plane_out], fits);
     let direct = |ct: usize| {
         let k = cin * taps;
         let whole = ci_per >= cin && m_per >= cout;
-        [whole && cout % ct == 0 && k % ct == 0 && k % 8 == 0, false]
+        [
+            whole && cout % ct == 0 && k % ct == 0 && k % 8 == 0,
+            cols != Cols::Gather,
+        ]
     };
     let main_loop = g.matmul_loop(x.dtype, flops, 0, &direct, |t| {
         (plane_out.div_ceil(t) * m_per.min(cout).div_ceil(t) * batches) as u64
@@ -192,9 +242,54 @@ fn record(
         ("KSIZE", ksize),
         ("HAS_RES", residual.is_some() as u32),
         ("HAS_ROW", row_bias.is_some() as u32),
-        ("CAT", x2.is_some() as u32),
+        ("CAT", (x2.is_some() && cols == Cols::Gather) as u32),
+        ("IM2COL", (cols != Cols::Gather) as u32),
     ];
     let consts: Vec<_> = main_loop.consts.iter().chain(&extra).copied().collect();
+    // B's source: the input (gathered), the input itself as the columns (a
+    // 1x1 convolution of stride 1 without padding), or the columns written
+    // out by one im2col dispatch.
+    let b_source = match cols {
+        Cols::Gather | Cols::Input => x.clone(),
+        Cols::Written => {
+            let col = g.temp(&[b, cin * taps, plane_out], x.dtype);
+            let total = col.numel();
+            let params = [
+                total,
+                cin * taps,
+                plane_out,
+                cin,
+                h,
+                wd,
+                wo,
+                kh,
+                kw,
+                s,
+                pt,
+                pl,
+                x.dim(1),
+            ]
+            .map(u)
+            .to_vec();
+            let mut inputs = vec![(2, x)];
+            inputs.extend(x2.map(|x2| (3, x2)));
+            g.push(
+                "im2col",
+                "main",
+                x.dtype,
+                vec![("CAT", x2.is_some() as u32)],
+                &[&col],
+                &inputs,
+                params,
+                crate::graph::grid_flat(total),
+            );
+            col
+        }
+    };
+    let (x, x2) = match cols {
+        Cols::Gather => (x, x2),
+        _ => (&b_source, None),
+    };
     for bt in 0..rows {
         for m0 in (0..cout).step_by(m_per) {
             let mc = m_per.min(cout - m0);
