@@ -71,17 +71,21 @@ run)
     cat "$out/card.log"
     # Autotune's winners land in OUT/cache (its timings are the profile).
     export PNP_CACHE_DIR="$out/cache"
-    step info "$dir/pnp" bench plan --arch sd21-base --batch 1
+    # QUICK=1: the tuned rows, the tests and the tuned pipeline only.
+    quick=${QUICK:-0}
+    [ "$quick" = 1 ] || step info "$dir/pnp" bench plan --arch sd21-base --batch 1
     step kernels-tuned "$dir/pnp" bench kernels --iters 5
-    step kernels-rule "$dir/pnp" bench kernels --iters 5 --no-autotune
-    step kernels-nocoop env PNP_NO_COOP=1 "$dir/pnp" bench kernels --iters 5 --no-autotune
+    if [ "$quick" != 1 ]; then
+        step kernels-rule "$dir/pnp" bench kernels --iters 5 --no-autotune
+        step kernels-nocoop env PNP_NO_COOP=1 "$dir/pnp" bench kernels --iters 5 --no-autotune
+    fi
     # The coop tests assert that the cooperative variants ran wherever the
     # adapter lists a configuration we use.
     for t in "$dir"/test-*; do
         step "$(basename "$t")" env PNP_EXPECT_COOP="${PNP_EXPECT_COOP:-1}" "$t" --nocapture
     done
     step pipeline-tuned "$dir/pnp" bench pipeline --arch sd21-base
-    step pipeline-rule "$dir/pnp" bench pipeline --arch sd21-base --no-autotune
+    [ "$quick" = 1 ] || step pipeline-rule "$dir/pnp" bench pipeline --arch sd21-base --no-autotune
     if [ -n "$torch" ]; then
         step torch-unet python3 "$torch/torch_pnp_bench.py" --arch sd21base --unet-only
         step torch-50 python3 "$torch/torch_pnp_bench.py" --arch sd21base --inversion-steps 50 --no-preview
