@@ -32,8 +32,10 @@ prepare)
     cargo build --release
     cp target/release/pnp "$stage/pnp"
     # The test executables cargo would run, by suite name.
+    # (Test harnesses only: the json also lists the pnp binary itself,
+    # whose name would collide with the pnp suite's.)
     cargo test --release --no-run --message-format=json --test kernels --test models --test pnp 2>/dev/null \
-        | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 \
+        | grep -o '"executable":"[^"]*/deps/[^"]*"' | cut -d'"' -f4 \
         | while read -r exe; do
             name=$(basename "$exe" | sed 's/-[0-9a-f]*$//')
             cp "$exe" "$stage/test-$name"
