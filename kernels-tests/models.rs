@@ -173,6 +173,22 @@ fn unets_match_diffusers() {
             },
             &mut fails,
         );
+        // On cooperative matrices the GEGLU projections whose sides are
+        // multiples of the tile run with their LayerNorm split off (LN_A 0)
+        // and both operands read as whole tiles.
+        if let Some(coop) = gpu().caps.coop {
+            let geglu: Vec<_> = (gpu().kernel_keys().into_iter())
+                .filter(|k| {
+                    k.family == "gemm"
+                        && k.consts.contains(&("ACT", 4))
+                        && k.consts.contains(&("COOP", coop.side))
+                })
+                .collect();
+            let split = |k: &pnp::gpu::KernelKey| {
+                k.consts.contains(&("LN_A", 0)) && k.consts.contains(&("DIRECT_A", 1))
+            };
+            assert!(geglu.iter().any(split), "{geglu:?}");
+        }
     }
     fails.finish("unets");
 }

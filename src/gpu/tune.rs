@@ -110,7 +110,8 @@ pub struct TuneSummary {
     pub reused: usize,
     /// Seconds spent timing.
     pub seconds: f64,
-    /// A cache file that could not be read or written, and why; the run
+    /// The first problem: a cache file that could not be read or written,
+    /// a kernel variant the driver refused, a failed measurement; the run
     /// goes on without it.
     pub warning: Option<String>,
     /// Variant chosen per kernel family and variant, with the number of
@@ -243,6 +244,13 @@ impl Tuner {
                 s.summary.warning = Some(format!("cannot write {}: {e}", path.display()));
             }
         }
+    }
+
+    /// Notes a variant the driver refused or a measurement that failed; the
+    /// run goes on without it.
+    pub(crate) fn warn(&self, what: String) {
+        let mut s = self.state();
+        s.summary.warning.get_or_insert(what);
     }
 
     pub fn summary(&self) -> TuneSummary {

@@ -6,6 +6,7 @@ use super::{Graph, Node, Variant, variant_name};
 use crate::gpu::tensor::STORAGE_USAGE;
 use crate::gpu::{Choice, Gpu, GpuError, InFlight, KernelKey};
 use crate::progress::Timer;
+use std::collections::HashSet;
 
 /// Seconds of GPU work one measurement should span: enough repetitions of
 /// a dispatch that submitting and waiting are a small part of it. The
@@ -57,6 +58,31 @@ impl Graph {
         let Some(tuner) = &self.gpu.tuner else {
             return Ok(());
         };
+        // Every pipeline first: compiling between measurements would leave
+        // the GPU idle (and its clocks falling) in the middle of them. A
+        // variant the driver refuses is left out (the op's own choice stays
+        // what it would be without autotune).
+        let mut refused = HashSet::new();
+        for node in self.nodes.iter().filter(|n| !n.alternatives.is_empty()) {
+            if tuner.choice(&self.tune_key(node)).is_some() {
+                continue;
+            }
+            for v in &node.alternatives {
+                let key = KernelKey {
+                    consts: v.consts.clone(),
+                    ..node.key.clone()
+                };
+                let made = (self.gpu)
+                    .scoped("compiling a kernel variant", || {
+                        self.gpu.pipelines.get(&self.gpu.device, &key)
+                    })
+                    .await;
+                if let Err(e) = made {
+                    tuner.warn(format!("{} {}: {e}", key.family, variant_name(&key.consts)));
+                    refused.insert((node.key.family, variant_name(&v.consts)));
+                }
+            }
+        }
         let mut scratch = Scratch::default();
         let mut warm = false;
         for node in self.nodes.iter().filter(|n| !n.alternatives.is_empty()) {
@@ -65,37 +91,57 @@ impl Graph {
                 tuner.reuse(&key, node.key.family);
                 continue;
             }
-            let timer = Timer::start();
-            if !warm {
-                // An idle GPU runs at low clocks for a while: the first
-                // measurements would favour whichever variant came last.
-                let v = &node.alternatives[0];
-                self.time_variant(node, v, &mut scratch, WARM_UP).await?;
-                warm = true;
-            }
-            // Every variant twice, round robin, the faster of each kept:
-            // clocks that still move then bias no variant.
-            let mut best = vec![f64::INFINITY; node.alternatives.len()];
-            for _ in 0..2 {
-                for (v, b) in node.alternatives.iter().zip(&mut best) {
-                    *b = b.min(self.time_variant(node, v, &mut scratch, SPAN).await?);
-                }
-            }
-            let timings: Vec<(String, f64)> = (node.alternatives.iter().zip(best))
-                .map(|(v, s)| (variant_name(&v.consts), s * 1e6))
+            let usable: Vec<&Variant> = (node.alternatives.iter())
+                .filter(|v| !refused.contains(&(node.key.family, variant_name(&v.consts))))
                 .collect();
-            let best = (timings.iter())
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(name, _)| name.clone())
-                .unwrap_or_default();
-            let choice = Choice {
-                variant: best,
-                timings,
-            };
-            tuner.record(key, node.key.family, choice, timer.seconds());
+            let timer = Timer::start();
+            match self.time_all(node, &usable, &mut scratch, &mut warm).await {
+                Ok(timings) => {
+                    let best = (timings.iter())
+                        .min_by(|a, b| a.1.total_cmp(&b.1))
+                        .map(|(name, _)| name.clone())
+                        .unwrap_or_default();
+                    let choice = Choice {
+                        variant: best,
+                        timings,
+                    };
+                    tuner.record(key, node.key.family, choice, timer.seconds());
+                }
+                // A failed measurement (out of memory for the scratch
+                // buffers, say) leaves this dispatch to the rule.
+                Err(e) => tuner.warn(format!("timing {}: {e}", node.label)),
+            }
         }
         tuner.save();
         Ok(())
+    }
+
+    /// Microseconds per dispatch of each of `variants` of `node`: every
+    /// variant twice, round robin, the faster of each kept, so that clocks
+    /// still moving bias none; the first measurement of a tune warms the GPU.
+    async fn time_all(
+        &self,
+        node: &Node,
+        variants: &[&Variant],
+        scratch: &mut Scratch,
+        warm: &mut bool,
+    ) -> Result<Vec<(String, f64)>, GpuError> {
+        if !*warm && !variants.is_empty() {
+            // An idle GPU runs at low clocks for a while: the first
+            // measurements would favour whichever variant came last.
+            self.time_variant(node, variants[0], scratch, WARM_UP)
+                .await?;
+            *warm = true;
+        }
+        let mut best = vec![f64::INFINITY; variants.len()];
+        for _ in 0..2 {
+            for (v, b) in variants.iter().zip(&mut best) {
+                *b = b.min(self.time_variant(node, v, scratch, SPAN).await?);
+            }
+        }
+        Ok((variants.iter().zip(best))
+            .map(|(v, s)| (variant_name(&v.consts), s * 1e6))
+            .collect())
     }
 
     /// Each replayed dispatch with autotune's time for its winner, where it
