@@ -48,6 +48,7 @@ pub mod graph;
 pub mod models;
 pub mod ops;
 pub mod picture;
+pub mod piebench;
 pub mod pipeline;
 pub mod progress;
 pub mod rand;
