@@ -16,7 +16,7 @@
 //! work on buffers of the same sizes.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -119,13 +119,23 @@ pub struct TuneSummary {
     pub chosen: BTreeMap<String, usize>,
 }
 
+impl TuneSummary {
+    /// Counts one distinct dispatch of family `label` that runs `c`'s winner.
+    fn count(&mut self, label: &str, c: &Choice) {
+        *self
+            .chosen
+            .entry(format!("{label} {}", c.variant))
+            .or_default() += 1;
+    }
+}
+
 #[derive(Default)]
 struct State {
     choices: BTreeMap<String, Choice>,
     dirty: bool,
     summary: TuneSummary,
     /// Keys used by this run's graphs (each counted once in `chosen`).
-    used: BTreeMap<String, ()>,
+    used: BTreeSet<String>,
 }
 
 /// The winners known on one device; see the module documentation.
@@ -190,12 +200,9 @@ impl Tuner {
     pub(crate) fn reuse(&self, key: &str, label: &str) {
         let mut s = self.state();
         if let Some(c) = s.choices.get(key).cloned() {
-            if s.used.insert(key.to_string(), ()).is_none() {
+            if s.used.insert(key.to_string()) {
                 s.summary.reused += 1;
-                *s.summary
-                    .chosen
-                    .entry(format!("{label} {}", c.variant))
-                    .or_default() += 1;
+                s.summary.count(label, &c);
             }
         }
     }
@@ -205,11 +212,8 @@ impl Tuner {
         let mut s = self.state();
         s.summary.timed += 1;
         s.summary.seconds += seconds;
-        *s.summary
-            .chosen
-            .entry(format!("{label} {}", choice.variant))
-            .or_default() += 1;
-        s.used.insert(key.clone(), ());
+        s.summary.count(label, &choice);
+        s.used.insert(key.clone());
         s.choices.insert(key, choice);
         s.dirty = true;
     }

@@ -3,7 +3,7 @@
 //! reads it; buffers are shared greedily by best fit. Inputs, outputs and
 //! external tensors are pinned. Bind groups are made once, here.
 
-use super::{Graph, Storage, Value, ValueId, variant_name};
+use super::{Graph, Storage, Value, ValueId};
 use crate::gpu::tensor::{STORAGE_USAGE, padded_bytes};
 use crate::gpu::{Gpu, GpuError, Tensor};
 use std::collections::HashMap;
@@ -14,8 +14,6 @@ struct Step {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     workgroups: [u32; 3],
-    /// The kernel variant it runs ([`variant_name`]).
-    variant: String,
 }
 
 pub struct Plan {
@@ -382,7 +380,6 @@ impl Graph {
                 pipeline: pipeline.pipeline.clone(),
                 bind_group,
                 workgroups,
-                variant: variant_name(&key.consts),
             };
             match once {
                 true => prologue.push(step),
@@ -503,12 +500,6 @@ impl Plan {
     }
 
     /// Dispatches of one replay, and of the constant prologue.
-    /// The variant each replayed dispatch runs, in order (empty strings
-    /// for kernels without variants).
-    pub fn variants(&self) -> Vec<&str> {
-        self.steps.iter().map(|s| s.variant.as_str()).collect()
-    }
-
     pub fn dispatch_counts(&self) -> (usize, usize) {
         (self.steps.len(), self.prologue.len())
     }

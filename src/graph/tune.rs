@@ -6,7 +6,7 @@ use super::{Graph, Node, Variant, variant_name};
 use crate::gpu::tensor::STORAGE_USAGE;
 use crate::gpu::{Choice, Gpu, GpuError, InFlight, KernelKey};
 use crate::progress::Timer;
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// Seconds of GPU work one measurement should span: enough repetitions of
 /// a dispatch that submitting and waiting are a small part of it. The
@@ -58,29 +58,29 @@ impl Graph {
         let Some(tuner) = &self.gpu.tuner else {
             return Ok(());
         };
-        // Every pipeline first: compiling between measurements would leave
-        // the GPU idle (and its clocks falling) in the middle of them. A
-        // variant the driver refuses is left out (the op's own choice stays
-        // what it would be without autotune).
-        let mut refused = HashSet::new();
+        // Every pipeline first, each kernel once: compiling between
+        // measurements would leave the GPU idle (and its clocks falling) in
+        // the middle of them. A kernel the driver refuses is left out (the
+        // op's own choice stays what it would be without autotune).
+        let mut compiled: HashMap<KernelKey, bool> = HashMap::new();
         for node in self.nodes.iter().filter(|n| !n.alternatives.is_empty()) {
             if tuner.choice(&self.tune_key(node)).is_some() {
                 continue;
             }
             for v in &node.alternatives {
-                let key = KernelKey {
-                    consts: v.consts.clone(),
-                    ..node.key.clone()
-                };
+                let key = v.key(&node.key);
+                if compiled.contains_key(&key) {
+                    continue;
+                }
                 let made = (self.gpu)
                     .scoped("compiling a kernel variant", || {
                         self.gpu.pipelines.get(&self.gpu.device, &key)
                     })
                     .await;
-                if let Err(e) = made {
+                if let Err(e) = &made {
                     tuner.warn(format!("{} {}: {e}", key.family, variant_name(&key.consts)));
-                    refused.insert((node.key.family, variant_name(&v.consts)));
                 }
+                compiled.insert(key, made.is_ok());
             }
         }
         let mut scratch = Scratch::default();
@@ -92,7 +92,7 @@ impl Graph {
                 continue;
             }
             let usable: Vec<&Variant> = (node.alternatives.iter())
-                .filter(|v| !refused.contains(&(node.key.family, variant_name(&v.consts))))
+                .filter(|v| compiled.get(&v.key(&node.key)) == Some(&true))
                 .collect();
             let timer = Timer::start();
             match self.time_all(node, &usable, &mut scratch, &mut warm).await {
@@ -181,10 +181,7 @@ impl Graph {
         span: f64,
     ) -> Result<f64, GpuError> {
         let gpu = &self.gpu;
-        let key = KernelKey {
-            consts: v.consts.clone(),
-            ..node.key.clone()
-        };
+        let key = v.key(&node.key);
         let pipeline = gpu.pipelines.get(&gpu.device, &key);
         let mut words = node.params.clone();
         words.resize(words.len().div_ceil(4).max(1) * 4, 0);

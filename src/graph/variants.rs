@@ -46,7 +46,7 @@ impl Graph {
         direct: &dyn Fn(usize) -> [bool; 2],
         groups_at: impl Fn(usize) -> u64,
     ) -> MatmulLoop {
-        let coop = self.gpu.caps.coop.filter(|_| dtype == DType::F16);
+        let coop = self.coop_for(dtype);
         let coop_consts = |tile: usize, c: crate::gpu::Coop, [a, b]: [bool; 2]| {
             vec![
                 ("TILE", tile as u32),
@@ -146,6 +146,16 @@ pub(crate) struct Variant {
     pub workgroups: [u32; 3],
 }
 
+impl Variant {
+    /// The kernel of a dispatch recorded as `of`, run as this variant.
+    pub(crate) fn key(&self, of: &KernelKey) -> KernelKey {
+        KernelKey {
+            consts: self.consts.clone(),
+            ..of.clone()
+        }
+    }
+}
+
 /// The constants that pick how a kernel computes, never what: the tile or
 /// block side, the cooperative-matrix side and subgroup size, f16 tile
 /// arithmetic, the attention's queries per workgroup.
@@ -192,6 +202,12 @@ impl MatmulLoop {
 }
 
 impl Graph {
+    /// The device's cooperative-matrix configuration where kernels of
+    /// storage type `dtype` can use it (their inputs are f16).
+    pub(crate) fn coop_for(&self, dtype: DType) -> Option<crate::gpu::Coop> {
+        self.gpu.caps.coop.filter(|_| dtype == DType::F16)
+    }
+
     /// Whether ops record alternatives for autotune: the device has a tuner,
     /// no tile is forced, and the graph will be planned.
     pub(crate) fn tunable(&self) -> bool {
@@ -251,13 +267,7 @@ impl Graph {
                 (node.alternatives.iter()).find(|v| variant_name(&v.consts) == c.variant)
             });
         match winner {
-            Some(v) => (
-                Cow::Owned(KernelKey {
-                    consts: v.consts.clone(),
-                    ..node.key.clone()
-                }),
-                v.workgroups,
-            ),
+            Some(v) => (Cow::Owned(v.key(&node.key)), v.workgroups),
             None => (Cow::Borrowed(&node.key), node.workgroups),
         }
     }

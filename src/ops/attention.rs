@@ -298,11 +298,7 @@ fn coop_attention(
     lq: usize,
     lk: usize,
 ) -> Option<crate::gpu::Coop> {
-    let coop = g
-        .gpu
-        .caps
-        .coop
-        .filter(|_| dtype == crate::gpu::DType::F16)?;
+    let coop = g.coop_for(dtype)?;
     let ct = coop.side as usize;
     if !d.is_multiple_of(ct) {
         return None;

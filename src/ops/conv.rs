@@ -110,12 +110,7 @@ const IM2COL_BYTES: u64 = 256 << 20;
 /// element into workgroup memory. Writing the columns out costs one pass of
 /// K x N elements (the output's bytes times 9 C_in / C_out for a 3x3).
 fn im2col(g: &Graph, x: &Value, x2: Option<&Value>, [cout, k, n]: [usize; 3], fits: bool) -> Cols {
-    let Some(coop) = g
-        .gpu
-        .caps
-        .coop
-        .filter(|_| x.dtype == crate::gpu::DType::F16)
-    else {
+    let Some(coop) = g.coop_for(x.dtype) else {
         return Cols::Gather;
     };
     if g.gpu.no_im2col {

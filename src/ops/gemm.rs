@@ -78,26 +78,32 @@ struct Spec<'a> {
     out_shape: Vec<usize>,
 }
 
+/// Which of the GEMM `s`'s operands (A, B) lie in storage as whole
+/// cooperative tiles of side `ct` for a dispatch of `rows` rows of A: every
+/// side a multiple of the tile, and the operand contiguous along one of its
+/// axes with 16-byte aligned strides (8 f16). Whether they also fit one
+/// binding, and A needs no normalising on the way, is the caller's.
+fn tile_operands(s: &Spec, ct: usize, rows: usize) -> [bool; 2] {
+    let aligned = |v: &[usize]| v.iter().all(|x| x % 8 == 0);
+    let sides = [s.m, rows, s.n, s.k].iter().all(|x| x % ct == 0);
+    let [abs, ars, acs] = s.a_strides;
+    let [bbs, bks, bns] = s.b_strides;
+    let a = (acs == 1 && aligned(&[abs, ars])) || (ars == 1 && aligned(&[abs, acs]));
+    let b = (bns == 1 && aligned(&[bbs, bks])) || (bks == 1 && aligned(&[bbs, bns]));
+    [sides && a, sides && b]
+}
+
 /// Whether the GEMM `s`, read from a contiguous A, would load both operands
 /// as whole cooperative tiles (f16 on a device with cooperative matrices,
-/// every side a multiple of the tile, B a Linear weight or row-major, no
-/// windows): see `direct` in [`record`].
+/// [`tile_operands`], no windows): see `direct` in [`record`].
 fn whole_tiles(g: &Graph, s: &Spec) -> bool {
-    let Some(c) = g
-        .gpu
-        .caps
-        .coop
-        .filter(|_| s.a.dtype == crate::gpu::DType::F16)
-    else {
+    let Some(c) = g.coop_for(s.a.dtype) else {
         return false;
     };
-    let ct = c.side as usize;
-    let [bbs, bks, bns] = s.b_strides;
-    let b = (bks == 1 && bns % 8 == 0 || bns == 1 && bks % 8 == 0) && bbs % 8 == 0;
     let fits = [s.a, s.b].into_iter().all(|v| g.fits(v.numel(), v.dtype))
         && g.fits(s.batch * s.m * s.n, s.a.dtype);
     let contiguous = s.a_strides == [s.m * s.k, s.k, 1];
-    b && fits && contiguous && [s.m, s.n, s.k].iter().all(|v| v % ct == 0)
+    fits && contiguous && tile_operands(s, c.side as usize, s.m) == [true; 2]
 }
 
 fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
@@ -168,16 +174,8 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
     // tile, 16-byte aligned strides (8 f16), no windows, A not normalised
     // on the way, and each operand contiguous along one of its axes.
     let direct = |ct: usize| {
-        let aligned = |v: &[usize]| v.iter().all(|x| x % 8 == 0);
-        let sides = fits
-            && [s.m, row_chunk.min(s.m), s.n, s.k]
-                .iter()
-                .all(|x| x % ct == 0);
-        let [abs, ars, acs] = s.a_strides;
-        let [bbs, bks, bns] = s.b_strides;
-        let a = (acs == 1 && aligned(&[abs, ars])) || (ars == 1 && aligned(&[abs, acs]));
-        let b = (bns == 1 && aligned(&[bbs, bks])) || (bks == 1 && aligned(&[bbs, bns]));
-        [sides && a && s.ln.is_none(), sides && b]
+        let [a, b] = tile_operands(&s, ct, row_chunk.min(s.m));
+        [fits && a && s.ln.is_none(), fits && b]
     };
     let main_loop = g.matmul_loop(dtype, flops, min_tile, &direct, |t| {
         (s.n.div_ceil(t) * row_chunk.min(s.m).div_ceil(t) * batches) as u64
