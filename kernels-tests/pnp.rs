@@ -15,7 +15,7 @@ use pnp::models::nn::Ctx;
 use pnp::models::sd::SdModel;
 use pnp::models::tokenizer::ClipTokenizer;
 use pnp::pipeline::scheduler::Ddim;
-use pnp::pipeline::{NegativeSchedule, Pipeline, PnpOptions, StoreMode};
+use pnp::pipeline::{NegativeSchedule, Pipeline, PnpOptions, SourceLatents, StoreMode};
 use pnp::progress::Quiet;
 use serde_json::Value as Json;
 
@@ -98,8 +98,16 @@ fn run_case(case: &str, fails: &mut Failures) {
                 tol_for(want),
             ));
         }
+        let source = match opts.source_latents {
+            SourceLatents::Inversion => inv,
+            SourceLatents::Reconstruction => {
+                let c = &emb.inversion;
+                pollster::block_on(pipe.reconstruct(&inv, c, opts.steps, &mut Quiet))
+                    .expect("reconstruct")
+            }
+        };
         let finals =
-            pollster::block_on(pipe.sample(&inv, &emb, &opts, &mut Quiet)).expect("sample");
+            pollster::block_on(pipe.sample(&source, &emb, &opts, &mut Quiet)).expect("sample");
         assert_eq!(pipe.stats.used_store, mode == StoreMode::Resident);
         let (_, want) = f.get("final");
         let per = want.len() / prompts.len();
@@ -179,6 +187,35 @@ fn pnp_matches_reference_with_the_negative_prompt_schedule() {
     let mut fails = Failures::default();
     run_case("sd15_negative_schedule", &mut fails);
     fails.finish("sd15_negative_schedule");
+}
+
+/// PIE-Bench's "ddim+pnp": the source branch walks the inversion's DDIM
+/// reconstruction. The stages one by one, then the whole `translate`, whose
+/// `prepare` must take the same path.
+#[test]
+fn pnp_matches_reference_with_reconstructed_source_latents() {
+    let case = "sd15_reconstruction";
+    let mut fails = Failures::default();
+    run_case(case, &mut fails);
+    let gpu = gpu();
+    let (f, c, model, tok, sched) = load_case(case, &gpu, DType::F32);
+    let opts = case_options(&c);
+    assert_eq!(opts.source_latents, SourceLatents::Reconstruction);
+    let (pixels, hw) = load_png(p_str(&c, "image"));
+    let mut pipe = Pipeline::new(gpu.clone(), &model, &tok, sched, DType::F32);
+    let prompts = case_prompts(&c);
+    let targets: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let t = pollster::block_on(pipe.translate(&pixels, hw, &targets, &opts, &mut Quiet))
+        .expect("translate");
+    assert!(t.reconstruction.is_some(), "no reconstruction was made");
+    let (_, want) = f.get("final");
+    fails.check(compare(
+        &format!("{case} translate final"),
+        &t.finals[0],
+        want,
+        tol_for(want),
+    ));
+    fails.finish(case);
 }
 
 #[test]

@@ -76,6 +76,16 @@ CASES = {
         inversion_prompt="", inversion_steps=10, steps=10, guidance=7.5, pnp_f_t=0.8, pnp_attn_t=0.5,
         negative_prompt_alpha=0.75, negative_prompt_schedule="linear",
     ),
+    # PIE-Bench's "ddim+pnp" (cure-lab/PnPInversion, run_editing_pnp.py): the
+    # source branch walks the DDIM reconstruction of the inverted noise under
+    # the inversion prompt (no guidance), one step shifted as that runner
+    # keeps it: the source row at t_i and the start take the latent step i
+    # produced.
+    "sd15_reconstruction": dict(
+        model="sd15-tiny", image="square.png", prompts=["a photo of a cat"], negative_prompt=NEGATIVE,
+        inversion_prompt="a photo of a house", inversion_steps=10, steps=10, guidance=7.5, pnp_f_t=0.8,
+        pnp_attn_t=0.5, source_latents="reconstruction",
+    ),
     # SD 2.x 768-style: v-prediction, attention upcast (sd2-tiny's weights).
     "sd2v_wide": dict(
         model="sd2v-tiny", image="wide.png", prompts=["a watercolor painting of a house"],
@@ -256,6 +266,16 @@ def run_case(case: dict, components, dtype, inject: bool = True) -> dict:
     n_f, n_qk = int(n * case["pnp_f_t"]), int(n * case["pnp_attn_t"])
     for t in ts:
         assert int(t) in stored, f"sampling timestep {int(t)} not in the inversion grid"
+    source = stored
+    if case.get("source_latents") == "reconstruction":
+        rec_sched = DDIMScheduler.from_pretrained(folder / "scheduler")
+        rec_sched.set_timesteps(n)
+        x = stored[int(ts[0])]
+        source = {}
+        for t in ts:
+            eps = unet(x, t, encoder_hidden_states=c_inv).sample
+            x = rec_sched.step(eps, t, x, eta=0.0).prev_sample
+            source[int(t)] = x
     alpha = case.get("negative_prompt_alpha")
     rows = 3 if alpha is None else 4
     if alpha is not None:
@@ -270,11 +290,11 @@ def run_case(case: dict, components, dtype, inject: bool = True) -> dict:
             c_pos = embed(tok, te, prompt, dtype)
             # source | negative | (unconditional "") | target
             ctx = torch.cat([c_src, c_neg] + ([c_src] if rows == 4 else []) + [c_pos], 0)
-            x = stored[int(ts[0])]
+            x = source[int(ts[0])]
             for i, t in enumerate(ts):
                 injector.conv_on = inject and i < n_f
                 injector.qk_on = inject and i < n_qk
-                inp = torch.cat([stored[int(t)]] + [x] * (rows - 1), 0)
+                inp = torch.cat([source[int(t)]] + [x] * (rows - 1), 0)
                 out = unet(inp, t, encoder_hidden_states=ctx).sample
                 parts = out.chunk(rows)
                 eps_neg, eps_pos = parts[1], parts[-1]
@@ -355,7 +375,7 @@ def main():
             "pnp_f_t": case["pnp_f_t"], "pnp_attn_t": case["pnp_attn_t"],
             "width": r32["width"], "height": r32["height"], "f64_max_abs_diff": d,
         }
-        for k in ("negative_prompt_alpha", "negative_prompt_schedule"):
+        for k in ("negative_prompt_alpha", "negative_prompt_schedule", "source_latents"):
             if k in case:
                 meta_case[k] = case[k]
         meta = {"case": json.dumps(meta_case), "generator": GENERATOR, **versions}

@@ -6,7 +6,7 @@
 
 use pnp::gpu::{DType, Gpu};
 use pnp::graph::{Graph, Value};
-use pnp::pipeline::{NegativeSchedule, PnpOptions};
+use pnp::pipeline::{NegativeSchedule, PnpOptions, SourceLatents};
 use serde_json::Value as Json;
 use std::collections::HashMap;
 
@@ -116,6 +116,11 @@ pub fn case_options(c: &Json) -> PnpOptions {
             Some("constant") => NegativeSchedule::Constant,
             Some("exp") => NegativeSchedule::Exp,
             Some(other) => panic!("unknown negative_prompt_schedule {other:?}"),
+        },
+        source_latents: match c["source_latents"].as_str() {
+            None | Some("inversion") => SourceLatents::Inversion,
+            Some("reconstruction") => SourceLatents::Reconstruction,
+            Some(other) => panic!("unknown source_latents {other:?}"),
         },
         ..Default::default()
     }

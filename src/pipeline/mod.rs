@@ -23,7 +23,9 @@ pub mod translate;
 
 pub use gpu_loop::{LoopIo, StepTables, record_step};
 pub use inversion::Inversion;
-pub use options::{Embeddings, GuidanceBase, NegativeSchedule, PnpOptions, StoreMode};
+pub use options::{
+    Embeddings, GuidanceBase, NegativeSchedule, PnpOptions, SourceLatents, StoreMode,
+};
 pub use stages::Pipeline;
 pub use translate::{Prepared, Translation};
 

@@ -47,6 +47,21 @@ impl NegativeSchedule {
     }
 }
 
+/// Which latents the source branch walks (docs/ALGORITHM.md, "Source latents").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum SourceLatents {
+    /// The DDIM inversion's own trajectory (the paper; PIE-Bench's
+    /// "directinversion+pnp").
+    #[default]
+    Inversion,
+    /// The DDIM reconstruction of the inverted noise under the inversion
+    /// prompt, without guidance (PIE-Bench's "ddim+pnp"); one UNet call more
+    /// per sampling step, before the sampling.
+    Reconstruction,
+}
+
 /// The algorithm's settings; the defaults are the authors' (docs/ALGORITHM.md, "Defaults").
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
@@ -83,6 +98,10 @@ pub struct PnpOptions {
     /// The schedule of --negative-prompt-alpha over the sampling steps.
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = NegativeSchedule::Linear))]
     pub negative_prompt_schedule: NegativeSchedule,
+    /// The latents the source branch walks: the inversion's (the paper), or
+    /// their DDIM reconstruction (PIE-Bench's "ddim+pnp").
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = SourceLatents::Inversion))]
+    pub source_latents: SourceLatents,
     /// Feature store: auto (resident if it fits), resident, or inline (the reference's batch-3 call).
     #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = StoreMode::Auto))]
     pub store: StoreMode,
@@ -103,6 +122,7 @@ impl Default for PnpOptions {
             pnp_attn_t: 0.5,
             negative_prompt_alpha: None,
             negative_prompt_schedule: NegativeSchedule::Linear,
+            source_latents: SourceLatents::Inversion,
             store: StoreMode::Auto,
             store_budget: 2 << 30,
         }

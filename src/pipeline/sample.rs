@@ -364,20 +364,76 @@ impl Pipeline<'_> {
     ) -> Result<Inversion> {
         let timer = Timer::start();
         check_guidance(guidance)?;
-        let grid = self.scheduler.timesteps(steps)?;
-        self.check_slots("the generation", steps + 1, hw)?;
         let lat = self.model.unet.config.in_channels * hw[0] * hw[1];
-        // Slot i: the latent step i starts from (the trajectory), slot
-        // `steps`: the final one.
-        let state = self.slots("generation", steps + 1, hw, None);
-        state
-            .row(0)
-            .write_f32(&self.gpu, &crate::rand::gaussian(seed, lat));
+        let noise = crate::rand::gaussian(seed, lat);
+        let walk = Walk {
+            what: "generation",
+            texts: &[c_neg, c_pos],
+            guidance,
+            suspect: "the UNet's weights or an extreme guidance scale",
+        };
+        let (grid, all) = self.walk(&walk, &noise, hw, steps, progress).await?;
+        let x = all[steps * lat..].to_vec();
+        let inv = self.trajectory(&grid, &all, x, hw);
+        self.phase_done("generation", timer);
+        Ok(inv)
+    }
+
+    /// The DDIM reconstruction of an inversion (docs/ALGORITHM.md, "Source
+    /// latents"): from the inverted latent at the first of `steps` sampling
+    /// timesteps, denoise under the inversion prompt's embedding `c_inv`
+    /// without guidance, keeping every latent. As PIE-Bench's "ddim+pnp"
+    /// runner keeps them, `latents[t_i]` is the latent step i produced (one
+    /// step further down than t_i), and `z0` the last.
+    pub async fn reconstruct(
+        &mut self,
+        inv: &Inversion,
+        c_inv: &[f32],
+        steps: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<Inversion> {
+        let timer = Timer::start();
+        let first = self.scheduler.timesteps(steps)?[0];
+        let start = inv.latents.get(&first).ok_or_else(|| {
+            PnpError::Input(format!(
+                "the inversion has no latent at timestep {first}, where a {steps}-step reconstruction starts"
+            ))
+        })?;
+        let walk = Walk {
+            what: "reconstruction",
+            texts: &[c_inv],
+            guidance: 0.0,
+            suspect: "the UNet's weights",
+        };
+        let hw = inv.hw;
+        let (grid, all) = self.walk(&walk, start, hw, steps, progress).await?;
+        let lat = start.len();
+        let x = all[steps * lat..].to_vec();
+        let inv = self.trajectory(&grid, &all[lat..], x, hw);
+        self.phase_done("reconstruction", timer);
+        Ok(inv)
+    }
+
+    /// A DDIM walk down the `steps`-step grid from `start` (eta 0), on the
+    /// GPU. Returns the grid and the state read back: slot i is the latent
+    /// step i started from, slot `steps` the last.
+    async fn walk(
+        &mut self,
+        walk: &Walk<'_>,
+        start: &[f32],
+        hw: [usize; 2],
+        steps: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<(Vec<usize>, Vec<f32>)> {
+        let grid = self.scheduler.timesteps(steps)?;
+        self.check_slots(&format!("the {}", walk.what), steps + 1, hw)?;
+        let state = self.slots(walk.what, steps + 1, hw, None);
+        state.row(0).write_f32(&self.gpu, start);
         let s = &self.scheduler;
         let coef: Vec<_> = (grid.iter())
             .map(|&t| {
                 coefficients(
-                    guidance,
+                    walk.guidance,
                     0.0,
                     s.v_coefficients(t),
                     s.step_coefficients(t, steps),
@@ -385,38 +441,44 @@ impl Pipeline<'_> {
             })
             .collect();
         let tables = StepTables::new(&self.gpu, &grid, &coef);
-        let ctx = self.text_rows(&[c_neg, c_pos]);
+        let rows = walk.texts.len();
+        let ctx = self.text_rows(walk.texts);
         let io = LoopIo::forward(
             &state,
             &tables,
             &ctx,
             Guidance {
                 row0: 0,
-                rows: 2,
+                rows,
                 v_prediction: self.scheduler.prediction == Prediction::V,
             },
         );
-        let g = self.loop_graph(2, hw, &io, None, |_| Ok(Hooks::default()))?;
+        let g = self.loop_graph(rows, hw, &io, None, |_| Ok(Hooks::default()))?;
         g.tune().await?;
         let plan = g.plan()?;
         self.note_peak(plan.planned_bytes() + state.bytes());
-        progress.phase("generation", steps);
+        progress.phase(walk.what, steps);
         let mut flight = InFlight::default();
         for i in 0..steps {
-            self.submit_step(&plan, i, 2, &mut flight, progress).await?;
+            self.submit_step(&plan, i, rows, &mut flight, progress)
+                .await?;
         }
         self.drain(&mut flight, progress).await?;
         let all = state.to_f32(&self.gpu).await?;
-        let x = all[steps * lat..].to_vec();
-        self.check_finite(
-            "the generation",
-            &x,
-            "the UNet's weights or an extreme guidance scale",
-        )?;
-        let inv = self.trajectory(&grid, &all, x, hw);
-        self.phase_done("generation", timer);
-        Ok(inv)
+        let last = &all[steps * start.len()..];
+        self.check_finite(&format!("the {}", walk.what), last, walk.suspect)?;
+        Ok((grid, all))
     }
+}
+
+/// What a [`Pipeline::walk`] runs: one UNet row per text, with classifier-free
+/// guidance between two rows (none for one).
+struct Walk<'a> {
+    what: &'static str,
+    texts: &'a [&'a [f32]],
+    guidance: f32,
+    /// The likely cause of a non-finite result, for the error.
+    suspect: &'static str,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! inversion between the two.
 
 use super::inversion::Inversion;
-use super::options::{Embeddings, PnpOptions};
+use super::options::{Embeddings, PnpOptions, SourceLatents};
 use super::stages::{Pipeline, check_size};
 use super::{PnpError, Result};
 use crate::gpu::tensor::decode;
@@ -16,8 +16,18 @@ use crate::progress::Progress;
 pub struct Prepared {
     pub embeddings: Embeddings,
     pub inversion: Inversion,
+    /// The inversion's DDIM reconstruction, with
+    /// [`SourceLatents::Reconstruction`].
+    pub reconstruction: Option<Inversion>,
     /// Latent size (h, w).
     pub hw: [usize; 2],
+}
+
+impl Prepared {
+    /// The latents the source branch walks.
+    pub fn source_latents(&self) -> &Inversion {
+        self.reconstruction.as_ref().unwrap_or(&self.inversion)
+    }
 }
 
 /// What [`Pipeline::translate`] made, per target prompt.
@@ -27,6 +37,8 @@ pub struct Translation {
     /// Decoded images (3, H, W) in [0, 1].
     pub images: Vec<Vec<f32>>,
     pub inversion: Inversion,
+    /// With [`SourceLatents::Reconstruction`]: the latents the source branch walked.
+    pub reconstruction: Option<Inversion>,
 }
 
 impl Pipeline<'_> {
@@ -49,6 +61,7 @@ impl Pipeline<'_> {
             finals,
             images,
             inversion: prepared.inversion,
+            reconstruction: prepared.reconstruction,
         })
     }
 
@@ -78,9 +91,20 @@ impl Pipeline<'_> {
                 self.invert(&z0, hw, c, steps, progress).await?
             }
         };
+        let reconstruction = match opts.source_latents {
+            SourceLatents::Inversion => None,
+            SourceLatents::Reconstruction => {
+                let c = &embeddings.inversion;
+                Some(
+                    self.reconstruct(&inversion, c, opts.steps, progress)
+                        .await?,
+                )
+            }
+        };
         Ok(Prepared {
             embeddings,
             inversion,
+            reconstruction,
             hw,
         })
     }
@@ -154,7 +178,12 @@ impl Pipeline<'_> {
         progress: &mut dyn Progress,
     ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
         let finals = self
-            .sample_on_gpu(&prepared.inversion, &prepared.embeddings, opts, progress)
+            .sample_on_gpu(
+                prepared.source_latents(),
+                &prepared.embeddings,
+                opts,
+                progress,
+            )
             .await?;
         let n = finals.shape[0];
         progress.phase("decode", n);
