@@ -303,3 +303,155 @@ fn autotune_times_once_then_reuses_the_cache() {
     assert!(off.is_null() && !stdout.contains("autotune:"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+/// `batch` over the three-item PIE-Bench fixture in two shards (one item
+/// broken, then mended and resumed), then `eval` of its results beside a
+/// folder of the sources themselves (perfect scores), CSV, summary and page.
+#[test]
+fn batch_runs_pie_bench_in_shards_and_eval_scores_it() {
+    let dir = temp("batch");
+    let pie = dir.join("pie");
+    copy_tree(&fixtures().join("piebench"), &pie);
+    let images = pie.join("annotation_images");
+    let broken = images.join("1_change_object_80/1_artificial/1_animal/000000000001.jpg");
+    let good = std::fs::read(&broken).expect("fixture image");
+    std::fs::write(&broken, b"not a jpeg").expect("break");
+    let model = fixtures().join("models/sd15-tiny");
+    let out = dir.join("pnp-tiny");
+    let report = dir.join("report.json");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let batch = |extra: &[&str]| {
+        let mut args = vec![
+            "batch".to_string(),
+            "--model".into(),
+            s(&model),
+            "--pie-bench".into(),
+            s(&pie),
+            "--out".into(),
+            s(&out),
+            "--steps".into(),
+            "2".into(),
+            "--width".into(),
+            "64".into(),
+            "--height".into(),
+            "64".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pnp(&args)
+    };
+    // Shard 1/2 takes items 0 and 2 (every second, from the first).
+    let (ok, stdout, stderr) = batch(&["--shard", "1/2"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("3 images, shard 1/2; 2 to run, 0 already done"),
+        "{stdout}"
+    );
+    let result = |rel: &str| out.join(rel);
+    assert!(result("0_random_140/000000000000.png").is_file());
+    assert!(result("2_add_object_80/2_nature/000000000002.png").is_file());
+    // Shard 2/2 holds the broken image: reported and skipped, not a crash.
+    let (ok, stdout, stderr) = batch(&["--shard", "2/2", "--report", &s(&report)]);
+    assert!(!ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("error: 000000000001") && stderr.contains("000000000001.jpg"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("0 done, 0 skipped (outputs existed), 1 failed"),
+        "{stdout}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("json");
+    assert_eq!(r["failed"], 1, "{r}");
+    assert_eq!(r["items"][0]["status"], "failed", "{r}");
+    assert_eq!(
+        r["options"]["inversion_steps"], 2,
+        "PIE-Bench inverts over the sampling grid"
+    );
+    // Mended, the whole set resumes: only the failed item runs.
+    std::fs::write(&broken, good).expect("mend");
+    let (ok, stdout, stderr) = batch(&[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 to run, 2 already done"), "{stdout}");
+    assert!(stdout.contains("1 done, 2 skipped"), "{stdout}");
+
+    // A "method" whose results are the sources themselves scores perfectly.
+    let same = dir.join("identity");
+    copy_tree(&images, &same);
+    let csv = dir.join("eval.csv");
+    let html = dir.join("report/eval.html");
+    std::fs::create_dir_all(html.parent().unwrap()).expect("mkdir");
+    let (ok, stdout, stderr) = pnp(&[
+        "eval",
+        "--pie-bench",
+        &s(&pie),
+        "--results",
+        &s(&out),
+        "--results",
+        &s(&same),
+        "--csv",
+        &s(&csv),
+        "--html",
+        &s(&html),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("not yet in this version: structure_distance"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("results of 64x64 against 512x512 sources: resized"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&csv).expect("csv");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "file_id,pnp-tiny|psnr_unedit_part,pnp-tiny|mse_unedit_part,pnp-tiny|ssim_unedit_part,\
+         identity|psnr_unedit_part,identity|mse_unedit_part,identity|ssim_unedit_part"
+    );
+    assert_eq!(lines.len(), 4, "{text}");
+    for (i, line) in lines[1..].iter().enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells[0], format!("00000000000{i}"));
+        let psnr: f64 = cells[1].parse().expect("psnr");
+        let mse: f64 = cells[2].parse().expect("mse");
+        let ssim: f64 = cells[3].parse().expect("ssim");
+        assert!(
+            psnr.is_finite() && psnr > 3.0 && mse > 0.0 && ssim < 1.0,
+            "{line}"
+        );
+        assert!((10.0 * (1.0 / mse).log10() - psnr).abs() < 1e-9, "{line}");
+        assert_eq!(&cells[4..], ["inf", "0", "1"], "{line}");
+    }
+    assert!(
+        stdout.contains("pnp-tiny: means per editing type")
+            && stdout.contains("mse_unedit_part x10^4"),
+        "{stdout}"
+    );
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert_eq!(
+        page.matches("<img ").count(),
+        3 * 3,
+        "source and two methods per edit"
+    );
+    assert!(
+        page.contains("src=\"../pnp-tiny/0_random_140/000000000000.png\""),
+        "{page}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

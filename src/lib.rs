@@ -41,10 +41,12 @@
 // type for the device on every target.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
+pub mod edits;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod gpu;
 pub mod graph;
+pub mod metrics;
 pub mod models;
 pub mod ops;
 pub mod picture;

@@ -1,7 +1,9 @@
 //! The `pnp` command line: argument parsing and files in, files and words
 //! out; the work is the library's.
 
+mod batch;
 mod bench;
+mod eval;
 mod files;
 mod generate;
 mod info;
@@ -95,6 +97,10 @@ enum Cmd {
     Translate(Box<translate::TranslateCmd>),
     /// Text-to-image DDIM, for generated guidance images; --save-features keeps the trajectory for translate.
     Generate(generate::GenerateCmd),
+    /// Many edits in one run: a PIE-Bench folder or a manifest, resumable, shardable over machines.
+    Batch(Box<batch::BatchCmd>),
+    /// Score result folders on PIE-Bench's metrics: a CSV, a summary per editing type, an HTML page.
+    Eval(eval::EvalCmd),
     /// Benchmarks (never tests).
     Bench {
         #[command(subcommand)]
@@ -188,6 +194,18 @@ fn main() -> std::process::ExitCode {
                 == Some(clap::parser::ValueSource::CommandLine);
             translate::run(*cmd, &device)
         }
+        Cmd::Batch(mut cmd) => {
+            let given = |arg: &str| {
+                matches
+                    .subcommand_matches("batch")
+                    .and_then(|m| m.value_source(arg))
+                    == Some(clap::parser::ValueSource::CommandLine)
+            };
+            cmd.inversion_steps_given = given("inversion_steps");
+            cmd.inversion_prompt_given = given("inversion_prompt");
+            batch::run(*cmd, &device)
+        }
+        Cmd::Eval(cmd) => eval::run(cmd),
         Cmd::Generate(cmd) => generate::run(cmd, &device),
         Cmd::Bench { what } => bench::run(what, &device),
     };

@@ -1,0 +1,469 @@
+//! `pnp eval`: PIE-Bench's metrics for one or more result folders, as a CSV
+//! with its evaluation's columns, a summary of means per editing type in the
+//! papers' scalings, and an HTML page to look at the results side by side.
+
+mod html;
+
+use crate::files;
+use anyhow::{Context, Result, bail};
+use pnp::edits::{self, Item, Mask};
+use pnp::metrics::{self, Metric, Needs, Rgb8, SsimBorder};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct EvalCmd {
+    /// The PIE-Bench folder the results were made from.
+    #[arg(
+        long,
+        required_unless_present = "manifest",
+        conflicts_with = "manifest"
+    )]
+    pie_bench: Option<PathBuf>,
+    /// The manifest the results were made from (`pnp batch --manifest`).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// A result folder mirroring the set's images (`pnp batch --out`, or
+    /// another tool's, .png or .jpg); repeat for several methods, each named
+    /// by the folder's last component.
+    #[arg(long = "results", required = true)]
+    results: Vec<PathBuf>,
+    /// The per-image values: `file_id`, then `method|metric` columns.
+    #[arg(long)]
+    csv: PathBuf,
+    /// Comma-separated metric names (PIE-Bench's); default: its eight that
+    /// this version computes.
+    #[arg(long, value_delimiter = ',')]
+    metrics: Vec<String>,
+    /// The SSIM's border: reflect (torchmetrics 1.5 and later) or crop (before
+    /// 1.5, as in the published PIE-Bench tables).
+    #[arg(long, value_enum, default_value = "reflect")]
+    ssim_border: SsimBorder,
+    /// Also write an HTML page: the source beside each method's result, with
+    /// its numbers, and the summary.
+    #[arg(long)]
+    html: Option<PathBuf>,
+}
+
+/// One method's result folder.
+pub struct Method {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// One scored edit: an item's target prompt, and per method its result's
+/// path and values (None: "nan", an empty region; Err: not computed).
+pub struct Row<'a> {
+    pub item: &'a Item,
+    pub target: usize,
+    pub file_id: String,
+    pub results: Vec<Scored>,
+}
+
+pub struct Scored {
+    pub path: Option<PathBuf>,
+    pub values: Vec<Result<Option<f64>, String>>,
+}
+
+pub fn run(cmd: EvalCmd) -> Result<()> {
+    let items = match (&cmd.pie_bench, &cmd.manifest) {
+        (Some(dir), _) => edits::from_pie_bench(dir)?,
+        (None, Some(file)) => edits::from_manifest(file)?,
+        (None, None) => bail!("give --pie-bench DIR or --manifest FILE"),
+    };
+    let metrics = choose_metrics(&cmd.metrics)?;
+    let methods = methods(&cmd.results)?;
+    let mut outputs = files::Outputs::default();
+    outputs.add(&cmd.csv, files::Kind::Record, "--csv");
+    if let Some(h) = &cmd.html {
+        outputs.add(h, files::Kind::Record, "--html");
+    }
+    outputs.check(&[])?;
+
+    let mut rows = Vec::new();
+    let mut missing = vec![0usize; methods.len()];
+    let mut resized: Vec<Option<String>> = vec![None; methods.len()];
+    for it in &items {
+        let source = match load_rgb8(&it.image) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("warning: {}: {e:#}; its rows are left empty", it.id);
+                for t in 0..it.targets.len() {
+                    rows.push(empty_row(it, t, methods.len(), metrics.len(), &e));
+                }
+                continue;
+            }
+        };
+        let mask = load_mask(it, &source);
+        for t in 0..it.targets.len() {
+            let mut results = Vec::new();
+            for (m, method) in methods.iter().enumerate() {
+                let Some(path) = edits::find_result(it, t, &method.dir) else {
+                    missing[m] += 1;
+                    results.push(Scored {
+                        path: None,
+                        values: metrics.iter().map(|_| Err("no result".into())).collect(),
+                    });
+                    continue;
+                };
+                let edited = load_rgb8(&path).map(|img| {
+                    let (img, how) = fit(img, &source);
+                    if let (Some(how), None) = (how, &resized[m]) {
+                        resized[m] = Some(how);
+                    }
+                    img
+                });
+                let values = metrics
+                    .iter()
+                    .map(|metric| match (&edited, &mask) {
+                        (Err(e), _) => Err(format!("{e:#}")),
+                        (_, Err(e)) if metric.region != metrics::Region::Whole => Err(e.clone()),
+                        (Ok(edited), mask) => {
+                            let mask = mask.as_ref().ok().and_then(|m| m.as_deref());
+                            metrics::pixel_metric(metric, &source, edited, mask, cmd.ssim_border)
+                        }
+                    })
+                    .collect();
+                results.push(Scored {
+                    path: Some(path),
+                    values,
+                });
+            }
+            rows.push(Row {
+                item: it,
+                target: t,
+                file_id: file_id(it, t),
+                results,
+            });
+        }
+    }
+    for (m, method) in methods.iter().enumerate() {
+        if missing[m] > 0 {
+            eprintln!(
+                "warning: {}: {} of {} results missing (their cells are empty)",
+                method.name,
+                missing[m],
+                rows.len()
+            );
+        }
+        if let Some(how) = &resized[m] {
+            eprintln!("note: {}: {how}", method.name);
+        }
+    }
+    for row in &rows {
+        for (method, scored) in methods.iter().zip(&row.results) {
+            for (metric, v) in metrics.iter().zip(&scored.values) {
+                if let Err(e) = v
+                    && scored.path.is_some()
+                {
+                    eprintln!(
+                        "warning: {} {} {}: {e}",
+                        row.file_id, method.name, metric.name
+                    );
+                }
+            }
+        }
+    }
+
+    files::write_atomic(&cmd.csv, csv(&methods, &metrics, &rows).as_bytes())?;
+    let summary = Summary::of(&methods, &metrics, &rows);
+    print!("{}", summary.text(&methods, &metrics));
+    println!("per-image values -> {}", cmd.csv.display());
+    if let Some(h) = &cmd.html {
+        let page = html::page(h, &methods, &metrics, &rows, &summary);
+        files::write_atomic(h, page.as_bytes())?;
+        println!("report page -> {}", h.display());
+    }
+    Ok(())
+}
+
+/// The metrics asked for, or the default ones this version computes.
+fn choose_metrics(names: &[String]) -> Result<Vec<Metric>> {
+    let pixel_only = |m: &Metric| m.needs == Needs::Pixels;
+    if names.is_empty() {
+        let all: Vec<Metric> = (metrics::DEFAULT.iter())
+            .map(|n| Metric::by_name(n).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?;
+        let (have, lack): (Vec<_>, Vec<_>) = all.into_iter().partition(pixel_only);
+        let lack: Vec<_> = lack.iter().map(|m| m.name).collect();
+        eprintln!(
+            "note: computing {}; not yet in this version: {} (they need the DINO, CLIP and LPIPS networks)",
+            have.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+            lack.join(", ")
+        );
+        return Ok(have);
+    }
+    let mut out = Vec::new();
+    for n in names {
+        let m = Metric::by_name(n.trim()).map_err(anyhow::Error::msg)?;
+        if !pixel_only(&m) {
+            bail!(
+                "{} needs the {:?} network, which this version does not run yet; the pixel metrics are psnr, mse and ssim, whole and as _unedit_part / _edit_part",
+                m.name,
+                m.needs
+            );
+        }
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// The methods of the result folders, named by their last components.
+fn methods(dirs: &[PathBuf]) -> Result<Vec<Method>> {
+    let mut out: Vec<Method> = Vec::new();
+    for d in dirs {
+        if !d.is_dir() {
+            bail!("--results {}: not a folder", d.display());
+        }
+        let name = d
+            .canonicalize()
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| d.display().to_string());
+        if let Some(other) = out.iter().find(|m| m.name == name) {
+            bail!(
+                "--results {} and {} are both named {name:?} (the folder's last component names the method); rename one",
+                other.dir.display(),
+                d.display()
+            );
+        }
+        out.push(Method {
+            name,
+            dir: d.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn file_id(it: &Item, t: usize) -> String {
+    if it.targets.len() == 1 {
+        it.id.clone()
+    } else {
+        format!("{}-{t}", it.id)
+    }
+}
+
+fn empty_row<'a>(
+    it: &'a Item,
+    t: usize,
+    methods: usize,
+    metrics: usize,
+    e: &anyhow::Error,
+) -> Row<'a> {
+    Row {
+        item: it,
+        target: t,
+        file_id: file_id(it, t),
+        results: (0..methods)
+            .map(|_| Scored {
+                path: None,
+                values: (0..metrics).map(|_| Err(format!("{e:#}"))).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn load_rgb8(path: &Path) -> Result<Rgb8> {
+    let img = image::open(path)
+        .with_context(|| format!("cannot read the image {}", path.display()))?
+        .to_rgb8();
+    Ok(Rgb8 {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        data: img.into_raw(),
+    })
+}
+
+/// The item's mask at the source's size (1 = edited), if it has one.
+fn load_mask(it: &Item, source: &Rgb8) -> Result<Option<Vec<u8>>, String> {
+    let (w, h) = (source.width, source.height);
+    let mask = match &it.mask {
+        None => return Ok(None),
+        Some(Mask::Decoded(m)) => {
+            let side = pnp::piebench::SIDE;
+            if (w, h) != (side, side) {
+                return Err(format!(
+                    "PIE-Bench's masks are {side}x{side}, but the source image is {w}x{h}"
+                ));
+            }
+            m.clone()
+        }
+        Some(Mask::File(p)) => {
+            let img = image::open(p)
+                .map_err(|e| format!("cannot read the mask {}: {e}", p.display()))?
+                .to_luma8();
+            if (img.width() as usize, img.height() as usize) != (w, h) {
+                return Err(format!(
+                    "the mask {} is {}x{}, the source image {w}x{h}",
+                    p.display(),
+                    img.width(),
+                    img.height()
+                ));
+            }
+            img.into_raw()
+                .into_iter()
+                .map(|v| u8::from(v > 127))
+                .collect()
+        }
+    };
+    Ok(Some(mask))
+}
+
+/// A result at the source's size: as it is; a strip of panels of the
+/// source's height (PIE-Bench's runners save text | source | reconstruction
+/// | edit) cut to its last panel, as the benchmark's evaluation cuts it; any
+/// other size resized (Lanczos), with a note of what was done.
+fn fit(img: Rgb8, source: &Rgb8) -> (Rgb8, Option<String>) {
+    let (w, h) = (source.width, source.height);
+    if (img.width, img.height) == (w, h) {
+        return (img, None);
+    }
+    let how = format!(
+        "results of {}x{} against {w}x{h} sources",
+        img.width, img.height
+    );
+    let buffer = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data)
+        .expect("an Rgb8 holds width x height x 3 bytes");
+    let (out, how) = if img.height == h && img.width > w {
+        let cut = image::imageops::crop_imm(&buffer, (img.width - w) as u32, 0, w as u32, h as u32);
+        (
+            cut.to_image(),
+            format!("{how}: the last {w}x{h} panel taken"),
+        )
+    } else {
+        let filter = image::imageops::FilterType::Lanczos3;
+        let r = image::imageops::resize(&buffer, w as u32, h as u32, filter);
+        (r, format!("{how}: resized (Lanczos) to the source's size"))
+    };
+    let img = Rgb8 {
+        width: w,
+        height: h,
+        data: out.into_raw(),
+    };
+    (img, Some(how))
+}
+
+/// The CSV: `file_id`, then `method|metric` for every method and metric,
+/// "nan" where a region is empty, empty where nothing was computed.
+fn csv(methods: &[Method], metrics: &[Metric], rows: &[Row]) -> String {
+    let mut out = String::from("file_id");
+    for method in methods {
+        for metric in metrics {
+            out.push_str(&format!(
+                ",{}",
+                csv_field(&format!("{}|{}", method.name, metric.name))
+            ));
+        }
+    }
+    out.push('\n');
+    for row in rows {
+        out.push_str(&csv_field(&row.file_id));
+        for scored in &row.results {
+            for v in &scored.values {
+                out.push(',');
+                match v {
+                    Ok(Some(x)) => out.push_str(&format!("{x}")),
+                    Ok(None) => out.push_str("nan"),
+                    Err(_) => {}
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Means per method, metric and editing type ("all" last), over the values
+/// computed (nan and missing left out), in the papers' scalings.
+pub struct Summary {
+    /// Editing types in order, then "all".
+    pub groups: Vec<String>,
+    /// [method][metric][group] -> (mean x scale, count).
+    pub means: Vec<Vec<Vec<(f64, usize)>>>,
+}
+
+impl Summary {
+    fn of(methods: &[Method], metrics: &[Metric], rows: &[Row]) -> Summary {
+        let mut groups: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.item.editing_type.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        groups.push("all".into());
+        let mut means = vec![vec![vec![(0.0, 0usize); groups.len()]; metrics.len()]; methods.len()];
+        let all = groups.len() - 1;
+        let index: BTreeMap<&str, usize> = (groups.iter().enumerate())
+            .map(|(i, g)| (g.as_str(), i))
+            .collect();
+        for row in rows {
+            let g = (row.item.editing_type.as_deref()).and_then(|t| index.get(t).copied());
+            for (m, scored) in row.results.iter().enumerate() {
+                for (k, v) in scored.values.iter().enumerate() {
+                    if let Ok(Some(x)) = v
+                        && x.is_finite()
+                    {
+                        for gi in g.into_iter().chain([all]) {
+                            let cell = &mut means[m][k][gi];
+                            cell.0 += x;
+                            cell.1 += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for per_metric in means.iter_mut() {
+            for (k, per_group) in per_metric.iter_mut().enumerate() {
+                for cell in per_group.iter_mut() {
+                    if cell.1 > 0 {
+                        cell.0 = cell.0 / cell.1 as f64 * metrics[k].scale;
+                    } else {
+                        cell.0 = f64::NAN;
+                    }
+                }
+            }
+        }
+        Summary { groups, means }
+    }
+
+    /// The metric's column heading with its scaling: "mse_unedit_part x10^4".
+    pub fn heading(metric: &Metric) -> String {
+        match metric.scale.log10().round() as i32 {
+            0 => metric.name.to_string(),
+            e => format!("{} x10^{e}", metric.name),
+        }
+    }
+
+    fn text(&self, methods: &[Method], metrics: &[Metric]) -> String {
+        let mut out = String::new();
+        for (m, method) in methods.iter().enumerate() {
+            out.push_str(&format!("{}: means per editing type\n", method.name));
+            out.push_str(&format!("  {:<8}", "type"));
+            for metric in metrics {
+                out.push_str(&format!(" {:>24}", Self::heading(metric)));
+            }
+            out.push_str(&format!(" {:>6}\n", "edits"));
+            for (g, group) in self.groups.iter().enumerate() {
+                out.push_str(&format!("  {group:<8}"));
+                let mut n = 0;
+                for k in 0..metrics.len() {
+                    let (v, c) = self.means[m][k][g];
+                    n = n.max(c);
+                    out.push_str(&format!(" {v:>24.4}"));
+                }
+                out.push_str(&format!(" {n:>6}\n"));
+            }
+        }
+        out
+    }
+}
