@@ -409,10 +409,7 @@ fn batch_runs_pie_bench_in_shards_and_eval_scores_it() {
         &s(&html),
     ]);
     assert!(ok, "{stdout}\n{stderr}");
-    assert!(
-        stderr.contains("not yet in this version: structure_distance"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("left out: structure_distance"), "{stderr}");
     assert!(
         stderr.contains("results of 64x64 against 512x512 sources: resized"),
         "{stderr}"

@@ -11,7 +11,8 @@
 
 mod common;
 
-use common::fixture_path;
+use common::{Fixture, fixture_path, gpu};
+use pnp::metrics::dino::Dino;
 use pnp::metrics::{Metric, Rgb8, SsimBorder, pixel_metric};
 use serde_json::Value as Json;
 
@@ -88,5 +89,84 @@ fn pixel_metrics_match_torchmetrics() {
         eprintln!("largest relative errors: {what} {rel:.2e}");
     }
     assert_eq!(checked, 40);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn refs() -> Json {
+    let text = std::fs::read_to_string(fixture_path("metrics/refs.json")).expect("refs.json");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Largest |got - want| over max |want|.
+fn rel_err(got: &[f64], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let max = want.iter().fold(0f64, |m, &w| m.max(f64::from(w).abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g - f64::from(w)).abs()));
+    err / max
+}
+
+#[test]
+fn dino_stages_match_transformers() {
+    let dino = Dino::open(gpu(), &fixture_path("metrics/dino-tiny")).expect("dino");
+    assert_eq!(dino.layout, "transformers");
+    let f = Fixture::load("metrics/dino-tiny-ref.safetensors");
+    let refs = refs();
+    for pair in ["big", "wide"] {
+        let src = rgb(refs["pairs"][pair]["src"].as_str().unwrap());
+        let (x, size) = Dino::preprocess(&src);
+        let (shape, want) = f.get(&format!("{pair}/input"));
+        assert_eq!(*shape, vec![1, 3, size[0], size[1]], "{pair} input size");
+        let e = rel_err(&x, &want);
+        eprintln!("{pair}: input {size:?}, relative error {e:.2e}");
+        assert!(e < 1e-5, "{pair} input: {e:.2e}");
+        let p = dino.patch();
+        let pos = dino.position_embeddings([size[0] / p, size[1] / p]);
+        let e = rel_err(&pos, &f.get(&format!("{pair}/pos_embed")).1);
+        eprintln!("{pair}: position embeddings, relative error {e:.2e}");
+        assert!(e < 1e-5, "{pair} pos_embed: {e:.2e}");
+        // The network on the reference's own input.
+        let want_x: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+        let k = pollster::block_on(dino.key_self_similarity(&want_x, size)).expect("keys");
+        let (shape, sim) = f.get(&format!("{pair}/sim"));
+        assert_eq!(*shape, vec![k.tokens, k.tokens]);
+        let e = rel_err(&k.sim, &sim);
+        eprintln!("{pair}: key self-similarity, relative error {e:.2e}");
+        assert!(e < 1e-4, "{pair} sim: {e:.2e}");
+    }
+}
+
+#[test]
+fn structure_distance_matches_the_reference_in_both_layouts() {
+    let refs = refs();
+    let mut failures = Vec::new();
+    for (path, layout) in [
+        ("metrics/dino-tiny", "transformers"),
+        ("metrics/dino-tiny-hub.safetensors", "torch hub"),
+    ] {
+        let dino = Dino::open(gpu(), &fixture_path(path)).expect("dino");
+        assert_eq!(dino.layout, layout);
+        for (name, p) in refs["pairs"].as_object().expect("pairs") {
+            let (a, b) = (
+                rgb(p["src"].as_str().unwrap()),
+                rgb(p["tgt"].as_str().unwrap()),
+            );
+            let want = p["metrics"]["structure_distance"]
+                .as_f64()
+                .expect("reference");
+            let got = pollster::block_on(dino.structure_distance(&a, &b)).expect("metric");
+            let rel = (got - want).abs() / want.abs();
+            eprintln!(
+                "{layout} {name}: structure distance {got:.6e} (reference {want:.6e}, relative {rel:.2e})"
+            );
+            if rel > 1e-4 {
+                failures.push(format!(
+                    "{layout} {name}: got {got}, want {want} ({rel:.2e})"
+                ));
+            }
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

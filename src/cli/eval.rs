@@ -7,7 +7,9 @@ mod html;
 use crate::files;
 use anyhow::{Context, Result, bail};
 use pnp::edits::{self, Item, Mask};
+use pnp::metrics::dino::{Dino, KeySelfSimilarity};
 use pnp::metrics::{self, Metric, Needs, Rgb8, SsimBorder};
+use pnp::models::locate::{ModelSource, resolve};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -39,6 +41,12 @@ pub struct EvalCmd {
     /// 1.5, as in the published PIE-Bench tables).
     #[arg(long, value_enum, default_value = "reflect")]
     ssim_border: SsimBorder,
+    /// The DINO ViT of structure_distance: a transformers folder (as
+    /// facebook/dino-vitb8), a .safetensors file (the torch-hub dino_vitb8
+    /// converted by tools/convert_metric_weights.py), or a repo id in the
+    /// local Hugging Face cache.
+    #[arg(long)]
+    dino: Option<String>,
     /// Also write an HTML page: the source beside each method's result, with
     /// its numbers, and the summary.
     #[arg(long)]
@@ -65,13 +73,78 @@ pub struct Scored {
     pub values: Vec<Result<Option<f64>, String>>,
 }
 
-pub fn run(cmd: EvalCmd) -> Result<()> {
+/// The networks the chosen metrics need, loaded.
+#[derive(Default)]
+struct Networks {
+    dino: Option<Dino>,
+}
+
+impl Networks {
+    fn load(cmd: &EvalCmd, metrics: &[Metric], device: &crate::DeviceArgs) -> Result<Self> {
+        let needs = |n: Needs| metrics.iter().any(|m| m.needs == n);
+        if !needs(Needs::Dino) {
+            return Ok(Networks::default());
+        }
+        let gpu = crate::open_gpu(device)?;
+        let id = cmd
+            .dino
+            .as_deref()
+            .context("structure_distance needs --dino")?;
+        let path = match resolve(id)? {
+            ModelSource::Folder(p) | ModelSource::SingleFile(p) => p,
+        };
+        let dino =
+            Dino::open(gpu, &path).with_context(|| format!("cannot load the DINO ViT {id}"))?;
+        println!(
+            "dino: {} ({} layout, {} blocks, patch {})",
+            path.display(),
+            dino.layout,
+            dino.depth(),
+            dino.patch()
+        );
+        Ok(Networks { dino: Some(dino) })
+    }
+}
+
+/// Per-source values every method's score reuses.
+#[derive(Default)]
+struct SourceCache {
+    dino: Option<Result<KeySelfSimilarity, String>>,
+}
+
+/// One metric of `edited` against `source`.
+fn score(
+    metric: &Metric,
+    nets: &Networks,
+    cache: &mut SourceCache,
+    source: &Rgb8,
+    edited: &Rgb8,
+    mask: Option<&[u8]>,
+    border: SsimBorder,
+) -> Result<Option<f64>, String> {
+    match metric.needs {
+        Needs::Pixels => metrics::pixel_metric(metric, source, edited, mask, border),
+        Needs::Dino => {
+            let dino = nets.dino.as_ref().ok_or("no DINO ViT loaded")?;
+            let sims = |img: &Rgb8| {
+                let (x, size) = Dino::preprocess(img);
+                pollster::block_on(dino.key_self_similarity(&x, size)).map_err(|e| e.to_string())
+            };
+            let src = cache.dino.get_or_insert_with(|| sims(source)).as_ref()?;
+            let edit = sims(edited)?;
+            Ok(Some(metrics::dino::mse(&src.sim, &edit.sim)))
+        }
+        other => Err(format!("{other:?} is not available in this version")),
+    }
+}
+
+pub fn run(cmd: EvalCmd, device: &crate::DeviceArgs) -> Result<()> {
     let items = match (&cmd.pie_bench, &cmd.manifest) {
         (Some(dir), _) => edits::from_pie_bench(dir)?,
         (None, Some(file)) => edits::from_manifest(file)?,
         (None, None) => bail!("give --pie-bench DIR or --manifest FILE"),
     };
-    let metrics = choose_metrics(&cmd.metrics)?;
+    let metrics = choose_metrics(&cmd.metrics, &cmd)?;
     let methods = methods(&cmd.results)?;
     let mut outputs = files::Outputs::default();
     outputs.add(&cmd.csv, files::Kind::Record, "--csv");
@@ -79,6 +152,7 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
         outputs.add(h, files::Kind::Record, "--html");
     }
     outputs.check(&[])?;
+    let nets = Networks::load(&cmd, &metrics, device)?;
 
     let mut rows = Vec::new();
     let mut missing = vec![0usize; methods.len()];
@@ -95,6 +169,7 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
             }
         };
         let mask = load_mask(it, &source);
+        let mut cache = SourceCache::default();
         for t in 0..it.targets.len() {
             let mut results = Vec::new();
             for (m, method) in methods.iter().enumerate() {
@@ -120,7 +195,8 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
                         (_, Err(e)) if metric.region != metrics::Region::Whole => Err(e.clone()),
                         (Ok(edited), mask) => {
                             let mask = mask.as_ref().ok().and_then(|m| m.as_deref());
-                            metrics::pixel_metric(metric, &source, edited, mask, cmd.ssim_border)
+                            let border = cmd.ssim_border;
+                            score(metric, &nets, &mut cache, &source, edited, mask, border)
                         }
                     })
                     .collect();
@@ -178,8 +254,12 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
 }
 
 /// The metrics asked for, or the default ones this version computes.
-fn choose_metrics(names: &[String]) -> Result<Vec<Metric>> {
-    let pixel_only = |m: &Metric| m.needs == Needs::Pixels;
+fn choose_metrics(names: &[String], cmd: &EvalCmd) -> Result<Vec<Metric>> {
+    let pixel_only = |m: &Metric| match m.needs {
+        Needs::Pixels => true,
+        Needs::Dino => cmd.dino.is_some(),
+        _ => false,
+    };
     if names.is_empty() {
         let all: Vec<Metric> = (metrics::DEFAULT.iter())
             .map(|n| Metric::by_name(n).map_err(anyhow::Error::msg))
@@ -187,7 +267,7 @@ fn choose_metrics(names: &[String]) -> Result<Vec<Metric>> {
         let (have, lack): (Vec<_>, Vec<_>) = all.into_iter().partition(pixel_only);
         let lack: Vec<_> = lack.iter().map(|m| m.name).collect();
         eprintln!(
-            "note: computing {}; not yet in this version: {} (they need the DINO, CLIP and LPIPS networks)",
+            "note: computing {}; left out: {} (structure_distance needs --dino; CLIP and LPIPS are not in this version yet)",
             have.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
             lack.join(", ")
         );
@@ -196,9 +276,15 @@ fn choose_metrics(names: &[String]) -> Result<Vec<Metric>> {
     let mut out = Vec::new();
     for n in names {
         let m = Metric::by_name(n.trim()).map_err(anyhow::Error::msg)?;
+        if m.needs == Needs::Dino && cmd.dino.is_none() {
+            bail!(
+                "{} needs the DINO ViT: pass --dino (facebook/dino-vitb8 in the local Hugging Face cache, or a path)",
+                m.name
+            );
+        }
         if !pixel_only(&m) {
             bail!(
-                "{} needs the {:?} network, which this version does not run yet; the pixel metrics are psnr, mse and ssim, whole and as _unedit_part / _edit_part",
+                "{} needs the {:?} network, which this version does not run yet; the others are structure_distance (with --dino), and psnr, mse and ssim, whole and as _unedit_part / _edit_part",
                 m.name,
                 m.needs
             );
@@ -384,7 +470,8 @@ fn csv_field(s: &str) -> String {
 }
 
 /// Means per method, metric and editing type ("all" last), over the values
-/// computed (nan and missing left out), in the papers' scalings.
+/// computed (nan and missing left out; an infinite PSNR, of identical
+/// images, makes its mean infinite), in the papers' scalings.
 pub struct Summary {
     /// Editing types in order, then "all".
     pub groups: Vec<String>,
@@ -411,7 +498,7 @@ impl Summary {
             for (m, scored) in row.results.iter().enumerate() {
                 for (k, v) in scored.values.iter().enumerate() {
                     if let Ok(Some(x)) = v
-                        && x.is_finite()
+                        && !x.is_nan()
                     {
                         for gi in g.into_iter().chain([all]) {
                             let cell = &mut means[m][k][gi];

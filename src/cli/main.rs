@@ -205,7 +205,7 @@ fn main() -> std::process::ExitCode {
             cmd.inversion_prompt_given = given("inversion_prompt");
             batch::run(*cmd, &device)
         }
-        Cmd::Eval(cmd) => eval::run(cmd),
+        Cmd::Eval(cmd) => eval::run(cmd, &device),
         Cmd::Generate(cmd) => generate::run(cmd, &device),
         Cmd::Bench { what } => bench::run(what, &device),
     };

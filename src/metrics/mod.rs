@@ -9,6 +9,26 @@
 //! the masked-out pixels count as zeros that agree (the benchmark's choice,
 //! kept).
 
+pub mod dino;
+pub mod resample;
+
+use crate::gpu::GpuError;
+use crate::graph::ShapeError;
+use crate::models::weights::WeightError;
+
+/// Why a network metric could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error("{0}")]
+    Input(String),
+}
+
 /// An 8-bit RGB image, row-major, channels last.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rgb8 {
