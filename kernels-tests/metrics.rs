@@ -98,14 +98,33 @@ fn refs() -> Json {
 }
 
 /// Largest |got - want| over max |want|.
-fn rel_err(got: &[f64], want: &[f32]) -> f64 {
+fn rel_err<W: Copy + Into<f64>>(got: &[f64], want: &[W]) -> f64 {
     assert_eq!(got.len(), want.len());
-    let max = want.iter().fold(0f64, |m, &w| m.max(f64::from(w).abs()));
+    let max = want.iter().fold(0f64, |m, &w| m.max(w.into().abs()));
     let err = got
         .iter()
         .zip(want)
-        .fold(0f64, |m, (&g, &w)| m.max((g - f64::from(w)).abs()));
+        .fold(0f64, |m, (&g, &w)| m.max((g - w.into()).abs()));
     err / max
+}
+
+/// PIE-Bench's cosine self-similarity of keys (T, D), in float64.
+fn cosine_self_similarity(keys: &[f32], d: usize) -> Vec<f64> {
+    let rows: Vec<&[f32]> = keys.chunks_exact(d).collect();
+    let dot = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum()
+    };
+    let norms: Vec<f64> = rows.iter().map(|r| dot(r, r).sqrt()).collect();
+    let mut sim = Vec::with_capacity(rows.len() * rows.len());
+    for (i, a) in rows.iter().enumerate() {
+        for (j, b) in rows.iter().enumerate() {
+            sim.push(dot(a, b) / (norms[i] * norms[j]).max(1e-8));
+        }
+    }
+    sim
 }
 
 #[test]
@@ -122,16 +141,17 @@ fn dino_stages_match_transformers() {
         let e = rel_err(&x, &want);
         eprintln!("{pair}: input {size:?}, relative error {e:.2e}");
         assert!(e < 1e-5, "{pair} input: {e:.2e}");
-        let p = dino.patch();
-        let pos = dino.position_embeddings([size[0] / p, size[1] / p]);
+        let pos = dino.position_embeddings(size);
         let e = rel_err(&pos, &f.get(&format!("{pair}/pos_embed")).1);
         eprintln!("{pair}: position embeddings, relative error {e:.2e}");
         assert!(e < 1e-5, "{pair} pos_embed: {e:.2e}");
         // The network on the reference's own input.
         let want_x: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
         let k = pollster::block_on(dino.key_self_similarity(&want_x, size)).expect("keys");
-        let (shape, sim) = f.get(&format!("{pair}/sim"));
-        assert_eq!(*shape, vec![k.tokens, k.tokens]);
+        // The reference's self-similarity, formed here from its keys.
+        let (shape, keys) = f.get(&format!("{pair}/keys"));
+        assert_eq!(shape[0], k.tokens);
+        let sim = cosine_self_similarity(keys, shape[1]);
         let e = rel_err(&k.sim, &sim);
         eprintln!("{pair}: key self-similarity, relative error {e:.2e}");
         assert!(e < 1e-4, "{pair} sim: {e:.2e}");

@@ -282,13 +282,17 @@ impl Dino {
         (x, size)
     }
 
-    /// The position embeddings for a gh x gw patch grid: as trained for the
-    /// square grid, else bicubically interpolated with the scale factors
-    /// (g + 0.1) / grid, as the hub's DINO does. (1 + gh gw, D).
-    pub fn position_embeddings(&self, [gh, gw]: [usize; 2]) -> Vec<f64> {
+    /// The position embeddings for an input of `h` x `w` pixels: as trained
+    /// where its patch grid is the trained one and the input is square,
+    /// else bicubically interpolated to the grid with the scale factors
+    /// (g + 0.1) / grid, as the hub's DINO decides and does (a non-square
+    /// input whose grid happens to match is interpolated too, by 28.1 / 28).
+    /// (1 + gh gw, D).
+    pub fn position_embeddings(&self, [h, w]: [usize; 2]) -> Vec<f64> {
         let d = self.dim;
+        let (gh, gw) = (h / self.patch, w / self.patch);
         let pos: Vec<f64> = self.pos.iter().map(|&v| f64::from(v)).collect();
-        if gh == self.grid && gw == self.grid {
+        if gh * gw == self.grid * self.grid && h == w {
             return pos;
         }
         let n = self.grid;
@@ -343,7 +347,7 @@ impl Dino {
         }
         // Added in the epilogue: row 0 the class token (minus the bias the
         // zero patch brings), every row its position embedding.
-        let pos = self.position_embeddings([gh, gw]);
+        let pos = self.position_embeddings([h, w]);
         let mut table: Vec<f32> = pos.iter().map(|&v| v as f32).collect();
         for c in 0..d {
             table[c] = (pos[c] + f64::from(self.cls[c]) - f64::from(self.patch_bias[c])) as f32;
