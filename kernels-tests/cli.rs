@@ -407,33 +407,59 @@ fn batch_runs_pie_bench_in_shards_and_eval_scores_it() {
         &s(&csv),
         "--html",
         &s(&html),
+        "--dino",
+        &s(&fixtures().join("metrics/dino-tiny-hub.safetensors")),
+        "--clip",
+        &s(&fixtures().join("metrics/clip-tiny")),
     ]);
     assert!(ok, "{stdout}\n{stderr}");
-    assert!(stderr.contains("left out: structure_distance"), "{stderr}");
+    assert!(stderr.contains("left out: lpips_unedit_part"), "{stderr}");
+    assert!(
+        stdout.contains("torch hub layout, 2 blocks, patch 8"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("results of 64x64 against 512x512 sources: resized"),
         "{stderr}"
     );
     let text = std::fs::read_to_string(&csv).expect("csv");
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines[0],
-        "file_id,pnp-tiny|psnr_unedit_part,pnp-tiny|mse_unedit_part,pnp-tiny|ssim_unedit_part,\
-         identity|psnr_unedit_part,identity|mse_unedit_part,identity|ssim_unedit_part"
-    );
+    let metrics = [
+        "structure_distance",
+        "psnr_unedit_part",
+        "mse_unedit_part",
+        "ssim_unedit_part",
+        "clip_similarity_source_image",
+        "clip_similarity_target_image",
+        "clip_similarity_target_image_edit_part",
+    ];
+    let mut header = vec!["file_id".to_string()];
+    for method in ["pnp-tiny", "identity"] {
+        header.extend(metrics.iter().map(|m| format!("{method}|{m}")));
+    }
+    assert_eq!(lines[0], header.join(","));
     assert_eq!(lines.len(), 4, "{text}");
     for (i, line) in lines[1..].iter().enumerate() {
         let cells: Vec<&str> = line.split(',').collect();
         assert_eq!(cells[0], format!("00000000000{i}"));
-        let psnr: f64 = cells[1].parse().expect("psnr");
-        let mse: f64 = cells[2].parse().expect("mse");
-        let ssim: f64 = cells[3].parse().expect("ssim");
+        let v: Vec<f64> = cells[1..].iter().map(|c| c.parse().expect(line)).collect();
+        let (ours, same) = v.split_at(metrics.len());
+        let [sd, psnr, mse, ssim, clip_src, ..] = ours[..] else {
+            unreachable!()
+        };
         assert!(
-            psnr.is_finite() && psnr > 3.0 && mse > 0.0 && ssim < 1.0,
+            sd > 0.0 && psnr > 3.0 && psnr.is_finite() && mse > 0.0 && ssim < 1.0,
             "{line}"
         );
         assert!((10.0 * (1.0 / mse).log10() - psnr).abs() < 1e-9, "{line}");
-        assert_eq!(&cells[4..], ["inf", "0", "1"], "{line}");
+        assert!(
+            ours[4..].iter().all(|c| (0.0..=100.0).contains(c)),
+            "{line}"
+        );
+        // The sources against themselves: no structure change, no error.
+        assert_eq!(same[..4], [0.0, f64::INFINITY, 0.0, 1.0], "{line}");
+        // The source's score does not depend on the method.
+        assert_eq!(same[4], clip_src, "{line}");
     }
     assert!(
         stdout.contains("pnp-tiny: means per editing type")

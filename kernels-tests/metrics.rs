@@ -12,6 +12,7 @@
 mod common;
 
 use common::{Fixture, fixture_path, gpu};
+use pnp::metrics::clip::Clip;
 use pnp::metrics::dino::Dino;
 use pnp::metrics::{Metric, Rgb8, SsimBorder, pixel_metric};
 use serde_json::Value as Json;
@@ -138,7 +139,7 @@ fn dino_stages_match_transformers() {
         let (x, size) = Dino::preprocess(&src);
         let (shape, want) = f.get(&format!("{pair}/input"));
         assert_eq!(*shape, vec![1, 3, size[0], size[1]], "{pair} input size");
-        let e = rel_err(&x, &want);
+        let e = rel_err(&x, want);
         eprintln!("{pair}: input {size:?}, relative error {e:.2e}");
         assert!(e < 1e-5, "{pair} input: {e:.2e}");
         let pos = dino.position_embeddings(size);
@@ -185,6 +186,119 @@ fn structure_distance_matches_the_reference_in_both_layouts() {
                 failures.push(format!(
                     "{layout} {name}: got {got}, want {want} ({rel:.2e})"
                 ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn clip_refs() -> Json {
+    let text = std::fs::read_to_string(fixture_path("metrics/clip-lpips-refs.json"))
+        .expect("clip-lpips-refs.json");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// The edited image with everything outside the mask black, as the
+/// benchmark's edit-part score makes it (8-bit image times 0/1 mask).
+fn edit_part(img: &Rgb8, mask: &[u8]) -> Rgb8 {
+    let mut out = img.clone();
+    for (px, &m) in out.data.chunks_exact_mut(3).zip(mask) {
+        if m == 0 {
+            px.fill(0);
+        }
+    }
+    out
+}
+
+#[test]
+fn clip_stages_match_transformers() {
+    let clip = Clip::open(gpu(), &fixture_path("metrics/clip-tiny")).expect("clip");
+    let f = Fixture::load("metrics/clip-tiny-ref.safetensors");
+    let refs = refs();
+    let wide = rgb(refs["pairs"]["wide"]["src"].as_str().unwrap());
+    let x = clip.preprocess(&wide);
+    let (_, want) = f.get("wide/pixel_values");
+    let e = rel_err(&x, want);
+    eprintln!("wide: pixel values, relative error {e:.2e}");
+    assert!(e < 1e-6, "pixel values: {e:.2e}");
+    // big: the 8-bit resize (512 -> 224, bicubic, fixed point) exactly.
+    let big = rgb(refs["pairs"]["big"]["src"].as_str().unwrap());
+    let x = clip.preprocess(&big);
+    let want = &f.ints["big/resized_u8"];
+    let back: Vec<i64> = (0..3 * 224 * 224)
+        .map(|i| {
+            let c = i / (224 * 224);
+            let std = [0.26862954, 0.26130258, 0.27577711][c];
+            let mean = [0.48145466, 0.4578275, 0.40821073][c];
+            ((x[i] * std + mean) * 255.0).round() as i64
+        })
+        .collect();
+    let differ = back.iter().zip(want).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "big: {differ} resized 8-bit values differ");
+    for pair in ["big", "wide"] {
+        let (_, want) = f.get(&format!("{pair}/image_embeds"));
+        let src = rgb(refs["pairs"][pair]["src"].as_str().unwrap());
+        let got = pollster::block_on(clip.image_embedding(&clip.preprocess(&src))).expect("image");
+        let e = rel_err(&got, want);
+        eprintln!("{pair}: image embedding, relative error {e:.2e}");
+        assert!(e < 1e-4, "{pair} image embedding: {e:.2e}");
+    }
+    let texts: Vec<String> =
+        serde_json::from_str(&f.meta["texts"]).expect("the prompts in the metadata");
+    for (i, prompt) in texts.iter().enumerate() {
+        let (got, cut) = pollster::block_on(clip.text_embedding(prompt)).expect("text");
+        let ids = &f.ints[&format!("text{i}/input_ids")];
+        assert_eq!(cut, ids.len() == 77 && texts[i].len() > 200, "{prompt}");
+        let e = rel_err(&got, &f.get(&format!("text{i}/text_embeds")).1);
+        eprintln!(
+            "text {i} ({} ids{}): embedding, relative error {e:.2e}",
+            ids.len(),
+            if cut { ", cut" } else { "" }
+        );
+        assert!(e < 1e-4, "text {i}: {e:.2e}");
+    }
+}
+
+#[test]
+fn clip_similarity_matches_clipscore() {
+    let clip = Clip::open(gpu(), &fixture_path("metrics/clip-tiny")).expect("clip");
+    let refs = refs();
+    let cref = clip_refs();
+    let mut failures = Vec::new();
+    for (name, p) in refs["pairs"].as_object().expect("pairs") {
+        let want = &cref["pairs"][name];
+        let (src, tgt) = (
+            rgb(p["src"].as_str().unwrap()),
+            rgb(p["tgt"].as_str().unwrap()),
+        );
+        let m = mask(p["mask"].as_str().unwrap());
+        let text = |k: &str| {
+            let prompt = want[k].as_str().expect("prompt");
+            pollster::block_on(clip.text_embedding(prompt))
+                .expect("text")
+                .0
+        };
+        let image = |img: &Rgb8| {
+            pollster::block_on(clip.image_embedding(&clip.preprocess(img))).expect("image")
+        };
+        let (ts, tt) = (text("source_prompt"), text("target_prompt"));
+        for (key, img, t) in [
+            ("clip_similarity_source_image", &src, &ts),
+            ("clip_similarity_target_image", &tgt, &tt),
+            (
+                "clip_similarity_target_image_edit_part",
+                &edit_part(&tgt, &m),
+                &tt,
+            ),
+        ] {
+            let got = Clip::similarity(&image(img), t);
+            let raw = want[&format!("{key}_raw")].as_f64().expect("raw score");
+            let score = want[key].as_f64().expect("score");
+            assert_eq!(score, raw.max(0.0));
+            let err = (got - raw).abs() / raw.abs().max(1.0);
+            eprintln!("{name} {key}: {got:.6} (reference {raw:.6}, error {err:.2e})");
+            if err > 1e-4 {
+                failures.push(format!("{name} {key}: got {got}, want {raw}"));
             }
         }
     }

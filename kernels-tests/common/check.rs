@@ -59,6 +59,9 @@ impl Fixture {
                 safetensors::Dtype::I64 => {
                     ints.insert(name, bytemuck::pod_collect_to_vec(view.data()));
                 }
+                safetensors::Dtype::U8 => {
+                    ints.insert(name, view.data().iter().map(|&b| i64::from(b)).collect());
+                }
                 other => panic!("{name}: unexpected fixture dtype {other:?}"),
             }
         }

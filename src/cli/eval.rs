@@ -7,6 +7,7 @@ mod html;
 use crate::files;
 use anyhow::{Context, Result, bail};
 use pnp::edits::{self, Item, Mask};
+use pnp::metrics::clip::Clip;
 use pnp::metrics::dino::{Dino, KeySelfSimilarity};
 use pnp::metrics::{self, Metric, Needs, Rgb8, SsimBorder};
 use pnp::models::locate::{ModelSource, resolve};
@@ -47,6 +48,11 @@ pub struct EvalCmd {
     /// local Hugging Face cache.
     #[arg(long)]
     dino: Option<String>,
+    /// The CLIP model of the clip_similarity metrics: a transformers folder
+    /// (openai/clip-vit-large-patch14, safetensors and tokenizer files) or
+    /// its repo id in the local Hugging Face cache.
+    #[arg(long)]
+    clip: Option<String>,
     /// Also write an HTML page: the source beside each method's result, with
     /// its numbers, and the summary.
     #[arg(long)]
@@ -77,32 +83,43 @@ pub struct Scored {
 #[derive(Default)]
 struct Networks {
     dino: Option<Dino>,
+    clip: Option<Clip>,
 }
 
 impl Networks {
     fn load(cmd: &EvalCmd, metrics: &[Metric], device: &crate::DeviceArgs) -> Result<Self> {
         let needs = |n: Needs| metrics.iter().any(|m| m.needs == n);
-        if !needs(Needs::Dino) {
-            return Ok(Networks::default());
+        let mut nets = Networks::default();
+        if !needs(Needs::Dino) && !needs(Needs::Clip) {
+            return Ok(nets);
         }
         let gpu = crate::open_gpu(device)?;
-        let id = cmd
-            .dino
-            .as_deref()
-            .context("structure_distance needs --dino")?;
-        let path = match resolve(id)? {
-            ModelSource::Folder(p) | ModelSource::SingleFile(p) => p,
+        let locate = |id: &str| -> Result<PathBuf> {
+            Ok(match resolve(id)? {
+                ModelSource::Folder(p) | ModelSource::SingleFile(p) => p,
+            })
         };
-        let dino =
-            Dino::open(gpu, &path).with_context(|| format!("cannot load the DINO ViT {id}"))?;
-        println!(
-            "dino: {} ({} layout, {} blocks, patch {})",
-            path.display(),
-            dino.layout,
-            dino.depth(),
-            dino.patch()
-        );
-        Ok(Networks { dino: Some(dino) })
+        if let (true, Some(id)) = (needs(Needs::Dino), cmd.dino.as_deref()) {
+            let path = locate(id)?;
+            let dino = Dino::open(gpu.clone(), &path)
+                .with_context(|| format!("cannot load the DINO ViT {id}"))?;
+            println!(
+                "dino: {} ({} layout, {} blocks, patch {})",
+                path.display(),
+                dino.layout,
+                dino.depth(),
+                dino.patch()
+            );
+            nets.dino = Some(dino);
+        }
+        if let (true, Some(id)) = (needs(Needs::Clip), cmd.clip.as_deref()) {
+            let path = locate(id)?;
+            let clip = Clip::open(gpu.clone(), &path)
+                .with_context(|| format!("cannot load the CLIP model {id}"))?;
+            println!("clip: {}", path.display());
+            nets.clip = Some(clip);
+        }
+        Ok(nets)
     }
 }
 
@@ -110,20 +127,32 @@ impl Networks {
 #[derive(Default)]
 struct SourceCache {
     dino: Option<Result<KeySelfSimilarity, String>>,
+    clip_source: Option<Result<f64, String>>,
+    /// The current target prompt's.
+    clip_target_text: Option<Result<Vec<f64>, String>>,
 }
 
-/// One metric of `edited` against `source`.
+/// What one score compares.
+struct Pair<'a> {
+    source: &'a Rgb8,
+    edited: &'a Rgb8,
+    /// 1 = edited.
+    mask: Option<&'a [u8]>,
+    source_prompt: Option<&'a str>,
+    target_prompt: &'a str,
+}
+
+/// One metric of `pair`'s edit against its source.
 fn score(
     metric: &Metric,
     nets: &Networks,
     cache: &mut SourceCache,
-    source: &Rgb8,
-    edited: &Rgb8,
-    mask: Option<&[u8]>,
+    pair: &Pair,
     border: SsimBorder,
 ) -> Result<Option<f64>, String> {
+    let (source, edited) = (pair.source, pair.edited);
     match metric.needs {
-        Needs::Pixels => metrics::pixel_metric(metric, source, edited, mask, border),
+        Needs::Pixels => metrics::pixel_metric(metric, source, edited, pair.mask, border),
         Needs::Dino => {
             let dino = nets.dino.as_ref().ok_or("no DINO ViT loaded")?;
             let sims = |img: &Rgb8| {
@@ -134,7 +163,54 @@ fn score(
             let edit = sims(edited)?;
             Ok(Some(metrics::dino::mse(&src.sim, &edit.sim)))
         }
-        other => Err(format!("{other:?} is not available in this version")),
+        Needs::Clip => {
+            let clip = nets.clip.as_ref().ok_or("no CLIP model loaded")?;
+            let image = |img: &Rgb8| {
+                pollster::block_on(clip.image_embedding(&clip.preprocess(img)))
+                    .map_err(|e| e.to_string())
+            };
+            let text = |prompt: &str| {
+                let (e, cut) =
+                    pollster::block_on(clip.text_embedding(prompt)).map_err(|e| e.to_string())?;
+                if cut {
+                    eprintln!(
+                        "warning: {prompt:?} is longer than CLIP's 77 tokens; cut as CLIPScore cuts it (its end token lost)"
+                    );
+                }
+                Ok::<_, String>(e)
+            };
+            // torchmetrics' CLIPScore: 100 cos, clamped at 0.
+            if metric.name == "clip_similarity_source_image" {
+                let prompt = pair.source_prompt.ok_or("the item has no source prompt")?;
+                let s = cache.clip_source.get_or_insert_with(|| {
+                    Ok(Clip::similarity(&image(source)?, &text(prompt)?).max(0.0))
+                });
+                return s.clone().map(Some);
+            }
+            let edited = match metric.region {
+                metrics::Region::Edited => {
+                    let mask = pair.mask.ok_or("needs an edit mask")?;
+                    if mask.iter().all(|&m| m == 0) {
+                        return Ok(None);
+                    }
+                    // The 8-bit edit times the 0/1 mask, as the benchmark makes it.
+                    let mut img = edited.clone();
+                    for (px, &m) in img.data.chunks_exact_mut(3).zip(mask) {
+                        if m == 0 {
+                            px.fill(0);
+                        }
+                    }
+                    img
+                }
+                _ => edited.clone(),
+            };
+            let target = cache
+                .clip_target_text
+                .get_or_insert_with(|| text(pair.target_prompt))
+                .as_ref()?;
+            Ok(Some(Clip::similarity(&image(&edited)?, target).max(0.0)))
+        }
+        Needs::Lpips => Err("LPIPS is not in this version yet".into()),
     }
 }
 
@@ -171,6 +247,7 @@ pub fn run(cmd: EvalCmd, device: &crate::DeviceArgs) -> Result<()> {
         let mask = load_mask(it, &source);
         let mut cache = SourceCache::default();
         for t in 0..it.targets.len() {
+            cache.clip_target_text = None;
             let mut results = Vec::new();
             for (m, method) in methods.iter().enumerate() {
                 let Some(path) = edits::find_result(it, t, &method.dir) else {
@@ -194,9 +271,14 @@ pub fn run(cmd: EvalCmd, device: &crate::DeviceArgs) -> Result<()> {
                         (Err(e), _) => Err(format!("{e:#}")),
                         (_, Err(e)) if metric.region != metrics::Region::Whole => Err(e.clone()),
                         (Ok(edited), mask) => {
-                            let mask = mask.as_ref().ok().and_then(|m| m.as_deref());
-                            let border = cmd.ssim_border;
-                            score(metric, &nets, &mut cache, &source, edited, mask, border)
+                            let pair = Pair {
+                                source: &source,
+                                edited,
+                                mask: mask.as_ref().ok().and_then(|m| m.as_deref()),
+                                source_prompt: it.source_prompt.as_deref(),
+                                target_prompt: &it.targets[t],
+                            };
+                            score(metric, &nets, &mut cache, &pair, cmd.ssim_border)
                         }
                     })
                     .collect();
@@ -258,7 +340,8 @@ fn choose_metrics(names: &[String], cmd: &EvalCmd) -> Result<Vec<Metric>> {
     let pixel_only = |m: &Metric| match m.needs {
         Needs::Pixels => true,
         Needs::Dino => cmd.dino.is_some(),
-        _ => false,
+        Needs::Clip => cmd.clip.is_some(),
+        Needs::Lpips => false,
     };
     if names.is_empty() {
         let all: Vec<Metric> = (metrics::DEFAULT.iter())
@@ -267,7 +350,7 @@ fn choose_metrics(names: &[String], cmd: &EvalCmd) -> Result<Vec<Metric>> {
         let (have, lack): (Vec<_>, Vec<_>) = all.into_iter().partition(pixel_only);
         let lack: Vec<_> = lack.iter().map(|m| m.name).collect();
         eprintln!(
-            "note: computing {}; left out: {} (structure_distance needs --dino; CLIP and LPIPS are not in this version yet)",
+            "note: computing {}; left out: {} (structure_distance needs --dino, clip_similarity --clip; LPIPS is not in this version yet)",
             have.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
             lack.join(", ")
         );
@@ -282,9 +365,15 @@ fn choose_metrics(names: &[String], cmd: &EvalCmd) -> Result<Vec<Metric>> {
                 m.name
             );
         }
+        if m.needs == Needs::Clip && cmd.clip.is_none() {
+            bail!(
+                "{} needs CLIP: pass --clip (openai/clip-vit-large-patch14 in the local Hugging Face cache, or a path)",
+                m.name
+            );
+        }
         if !pixel_only(&m) {
             bail!(
-                "{} needs the {:?} network, which this version does not run yet; the others are structure_distance (with --dino), and psnr, mse and ssim, whole and as _unedit_part / _edit_part",
+                "{} needs the {:?} network, which this version does not run yet; the others are structure_distance (with --dino), the clip_similarity ones (with --clip), and psnr, mse and ssim, whole and as _unedit_part / _edit_part",
                 m.name,
                 m.needs
             );

@@ -9,6 +9,7 @@
 //! the masked-out pixels count as zeros that agree (the benchmark's choice,
 //! kept).
 
+pub mod clip;
 pub mod dino;
 pub mod resample;
 

@@ -71,6 +71,117 @@ pub fn resize_bilinear_aa(
     out
 }
 
+/// PyTorch's antialiased bicubic weights (a = -0.5, as PIL) for one axis,
+/// made integer as its 8-bit path makes them: every weight scaled by
+/// 2^precision and rounded, the precision the largest that keeps the
+/// largest weight within 15 bits. Returns the taps and the precision.
+fn bicubic_aa_taps_i16(input: usize, output: usize) -> (Vec<(usize, Vec<i32>)>, u32) {
+    const A: f64 = -0.5;
+    let filter = |x: f64| {
+        let x = x.abs();
+        if x < 1.0 {
+            ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+        } else {
+            0.0
+        }
+    };
+    let scale = input as f64 / output as f64;
+    let (support, inv) = if scale >= 1.0 {
+        (2.0 * scale, 1.0 / scale)
+    } else {
+        (2.0, 1.0)
+    };
+    let mut w_max = 0f64;
+    let taps: Vec<(usize, Vec<f64>)> = (0..output)
+        .map(|i| {
+            let center = scale * (i as f64 + 0.5);
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).min(input as i64) as usize;
+            let mut w: Vec<f64> = (lo..hi)
+                .map(|j| filter((j as f64 - center + 0.5) * inv))
+                .collect();
+            let total: f64 = w.iter().sum();
+            if total != 0.0 {
+                w.iter_mut().for_each(|v| *v /= total);
+            }
+            w_max = w.iter().fold(w_max, |m, &v| m.max(v));
+            (lo, w)
+        })
+        .collect();
+    let mut precision = 0u32;
+    while precision < 22 {
+        let next = (0.5 + w_max * f64::from(1u32 << (precision + 1))) as i64;
+        if next >= 1 << 15 {
+            break;
+        }
+        precision += 1;
+    }
+    let one = f64::from(1u32 << precision);
+    let taps = taps
+        .into_iter()
+        .map(|(lo, w)| {
+            let w = w
+                .into_iter()
+                .map(|v| {
+                    let v = v * one;
+                    // int16 truncation of the rounded value.
+                    (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i16 as i32
+                })
+                .collect();
+            (lo, w)
+        })
+        .collect();
+    (taps, precision)
+}
+
+/// 8-bit RGB (H, W, 3) resized to (oh, ow) with antialiased bicubic
+/// filtering in PyTorch's fixed-point 8-bit arithmetic (what torchvision's
+/// resize of a uint8 tensor runs, and so transformers' CLIP image
+/// processor): the width pass, then the height pass, each only where the
+/// size changes, each rounded and clamped to 8 bits.
+pub fn resize_bicubic_aa_u8(src: &[u8], [h, w]: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<u8> {
+    let pass = |data: &[u8], n: usize, m: usize, along_w: bool, out_n: usize| -> Vec<u8> {
+        // `n` samples along the axis, `m` lines across it.
+        let (taps, precision) = bicubic_aa_taps_i16(n, out_n);
+        let round = 1i64 << precision.saturating_sub(1);
+        let mut out = vec![0u8; out_n * m * 3];
+        for line in 0..m {
+            for (o, (lo, wts)) in taps.iter().enumerate() {
+                for c in 0..3 {
+                    let mut acc = round;
+                    for (k, &wt) in wts.iter().enumerate() {
+                        let j = lo + k;
+                        let at = if along_w {
+                            (line * n + j) * 3 + c
+                        } else {
+                            (j * m + line) * 3 + c
+                        };
+                        acc += i64::from(wt) * i64::from(data[at]);
+                    }
+                    let v = (acc >> precision).clamp(0, 255) as u8;
+                    let dst = if along_w {
+                        (line * out_n + o) * 3 + c
+                    } else {
+                        (o * m + line) * 3 + c
+                    };
+                    out[dst] = v;
+                }
+            }
+        }
+        out
+    };
+    let mut data = src.to_vec();
+    if ow != w {
+        data = pass(&data, w, h, true, ow);
+    }
+    if oh != h {
+        data = pass(&data, h, ow, false, oh);
+    }
+    data
+}
+
 /// torchvision's `Resize(size, max_size)` output [height, width]: the
 /// shorter side becomes `size` (the longer scaled and truncated), unless the
 /// longer would pass `max_size`, which then bounds it.
