@@ -411,9 +411,11 @@ fn batch_runs_pie_bench_in_shards_and_eval_scores_it() {
         &s(&fixtures().join("metrics/dino-tiny-hub.safetensors")),
         "--clip",
         &s(&fixtures().join("metrics/clip-tiny")),
+        "--lpips",
+        &s(&fixtures().join("metrics/lpips-squeeze-tiny.safetensors")),
     ]);
     assert!(ok, "{stdout}\n{stderr}");
-    assert!(stderr.contains("left out: lpips_unedit_part"), "{stderr}");
+    assert!(!stderr.contains("left out"), "{stderr}");
     assert!(
         stdout.contains("torch hub layout, 2 blocks, patch 8"),
         "{stdout}"
@@ -427,6 +429,7 @@ fn batch_runs_pie_bench_in_shards_and_eval_scores_it() {
     let metrics = [
         "structure_distance",
         "psnr_unedit_part",
+        "lpips_unedit_part",
         "mse_unedit_part",
         "ssim_unedit_part",
         "clip_similarity_source_image",
@@ -444,22 +447,23 @@ fn batch_runs_pie_bench_in_shards_and_eval_scores_it() {
         assert_eq!(cells[0], format!("00000000000{i}"));
         let v: Vec<f64> = cells[1..].iter().map(|c| c.parse().expect(line)).collect();
         let (ours, same) = v.split_at(metrics.len());
-        let [sd, psnr, mse, ssim, clip_src, ..] = ours[..] else {
+        let [sd, psnr, lpips, mse, ssim, clip_src, ..] = ours[..] else {
             unreachable!()
         };
         assert!(
-            sd > 0.0 && psnr > 3.0 && psnr.is_finite() && mse > 0.0 && ssim < 1.0,
+            sd > 0.0 && psnr > 3.0 && psnr.is_finite() && lpips > 0.0,
             "{line}"
         );
+        assert!(mse > 0.0 && ssim < 1.0, "{line}");
         assert!((10.0 * (1.0 / mse).log10() - psnr).abs() < 1e-9, "{line}");
         assert!(
-            ours[4..].iter().all(|c| (0.0..=100.0).contains(c)),
+            ours[5..].iter().all(|c| (0.0..=100.0).contains(c)),
             "{line}"
         );
         // The sources against themselves: no structure change, no error.
-        assert_eq!(same[..4], [0.0, f64::INFINITY, 0.0, 1.0], "{line}");
+        assert_eq!(same[..5], [0.0, f64::INFINITY, 0.0, 0.0, 1.0], "{line}");
         // The source's score does not depend on the method.
-        assert_eq!(same[4], clip_src, "{line}");
+        assert_eq!(same[5], clip_src, "{line}");
     }
     assert!(
         stdout.contains("pnp-tiny: means per editing type")

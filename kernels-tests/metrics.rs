@@ -14,6 +14,7 @@ mod common;
 use common::{Fixture, fixture_path, gpu};
 use pnp::metrics::clip::Clip;
 use pnp::metrics::dino::Dino;
+use pnp::metrics::lpips::Lpips;
 use pnp::metrics::{Metric, Rgb8, SsimBorder, pixel_metric};
 use serde_json::Value as Json;
 
@@ -299,6 +300,64 @@ fn clip_similarity_matches_clipscore() {
             eprintln!("{name} {key}: {got:.6} (reference {raw:.6}, error {err:.2e})");
             if err > 1e-4 {
                 failures.push(format!("{name} {key}: got {got}, want {raw}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn lpips_taps_match_torchmetrics() {
+    let lp = Lpips::open(
+        gpu(),
+        &fixture_path("metrics/lpips-squeeze-tiny.safetensors"),
+    )
+    .expect("lpips");
+    let f = Fixture::load("metrics/lpips-ref.safetensors");
+    let wide = rgb(refs()["pairs"]["wide"]["src"].as_str().unwrap());
+    let x = Lpips::preprocess(&wide, None);
+    let taps = pollster::block_on(lp.taps(&x, [wide.height, wide.width])).expect("taps");
+    for (k, got) in taps.iter().enumerate() {
+        let (shape, want) = f.get(&format!("wide/feat{k}"));
+        assert_eq!(got.len(), want.len(), "tap {k}: {shape:?}");
+        let got: Vec<f64> = got.iter().map(|&v| f64::from(v)).collect();
+        let e = rel_err(&got, want);
+        eprintln!("wide tap {k} {shape:?}: relative error {e:.2e}");
+        assert!(e < 1e-5, "tap {k}: {e:.2e}");
+    }
+}
+
+#[test]
+fn lpips_matches_torchmetrics() {
+    let lp = Lpips::open(
+        gpu(),
+        &fixture_path("metrics/lpips-squeeze-tiny.safetensors"),
+    )
+    .expect("lpips");
+    let refs = refs();
+    let cref = clip_refs();
+    let mut failures = Vec::new();
+    for (name, p) in refs["pairs"].as_object().expect("pairs") {
+        let want = &cref["pairs"][name];
+        let (src, tgt) = (
+            rgb(p["src"].as_str().unwrap()),
+            rgb(p["tgt"].as_str().unwrap()),
+        );
+        let m = mask(p["mask"].as_str().unwrap());
+        let keep: Vec<f64> = m.iter().map(|&v| f64::from(1 - v)).collect();
+        for (key, keep) in [("lpips", None), ("lpips_unedit_part", Some(&keep[..]))] {
+            let Some(w) = want[key].as_f64() else {
+                assert!(
+                    keep.is_some_and(|k| k.iter().all(|&v| v == 0.0)),
+                    "{name} {key}"
+                );
+                continue;
+            };
+            let got = pollster::block_on(lp.lpips(&src, &tgt, keep)).expect("lpips");
+            let rel = (got - w).abs() / w.abs();
+            eprintln!("{name} {key}: {got:.6e} (reference {w:.6e}, relative {rel:.2e})");
+            if rel > 1e-4 {
+                failures.push(format!("{name} {key}: got {got}, want {w}"));
             }
         }
     }

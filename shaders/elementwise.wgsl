@@ -1,5 +1,5 @@
 // Elementwise ops. OP: 0 add, 1 mul (binary), 2 silu, 3 gelu (erf),
-// 4 quick_gelu, 5 scale (unary).
+// 4 quick_gelu, 5 scale, 6 relu (unary).
 // The second operand of a binary op broadcasts by index arithmetic:
 // b index = b_off + ((i_base + i) / b_div) % b_mod. Same shape: div 1, mod n. A
 // per-channel vector on NCHW: div H*W, mod C. A (B, C) time embedding added to a
@@ -51,6 +51,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         r = x / (1.0 + exp(-1.702 * x));
     } else if (OP == 5u) {
         r = x * p.alpha;
+    } else if (OP == 6u) {
+        r = max(x, 0.0);
     }
 #endif
     y[p.y_lead + i] = T(r);

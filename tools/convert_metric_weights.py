@@ -21,10 +21,22 @@ The output is the same bytes on every run: its header is written here, with
 sorted metadata keys and the tensors in name order (safetensors' own writer
 orders the metadata at random).
 
-More kinds (e.g. lpips) get one entry each in KINDS.
+  lpips  LPIPS with the SqueezeNet backbone (PIE-Bench's lpips_unedit_part):
+         the input is torchvision's squeezenet1_1 state dict
+         (squeezenet1_1-b8a52dc0.pth, in ~/.cache/torch/hub/checkpoints/
+         after torchvision.models.squeezenet1_1(weights="DEFAULT")), and
+         --lpips-heads names the LPIPS linear heads (the lpips package's
+         weights/v0.1/squeeze.pth, which torchmetrics also ships as
+         torchmetrics/functional/image/lpips_models/squeeze.pth). Written:
+         the backbone's features.* (the classifier dropped) and the heads
+         lin0..lin6.model.1.weight, float32, metadata "kind".
+
+More kinds get one entry each in KINDS.
 
 Usage:
   python tools/convert_metric_weights.py --kind dino dino_vitbase8_pretrain.pth dino-vitb8.safetensors
+  python tools/convert_metric_weights.py --kind lpips squeezenet1_1-b8a52dc0.pth \
+      --lpips-heads squeeze.pth lpips-squeeze.safetensors
 
 The hub's file is in ~/.cache/torch/hub/checkpoints/ after
 `torch.hub.load("facebookresearch/dino:main", "dino_vitb8")`, or at
@@ -226,9 +238,48 @@ def dino_convert(sd, args):
     return out, meta, notes
 
 
+# SqueezeNet 1.1's Fire modules by features index, and the heads' widths.
+SQUEEZE_FIRES = {3: (64, 16, 64), 4: (128, 16, 64), 6: (128, 32, 128), 7: (256, 32, 128),
+                 9: (256, 48, 192), 10: (384, 48, 192), 11: (384, 64, 256), 12: (512, 64, 256)}
+LPIPS_TAPS = (64, 128, 256, 384, 384, 512, 512)
+
+
+def lpips_convert(sd, args):
+    import torch
+    if not args.lpips_heads:
+        raise ConvertError("--kind lpips needs --lpips-heads (the LPIPS squeeze.pth)")
+    heads = strip_prefixes(load_checkpoint(args.lpips_heads, args.trust_pickle), ("module.",))
+    want = {"features.0.weight": (64, 3, 3, 3), "features.0.bias": (64,)}
+    for i, (inp, sq, e) in SQUEEZE_FIRES.items():
+        want[f"features.{i}.squeeze.weight"] = (sq, inp, 1, 1)
+        want[f"features.{i}.squeeze.bias"] = (sq,)
+        want[f"features.{i}.expand1x1.weight"] = (e, sq, 1, 1)
+        want[f"features.{i}.expand1x1.bias"] = (e,)
+        want[f"features.{i}.expand3x3.weight"] = (e, sq, 3, 3)
+        want[f"features.{i}.expand3x3.bias"] = (e,)
+    out = {}
+    for k, shape in want.items():
+        if k not in sd:
+            raise ConvertError(f"{args.input}: no {k}: not torchvision's squeezenet1_1")
+        if tuple(sd[k].shape) != shape:
+            raise ConvertError(f"{args.input}: {k} is {tuple(sd[k].shape)}, expected {shape}")
+        out[k] = sd[k].to(torch.float32).contiguous()
+    for k, c in enumerate(LPIPS_TAPS):
+        name = f"lin{k}.model.1.weight"
+        if name not in heads:
+            raise ConvertError(f"{args.lpips_heads}: no {name}: not LPIPS's squeeze heads")
+        if tuple(heads[name].shape) != (1, c, 1, 1):
+            raise ConvertError(f"{args.lpips_heads}: {name} is {tuple(heads[name].shape)}, expected (1, {c}, 1, 1)")
+        out[name] = heads[name].to(torch.float32).contiguous()
+    dropped = sorted(set(sd) - set(out))
+    notes = [f"dropped {len(dropped)} backbone tensors outside the features LPIPS taps ({', '.join(dropped[:3])}...)"] if dropped else []
+    return out, {"kind": "lpips-squeeze"}, notes
+
+
 KINDS = {
     # kind: (unwrap(checkpoint, args) -> state dict, convert(state dict, args) -> (tensors, metadata, notes))
     "dino": (lambda ckpt, args: dino_unwrap(ckpt, args.branch), dino_convert),
+    "lpips": (lambda ckpt, args: strip_prefixes(ckpt, ("module.",)), lpips_convert),
 }
 
 
@@ -250,6 +301,7 @@ def main(argv=None):
         "--trust-pickle", action="store_true",
         help="unpickle arbitrary objects (training checkpoints); runs code from the file",
     )
+    ap.add_argument("--lpips-heads", help="lpips: the LPIPS linear heads (squeeze.pth)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing output")
     args = ap.parse_args(argv)
 

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use pnp::edits::{self, Item, Mask};
 use pnp::metrics::clip::Clip;
 use pnp::metrics::dino::{Dino, KeySelfSimilarity};
+use pnp::metrics::lpips::Lpips;
 use pnp::metrics::{self, Metric, Needs, Rgb8, SsimBorder};
 use pnp::models::locate::{ModelSource, resolve};
 use std::collections::BTreeMap;
@@ -53,6 +54,11 @@ pub struct EvalCmd {
     /// its repo id in the local Hugging Face cache.
     #[arg(long)]
     clip: Option<String>,
+    /// LPIPS's SqueezeNet backbone and linear heads in one .safetensors file
+    /// (tools/convert_metric_weights.py --kind lpips writes it from
+    /// torchvision's and LPIPS's pickles).
+    #[arg(long)]
+    lpips: Option<String>,
     /// Also write an HTML page: the source beside each method's result, with
     /// its numbers, and the summary.
     #[arg(long)]
@@ -84,13 +90,14 @@ pub struct Scored {
 struct Networks {
     dino: Option<Dino>,
     clip: Option<Clip>,
+    lpips: Option<Lpips>,
 }
 
 impl Networks {
     fn load(cmd: &EvalCmd, metrics: &[Metric], device: &crate::DeviceArgs) -> Result<Self> {
         let needs = |n: Needs| metrics.iter().any(|m| m.needs == n);
         let mut nets = Networks::default();
-        if !needs(Needs::Dino) && !needs(Needs::Clip) {
+        if !needs(Needs::Dino) && !needs(Needs::Clip) && !needs(Needs::Lpips) {
             return Ok(nets);
         }
         let gpu = crate::open_gpu(device)?;
@@ -118,6 +125,13 @@ impl Networks {
                 .with_context(|| format!("cannot load the CLIP model {id}"))?;
             println!("clip: {}", path.display());
             nets.clip = Some(clip);
+        }
+        if let (true, Some(id)) = (needs(Needs::Lpips), cmd.lpips.as_deref()) {
+            let path = locate(id)?;
+            let lpips = Lpips::open(gpu.clone(), &path)
+                .with_context(|| format!("cannot load the LPIPS weights {id}"))?;
+            println!("lpips: {} (SqueezeNet 1.1)", path.display());
+            nets.lpips = Some(lpips);
         }
         Ok(nets)
     }
@@ -210,7 +224,26 @@ fn score(
                 .as_ref()?;
             Ok(Some(Clip::similarity(&image(&edited)?, target).max(0.0)))
         }
-        Needs::Lpips => Err("LPIPS is not in this version yet".into()),
+        Needs::Lpips => {
+            let lpips = nets.lpips.as_ref().ok_or("no LPIPS model loaded")?;
+            let keep: Option<Vec<f64>> = match (metric.region, pair.mask) {
+                (metrics::Region::Whole, _) => None,
+                (_, None) => return Err("needs an edit mask".into()),
+                (region, Some(m)) => Some(
+                    m.iter()
+                        .map(|&v| {
+                            f64::from(u8::from((v != 0) == (region == metrics::Region::Edited)))
+                        })
+                        .collect(),
+                ),
+            };
+            if keep.as_ref().is_some_and(|k| k.iter().all(|&v| v == 0.0)) {
+                return Ok(None);
+            }
+            pollster::block_on(lpips.lpips(source, edited, keep.as_deref()))
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
     }
 }
 
@@ -337,45 +370,42 @@ pub fn run(cmd: EvalCmd, device: &crate::DeviceArgs) -> Result<()> {
 
 /// The metrics asked for, or the default ones this version computes.
 fn choose_metrics(names: &[String], cmd: &EvalCmd) -> Result<Vec<Metric>> {
-    let pixel_only = |m: &Metric| match m.needs {
+    let available = |m: &Metric| match m.needs {
         Needs::Pixels => true,
         Needs::Dino => cmd.dino.is_some(),
         Needs::Clip => cmd.clip.is_some(),
-        Needs::Lpips => false,
+        Needs::Lpips => cmd.lpips.is_some(),
+    };
+    // The flag that loads a network, with what to give it.
+    let flag = |n: Needs| match n {
+        Needs::Pixels => "",
+        Needs::Dino => "--dino (facebook/dino-vitb8 in the local Hugging Face cache, or a path)",
+        Needs::Clip => {
+            "--clip (openai/clip-vit-large-patch14 in the local Hugging Face cache, or a path)"
+        }
+        Needs::Lpips => {
+            "--lpips (a .safetensors made by tools/convert_metric_weights.py --kind lpips)"
+        }
     };
     if names.is_empty() {
         let all: Vec<Metric> = (metrics::DEFAULT.iter())
             .map(|n| Metric::by_name(n).map_err(anyhow::Error::msg))
             .collect::<Result<_>>()?;
-        let (have, lack): (Vec<_>, Vec<_>) = all.into_iter().partition(pixel_only);
-        let lack: Vec<_> = lack.iter().map(|m| m.name).collect();
-        eprintln!(
-            "note: computing {}; left out: {} (structure_distance needs --dino, clip_similarity --clip; LPIPS is not in this version yet)",
-            have.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
-            lack.join(", ")
-        );
+        let (have, lack): (Vec<_>, Vec<_>) = all.into_iter().partition(available);
+        for m in &lack {
+            eprintln!("note: {} left out: it needs {}", m.name, flag(m.needs));
+        }
         return Ok(have);
     }
     let mut out = Vec::new();
     for n in names {
         let m = Metric::by_name(n.trim()).map_err(anyhow::Error::msg)?;
-        if m.needs == Needs::Dino && cmd.dino.is_none() {
+        if !available(&m) {
             bail!(
-                "{} needs the DINO ViT: pass --dino (facebook/dino-vitb8 in the local Hugging Face cache, or a path)",
-                m.name
-            );
-        }
-        if m.needs == Needs::Clip && cmd.clip.is_none() {
-            bail!(
-                "{} needs CLIP: pass --clip (openai/clip-vit-large-patch14 in the local Hugging Face cache, or a path)",
-                m.name
-            );
-        }
-        if !pixel_only(&m) {
-            bail!(
-                "{} needs the {:?} network, which this version does not run yet; the others are structure_distance (with --dino), the clip_similarity ones (with --clip), and psnr, mse and ssim, whole and as _unedit_part / _edit_part",
+                "{} needs the {:?} network: pass {}",
                 m.name,
-                m.needs
+                m.needs,
+                flag(m.needs)
             );
         }
         if !out.contains(&m) {

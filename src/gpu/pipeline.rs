@@ -54,6 +54,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("upsample", include_str!("../../shaders/upsample.wgsl")),
     ("timestep", include_str!("../../shaders/timestep.wgsl")),
     ("ddim", include_str!("../../shaders/ddim.wgsl")),
+    ("pool", include_str!("../../shaders/pool.wgsl")),
+    ("lpips", include_str!("../../shaders/lpips.wgsl")),
 ];
 
 /// Shared files appended after a family's own: the tiled-matmul main loop of

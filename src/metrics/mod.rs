@@ -1,7 +1,8 @@
 //! The editing benchmarks' metrics (docs/BENCHMARKS.md), as PIE-Bench's
 //! evaluation computes them with torchmetrics: the pixel metrics here, on the
 //! CPU in float64 (a 512x512 SSIM is a few milliseconds); the network metrics
-//! (DINO structure distance, CLIP score, LPIPS) need their networks.
+//! on our kernels: [`dino`] (structure distance), [`clip`] (CLIP score),
+//! [`lpips`] (LPIPS with SqueezeNet).
 //!
 //! Images are 8-bit RGB, row-major, channels last, as decoded. Each metric
 //! scales them to [0, 1]; the `_unedit_part` variants multiply both images
@@ -11,6 +12,7 @@
 
 pub mod clip;
 pub mod dino;
+pub mod lpips;
 pub mod resample;
 
 use crate::gpu::GpuError;
@@ -101,6 +103,8 @@ pub const ALL: &[Metric] = &[
     m("psnr", Pixels, Whole, 1.0, true),
     m("mse", Pixels, Whole, 1e4, false),
     m("ssim", Pixels, Whole, 1e2, true),
+    m("lpips", Lpips, Whole, 1e3, false),
+    m("lpips_edit_part", Lpips, Edited, 1e3, false),
     m("psnr_edit_part", Pixels, Edited, 1.0, true),
     m("mse_edit_part", Pixels, Edited, 1e4, false),
     m("ssim_edit_part", Pixels, Edited, 1e2, true),

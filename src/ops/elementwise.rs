@@ -9,6 +9,8 @@ pub enum Unary {
     /// erf GELU.
     Gelu,
     QuickGelu,
+    /// max(x, 0).
+    Relu,
 }
 
 /// elementwise.wgsl's `Params`: y[i] = op(a[i], b[b_off + ((i_base + i) / b_div) % b_mod]).
@@ -180,6 +182,7 @@ pub fn unary(g: &mut Graph, x: &Value, op: Unary) -> Value {
         Unary::Silu => 2,
         Unary::Gelu => 3,
         Unary::QuickGelu => 4,
+        Unary::Relu => 6,
     };
     record(g, x, None, code, 0.0)
 }

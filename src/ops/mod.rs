@@ -8,7 +8,9 @@ mod ddim;
 mod elementwise;
 mod gemm;
 mod layout;
+mod lpips;
 mod norm;
+mod pool;
 mod softmax;
 mod timestep;
 
@@ -21,7 +23,9 @@ pub use gemm::{
     linear_channels, linear_normed, linear_tokens,
 };
 pub use layout::{concat, copy_into, transpose_last2, upsample_nearest2x};
+pub use lpips::lpips_distance;
 pub use norm::{group_norm, group_norm_cat, layer_norm};
+pub use pool::{max_pool2d, pooled_size};
 pub use softmax::softmax;
 pub use timestep::{timestep_embedding, timestep_frequencies};
 
