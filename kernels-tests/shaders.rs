@@ -99,7 +99,29 @@ fn variants_on(gpu: &Arc<Gpu>, stores: &[StoreMode]) -> Vec<KernelKey> {
             );
         }
     }
+    metric_networks(gpu);
     gpu.kernel_keys()
+}
+
+/// `pnp eval`'s networks (tiny DINO, CLIP and LPIPS, float32) on one small
+/// image: their kernels (the max pool, the LPIPS distance) are requested too.
+fn metric_networks(gpu: &Arc<Gpu>) {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels-tests/fixtures/metrics");
+    let img = pnp::metrics::Rgb8 {
+        width: 40,
+        height: 32,
+        data: (0..40 * 32 * 3).map(|i| (i * 7 % 256) as u8).collect(),
+    };
+    let lpips =
+        pnp::metrics::lpips::Lpips::open(gpu.clone(), &dir.join("lpips-squeeze-tiny.safetensors"))
+            .expect("lpips");
+    pollster::block_on(lpips.lpips(&img, &img, None)).expect("lpips");
+    let dino = pnp::metrics::dino::Dino::open(gpu.clone(), &dir.join("dino-tiny")).expect("dino");
+    pollster::block_on(dino.structure_distance(&img, &img)).expect("dino");
+    let clip = pnp::metrics::clip::Clip::open(gpu.clone(), &dir.join("clip-tiny")).expect("clip");
+    pollster::block_on(clip.image_embedding(&clip.preprocess(&img))).expect("clip image");
+    pollster::block_on(clip.text_embedding("a cat")).expect("clip text");
 }
 
 #[test]
