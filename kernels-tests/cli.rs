@@ -482,3 +482,73 @@ fn batch_runs_pie_bench_in_shards_and_eval_scores_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `eval`'s bad input: each error names what is wrong and what to pass.
+#[test]
+fn eval_refuses_bad_input_with_clear_errors() {
+    let dir = temp("eval-bad");
+    let pie = fixtures().join("piebench");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let results = dir.join("m");
+    std::fs::create_dir_all(&results).expect("mkdir");
+    let csv = dir.join("e.csv");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval".to_string(),
+            "--pie-bench".into(),
+            s(&pie),
+            "--results".into(),
+            s(&results),
+            "--csv".into(),
+            s(&csv),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pnp(&args)
+    };
+    let pickle_only = dir.join("dino-pickle");
+    std::fs::create_dir_all(&pickle_only).expect("mkdir");
+    std::fs::write(pickle_only.join("config.json"), "{}").expect("write");
+    std::fs::write(pickle_only.join("pytorch_model.bin"), b"PK").expect("write");
+    let clip = s(&fixtures().join("metrics/clip-tiny"));
+    let cases: [(Vec<&str>, &[&str]); 5] = [
+        (
+            vec!["--metrics", "psnr_whole"],
+            &["no metric \"psnr_whole\"", "ssim_unedit_part"],
+        ),
+        (
+            vec!["--metrics", "structure_distance"],
+            &["needs the Dino network", "pass --dino"],
+        ),
+        (
+            vec!["--dino", &clip],
+            &["not a DINO ViT", "clip-tiny/model.safetensors"],
+        ),
+        (
+            vec!["--dino", pickle_only.to_str().unwrap()],
+            &["only pytorch_model.bin", "safe_serialization=True"],
+        ),
+        (
+            vec!["--results", "/nonexistent/method"],
+            &["--results /nonexistent/method: not a folder"],
+        ),
+    ];
+    for (extra, want) in cases {
+        let (ok, stdout, stderr) = eval(&extra);
+        assert!(!ok, "{extra:?} succeeded: {stdout}");
+        for w in want {
+            assert!(stderr.contains(w), "{extra:?}: no {w:?} in {stderr}");
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Results missing for every edit: empty cells and a warning, not a failure.
+    let (ok, _, stderr) = eval(&[]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("m: 3 of 3 results missing"), "{stderr}");
+    let text = std::fs::read_to_string(&csv).expect("csv");
+    assert!(
+        text.lines().nth(1).is_some_and(|l| l == "000000000000,,,"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -100,7 +100,7 @@ impl Clip {
             path: config_path.clone(),
             msg: format!("not a CLIPModel config: {e}"),
         })?;
-        let file = dir.join("model.safetensors");
+        let file = super::transformers_weights(dir)?;
         let tensors = Weights::read_safetensors(&file)?;
         let w = Weights::new(file.display().to_string(), tensors);
         let tokenizer = ClipTokenizer::from_dir(dir)

@@ -86,7 +86,7 @@ impl Dino {
                 })?;
             let heads = json["num_attention_heads"].as_u64().map(|h| h as usize);
             let eps = json["layer_norm_eps"].as_f64().map(|e| e as f32);
-            (path.join("model.safetensors"), (heads, eps))
+            (super::transformers_weights(path)?, (heads, eps))
         } else {
             (path.to_path_buf(), (None, None))
         };

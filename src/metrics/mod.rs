@@ -32,6 +32,31 @@ pub enum MetricError {
     Input(String),
 }
 
+/// The weights file of a transformers folder: its `model.safetensors`, or
+/// an error that says what to do where the folder holds only a pickle.
+pub(crate) fn transformers_weights(
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf, WeightError> {
+    let file = dir.join("model.safetensors");
+    if file.is_file() {
+        return Ok(file);
+    }
+    let pickle = ["pytorch_model.bin", "model.pt"]
+        .iter()
+        .find(|p| dir.join(p).is_file());
+    let msg = match pickle {
+        Some(p) => format!(
+            "no model.safetensors, only {p} (a pickle, never loaded: it can run code); convert it once where \
+             transformers is installed: `AutoModel.from_pretrained(DIR).save_pretrained(OUT, safe_serialization=True)`"
+        ),
+        None => "no model.safetensors in this folder".into(),
+    };
+    Err(WeightError::Layout {
+        path: dir.to_path_buf(),
+        msg,
+    })
+}
+
 /// An 8-bit RGB image, row-major, channels last.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rgb8 {
