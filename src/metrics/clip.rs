@@ -229,18 +229,7 @@ impl Clip {
         let g_side = s / p;
         let t = 1 + g_side * g_side;
         let k = 3 * p * p;
-        let mut patches = vec![0f32; t * k];
-        for (i, row) in patches.chunks_exact_mut(k).skip(1).enumerate() {
-            let (py, px) = (i / g_side, i % g_side);
-            for c in 0..3 {
-                for dy in 0..p {
-                    for dx in 0..p {
-                        row[(c * p + dy) * p + dx] =
-                            x[(c * s + py * p + dy) * s + px * p + dx] as f32;
-                    }
-                }
-            }
-        }
+        let patches = super::patch_rows(x, [s, s], p);
         let mut table = self.pos.clone();
         for (c, v) in table[..d].iter_mut().enumerate() {
             *v += self.class[c];

@@ -332,19 +332,7 @@ impl Dino {
         }
         let t = 1 + gh * gw;
         let k = 3 * p * p;
-        // Row 0: an all-zero patch (its GEMM output is the bias alone).
-        let mut patches = vec![0f32; t * k];
-        for (i, row) in patches.chunks_exact_mut(k).skip(1).enumerate() {
-            let (py, px) = (i / gw, i % gw);
-            for c in 0..3 {
-                for dy in 0..p {
-                    for dx in 0..p {
-                        let v = x[(c * h + py * p + dy) * w + px * p + dx];
-                        row[(c * p + dy) * p + dx] = v as f32;
-                    }
-                }
-            }
-        }
+        let patches = super::patch_rows(x, [h, w], p);
         // Added in the epilogue: row 0 the class token (minus the bias the
         // zero patch brings), every row its position embedding.
         let pos = self.position_embeddings([h, w]);

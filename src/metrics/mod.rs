@@ -65,6 +65,43 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+impl Rgb8 {
+    /// The image with every pixel outside `mask` (one value per pixel, 0 =
+    /// outside) black: the benchmark's 8-bit image times its 0/1 mask.
+    pub fn masked(&self, mask: &[u8]) -> Rgb8 {
+        let mut out = self.clone();
+        for (px, &m) in out.data.chunks_exact_mut(3).zip(mask) {
+            if m == 0 {
+                px.fill(0);
+            }
+        }
+        out
+    }
+}
+
+/// A ViT's input `x` (3, h, w) as the rows of its patch-embedding GEMM:
+/// row 0 all zero (the class token's slot: the GEMM gives it the bias
+/// alone), then every p x p patch in row-major grid order, flattened
+/// channel-major as a stride-p convolution reads it (pixels past the last
+/// whole patch dropped). (1 + (h / p)(w / p), 3 p p).
+pub(crate) fn patch_rows(x: &[f64], [h, w]: [usize; 2], p: usize) -> Vec<f32> {
+    let (gh, gw, k) = (h / p, w / p, 3 * p * p);
+    let mut rows = vec![0f32; (1 + gh * gw) * k];
+    for (i, row) in rows.chunks_exact_mut(k).skip(1).enumerate() {
+        let (py, px) = (i / gw, i % gw);
+        for c in 0..3 {
+            for dy in 0..p {
+                let src = &x[(c * h + py * p + dy) * w + px * p..][..p];
+                let dst = &mut row[(c * p + dy) * p..][..p];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v as f32;
+                }
+            }
+        }
+    }
+    rows
+}
+
 /// Which pixels a metric sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Region {
