@@ -552,3 +552,204 @@ fn eval_refuses_bad_input_with_clear_errors() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Shell words of a command line: double quotes group, backslashes escape.
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut cur, mut quoted, mut any) = (Vec::new(), String::new(), false, false);
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => (quoted, any) = (!quoted, true),
+            '\\' => cur.extend(chars.next()),
+            c if c.is_whitespace() && !quoted => {
+                if any || !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            c => cur.push(c),
+        }
+    }
+    if any || !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
+
+/// Every subcommand's help ends with examples, and every example parses:
+/// its flags exist and its values are accepted (run with --help appended,
+/// which clap answers only once everything before it parsed).
+#[test]
+fn help_examples_parse_and_completions_print() {
+    let mut examples = 0;
+    for sub in ["info", "translate", "generate", "batch", "eval", "bench"] {
+        let (ok, help, stderr) = pnp(&[sub, "--help"]);
+        assert!(ok, "{stderr}");
+        let tail = help
+            .split("Examples:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{sub}: no examples in {help}"));
+        // Join continued lines, keep the commands.
+        let joined = tail.replace("\\\n", " ");
+        for line in joined
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("pnp "))
+        {
+            let mut args = shell_words(line);
+            args.remove(0);
+            args.push("--help".into());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, _, stderr) = pnp(&args);
+            assert!(ok, "{sub}: the example `{line}` does not parse: {stderr}");
+            examples += 1;
+        }
+    }
+    assert!(examples >= 15, "{examples} examples");
+    let (_, help, _) = pnp(&["translate", "--help"]);
+    assert!(
+        help.contains("Processing height (multiple of 64)"),
+        "{help}"
+    );
+    for (shell, want) in [
+        ("bash", "_pnp()"),
+        ("zsh", "#compdef pnp"),
+        ("fish", "complete -c pnp"),
+    ] {
+        let (ok, script, stderr) = pnp(&["completions", shell]);
+        assert!(ok, "{stderr}");
+        assert!(
+            script.contains(want) && script.contains("translate"),
+            "{shell}: {script}"
+        );
+    }
+}
+
+/// The tensor `name` of a safetensors file, as bytes.
+fn tensor_bytes(path: &Path, name: &str) -> Vec<u8> {
+    let bytes = std::fs::read(path).expect("safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
+    st.tensor(name).expect("tensor").data().to_vec()
+}
+
+/// Every output carries its parameters: `info --image` prints them, and
+/// `translate --params-from` makes the same latents again (flags given
+/// explicitly win); a generation's parameters are refused there.
+#[test]
+fn an_output_carries_its_parameters_and_makes_itself_again() {
+    let dir = temp("params");
+    let s = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let model = s(&fixtures().join("models/sd15-tiny"));
+    let image = s(&fixtures().join("pnp/square.png"));
+    let (out, lat) = (dir.join("out.png"), dir.join("first.safetensors"));
+    let (ok, _, stderr) = pnp(&[
+        "translate",
+        "--model",
+        &model,
+        "--image",
+        &image,
+        "--prompt",
+        "a photo of a cat",
+        "--steps",
+        "3",
+        "--inversion-steps",
+        "3",
+        "--guidance",
+        "5",
+        "--pnp-f-t",
+        "0.6",
+        "--width",
+        "64",
+        "--out",
+        &s(&out),
+        "--latents-out",
+        &s(&lat),
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, info, stderr) = pnp(&["info", "--image", &s(&out)]);
+    assert!(ok, "{stderr}");
+    for want in [
+        "made by `translate`",
+        "prompt: \"a photo of a cat\"",
+        "size: 64x64",
+        "\"guidance\":5.0",
+        "\"pnp_f_t\":0.6",
+        "again: pnp translate",
+    ] {
+        assert!(info.contains(want), "no {want:?} in {info}");
+    }
+    // Made again from the file alone: the same final latents, bit for bit.
+    let (again, lat2) = (dir.join("again.png"), dir.join("again.safetensors"));
+    let (ok, _, stderr) = pnp(&[
+        "translate",
+        "--model",
+        &model,
+        "--params-from",
+        &s(&out),
+        "--out",
+        &s(&again),
+        "--latents-out",
+        &s(&lat2),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(tensor_bytes(&lat, "final"), tensor_bytes(&lat2, "final"));
+    // A flag given explicitly wins over the file.
+    let lat3 = dir.join("other.safetensors");
+    let (ok, _, stderr) = pnp(&[
+        "translate",
+        "--model",
+        &model,
+        "--params-from",
+        &s(&out),
+        "--guidance",
+        "9",
+        "--out",
+        &s(&dir.join("other.jpg")),
+        "--latents-out",
+        &s(&lat3),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_ne!(tensor_bytes(&lat, "final"), tensor_bytes(&lat3, "final"));
+    let (ok, info, _) = pnp(&["info", "--image", &s(&dir.join("other.jpg"))]);
+    assert!(
+        ok && info.contains("\"guidance\":9.0"),
+        "a JPEG carries them too: {info}"
+    );
+    // A generation is not a translation; a plain image carries nothing.
+    let generated = dir.join("gen.png");
+    let (ok, _, stderr) = pnp(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "a house",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "2",
+        "--out",
+        &s(&generated),
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = pnp(&[
+        "translate",
+        "--model",
+        &model,
+        "--params-from",
+        &s(&generated),
+        "--out",
+        &s(&dir.join("x.png")),
+    ]);
+    assert!(
+        !ok && stderr.contains("made by `pnp generate`, not by translate"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = pnp(&["info", "--image", &image]);
+    assert!(
+        !ok && stderr.contains("carries no pnp parameters"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -224,3 +224,119 @@ pub fn encode_png(data: &[f32], height: usize, width: usize) -> Result<Vec<u8>, 
         .map_err(|e| PictureError::Encode(e.to_string()))?;
     Ok(out.into_inner())
 }
+
+/// The key under which our outputs carry the parameters that made them
+/// (a PNG iTXt chunk; a JPEG comment starting with this key and a colon).
+pub const PARAMS_KEY: &str = "pnp-parameters";
+
+/// `img` encoded as PNG (`jpeg` false) or JPEG (quality 90), carrying `params`
+/// under [`PARAMS_KEY`] when given.
+pub fn encode_with_params(
+    img: &RgbImage,
+    jpeg: bool,
+    params: Option<&str>,
+) -> Result<Vec<u8>, PictureError> {
+    let err = |e: &dyn std::fmt::Display| PictureError::Encode(e.to_string());
+    let mut out = Vec::new();
+    if jpeg {
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90);
+        enc.encode_image(img).map_err(|e| err(&e))?;
+        if let Some(p) = params {
+            out = with_jpeg_comment(out, &format!("{PARAMS_KEY}:{p}"))?;
+        }
+        return Ok(out);
+    }
+    let mut enc = png::Encoder::new(&mut out, img.width(), img.height());
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    if let Some(p) = params {
+        enc.add_itxt_chunk(PARAMS_KEY.to_string(), p.to_string())
+            .map_err(|e| err(&e))?;
+    }
+    let mut w = enc.write_header().map_err(|e| err(&e))?;
+    w.write_image_data(img.as_raw()).map_err(|e| err(&e))?;
+    w.finish().map_err(|e| err(&e))?;
+    Ok(out)
+}
+
+/// A JPEG with a comment segment (COM) right after its start marker.
+fn with_jpeg_comment(jpeg: Vec<u8>, text: &str) -> Result<Vec<u8>, PictureError> {
+    // The segment length counts itself (2 bytes) and is 16 bits.
+    let len = text.len() + 2;
+    if len > u16::MAX as usize {
+        return Err(PictureError::Encode(format!(
+            "the parameters ({} bytes) do not fit a JPEG comment; write PNG",
+            text.len()
+        )));
+    }
+    if jpeg.get(..2) != Some(&[0xFF, 0xD8]) {
+        return Err(PictureError::Encode(
+            "the JPEG encoder wrote no start marker".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(jpeg.len() + len + 2);
+    out.extend_from_slice(&jpeg[..2]);
+    out.extend_from_slice(&[0xFF, 0xFE]);
+    out.extend_from_slice(&(len as u16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&jpeg[2..]);
+    Ok(out)
+}
+
+/// The parameters a PNG or JPEG of ours carries ([`encode_with_params`]), if any.
+pub fn read_params(bytes: &[u8]) -> Option<String> {
+    if bytes.starts_with(&[0x89, b'P', b'N', b'G']) {
+        let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .ok()?;
+        let info = reader.info();
+        let itxt = info.utf8_text.iter().find(|c| c.keyword == PARAMS_KEY);
+        if let Some(t) = itxt.and_then(|c| c.get_text().ok()) {
+            return Some(t);
+        }
+        return (info.uncompressed_latin1_text.iter())
+            .find(|c| c.keyword == PARAMS_KEY)
+            .map(|c| c.text.clone());
+    }
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        // Walk the segments before the image data for a comment of ours.
+        let mut at = 2;
+        while at + 4 <= bytes.len() && bytes[at] == 0xFF {
+            let marker = bytes[at + 1];
+            let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+            let body = bytes.get(at + 4..at + 2 + len)?;
+            if marker == 0xFE
+                && let Some(rest) = body.strip_prefix(format!("{PARAMS_KEY}:").as_bytes())
+            {
+                return String::from_utf8(rest.to_vec()).ok();
+            }
+            if marker == 0xDA {
+                break;
+            }
+            at += 2 + len;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod params_tests {
+    use super::*;
+
+    #[test]
+    fn parameters_survive_png_and_jpeg() {
+        let img = RgbImage::from_fn(16, 8, |x, y| Rgb([x as u8 * 9, y as u8 * 20, 7]));
+        let text = "{\"prompt\": \"a cat é\"}";
+        for jpeg in [false, true] {
+            let bytes = encode_with_params(&img, jpeg, Some(text)).unwrap();
+            assert_eq!(read_params(&bytes).as_deref(), Some(text), "jpeg {jpeg}");
+            let back = image::load_from_memory(&bytes).unwrap().to_rgb8();
+            assert_eq!(back.dimensions(), (16, 8));
+            if !jpeg {
+                assert_eq!(back, img);
+            }
+            let plain = encode_with_params(&img, jpeg, None).unwrap();
+            assert_eq!(read_params(&plain), None);
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 use crate::files::{self, InputImage};
 use crate::model::ModelArgs;
+use crate::params::Params;
 use crate::translate::cli_words;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -132,6 +133,10 @@ pub fn run(mut cmd: BatchCmd, device: &crate::DeviceArgs) -> Result<()> {
     let mut bar = ItemBar::new(todo.len());
     let m = cmd.model.load(&gpu, &mut bar)?;
     let model = &m.loaded.model;
+    let made = Made {
+        model_hash: model.fingerprint(),
+        precision: cmd.model.precision.name_on(&gpu),
+    };
     let mut pipe = Pipeline::new(
         gpu.clone(),
         model,
@@ -154,7 +159,7 @@ pub fn run(mut cmd: BatchCmd, device: &crate::DeviceArgs) -> Result<()> {
         bar.start(&it.id);
         let t = Timer::start();
         let outputs = edits::result_paths(it, &cmd.out);
-        let result = run_item(&cmd, &mut pipe, it, &outputs, &mut bar);
+        let result = run_item(&cmd, &mut pipe, &made, it, &outputs, &mut bar);
         let error = result.err().map(|e| format!("{e:#}"));
         if let Some(e) = &error {
             failed += 1;
@@ -223,9 +228,16 @@ fn display_all(paths: &[PathBuf]) -> Vec<String> {
 
 /// One item: its image, one inversion under its source prompt, every
 /// target prompt, the results written.
+/// What every output of the run records of its model.
+struct Made {
+    model_hash: String,
+    precision: String,
+}
+
 fn run_item(
     cmd: &BatchCmd,
     pipe: &mut Pipeline,
+    made: &Made,
     it: &Item,
     outputs: &[PathBuf],
     bar: &mut ItemBar,
@@ -249,12 +261,28 @@ fn run_item(
         bar,
     )))?;
     let (_, images) = pollster::block_on(pipe.finish(&prepared, &opts, bar))?;
-    for (img, path) in images.iter().zip(outputs) {
+    for ((img, path), prompt) in images.iter().zip(outputs).zip(&it.targets) {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the folder {}", dir.display()))?;
         }
-        files::save_image(path, img, pixels.height, pixels.width)?;
+        let params = Params {
+            generator: format!("pnp {}", env!("CARGO_PKG_VERSION")),
+            command: "batch".into(),
+            model: cmd.model.model.clone(),
+            model_hash: made.model_hash.clone(),
+            precision: made.precision.clone(),
+            image: Some(it.image.display().to_string()),
+            image_hash: Some(image.hash()),
+            prompt: prompt.clone(),
+            prompts: it.targets.clone(),
+            width: pixels.width,
+            height: pixels.height,
+            seed: None,
+            options: Some(opts.clone()),
+        };
+        let json = params.to_json();
+        files::save_image(path, img, pixels.height, pixels.width, Some(&json))?;
     }
     Ok(())
 }

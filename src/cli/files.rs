@@ -46,6 +46,11 @@ impl InputImage {
         [self.plan.height, self.plan.width]
     }
 
+    /// A hash of the file's bytes (its identity in the outputs' parameters).
+    pub fn hash(&self) -> String {
+        crate::params::hash(&self.bytes)
+    }
+
     /// The pixels at the processing size ([`pnp::picture::decode_planned`]).
     pub fn decode(&self) -> Result<Pixels> {
         let name = self.path.display().to_string();
@@ -172,15 +177,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     done.with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Writes (3, H, W) floats in [0, 1] as 8-bit RGB, PNG or JPEG by extension.
-pub fn save_image(path: &Path, data: &[f32], height: usize, width: usize) -> Result<()> {
+/// Writes (3, H, W) floats in [0, 1] as 8-bit RGB, PNG or JPEG by
+/// extension, carrying `params` (JSON, [`crate::params`]) when given.
+pub fn save_image(
+    path: &Path,
+    data: &[f32],
+    height: usize,
+    width: usize,
+    params: Option<&str>,
+) -> Result<()> {
     let format = image_format(path)
         .with_context(|| format!("{}: not a .png, .jpg or .jpeg path", path.display()))?;
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    pnp::picture::to_rgb8(data, height, width)
-        .write_to(&mut bytes, format)
+    let img = pnp::picture::to_rgb8(data, height, width);
+    let jpeg = format == image::ImageFormat::Jpeg;
+    let bytes = pnp::picture::encode_with_params(&img, jpeg, params)
         .with_context(|| format!("cannot encode {}", path.display()))?;
-    write_atomic(path, &bytes.into_inner())
+    write_atomic(path, &bytes)
 }
 
 /// `out.png` for one prompt, `out-0.png`, `out-1.png`, ... for several.

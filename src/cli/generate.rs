@@ -28,8 +28,10 @@ pub struct GenerateCmd {
     steps: usize,
     #[arg(long, default_value_t = 7.5)]
     guidance: f32,
+    /// Image width (multiple of 64).
     #[arg(long, default_value_t = 512)]
     width: usize,
+    /// Image height (multiple of 64).
     #[arg(long, default_value_t = 512)]
     height: usize,
     /// Output image (PNG or JPEG).
@@ -68,7 +70,23 @@ pub fn run(cmd: GenerateCmd, device: &crate::DeviceArgs) -> Result<()> {
     let img = pollster::block_on(pipe.decode(&traj.z0, hw))?;
     bars.tick();
     bars.finish();
-    files::save_image(&cmd.out, &img, cmd.height, cmd.width)?;
+    let params = crate::params::Params {
+        generator: format!("pnp {}", env!("CARGO_PKG_VERSION")),
+        command: "generate".into(),
+        model: cmd.model.model.clone(),
+        model_hash: l.model.fingerprint(),
+        precision: cmd.model.precision.name_on(&gpu),
+        image: None,
+        image_hash: None,
+        prompt: cmd.prompt.clone(),
+        prompts: vec![cmd.negative_prompt.clone()],
+        width: cmd.width,
+        height: cmd.height,
+        seed: Some(seed),
+        options: None,
+    };
+    let json = params.to_json();
+    files::save_image(&cmd.out, &img, cmd.height, cmd.width, Some(&json))?;
     println!(
         "generated {:?} (seed {seed}) -> {}",
         cmd.prompt,

@@ -1,19 +1,82 @@
 //! `pnp info`: the detected architecture, dims, dtypes and parameter counts,
-//! loaded exactly as `translate` loads it.
+//! loaded exactly as `translate` loads it; or, with `--image`, the
+//! parameters an output of pnp carries.
 
 use crate::model::ModelArgs;
+use crate::params::Params;
 use anyhow::{Result, bail};
 use pnp::progress::Quiet;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct InfoCmd {
-    #[command(flatten)]
-    model: ModelArgs,
+    /// A diffusers folder, a single-file .safetensors checkpoint, or a hub repo id in the local cache.
+    #[arg(long, required_unless_present = "image")]
+    model: Option<String>,
+    /// For a single-file checkpoint: a diffusers folder of the same family whose tokenizer,
+    /// scheduler and config.json files give what the file does not record.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Storage precision of weights and activations (auto, f32, f16).
+    #[arg(long, value_enum, default_value = "auto")]
+    precision: crate::Precision,
+    /// Print the parameters an output image of pnp (translate, generate,
+    /// batch) carries instead: what made it, and how to make it again.
+    #[arg(long, conflicts_with = "model")]
+    image: Option<PathBuf>,
+}
+
+/// The parameters `path` carries, one per line.
+fn print_params(path: &std::path::Path) -> Result<()> {
+    let p = Params::read(path)?;
+    println!(
+        "{}: made by `{}` ({})",
+        path.display(),
+        p.command,
+        p.generator
+    );
+    println!(
+        "  model: {} (weights {}), precision {}",
+        p.model, p.model_hash, p.precision
+    );
+    if let Some(img) = &p.image {
+        println!(
+            "  image: {img} (bytes {})",
+            p.image_hash.as_deref().unwrap_or("?")
+        );
+    }
+    println!("  prompt: {:?}", p.prompt);
+    if p.prompts.len() > 1 {
+        println!("  prompts of the run: {:?}", p.prompts);
+    }
+    println!("  size: {}x{}", p.width, p.height);
+    if let Some(seed) = p.seed {
+        println!("  seed: {seed}");
+    }
+    if let Some(o) = &p.options {
+        println!("  options: {}", serde_json::to_string(o)?);
+    }
+    if p.command != "generate" {
+        println!(
+            "  again: pnp translate --model {} --params-from {} --out OUT.png",
+            p.model,
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn run(cmd: InfoCmd, device: &crate::DeviceArgs) -> Result<()> {
+    if let Some(image) = &cmd.image {
+        return print_params(image);
+    }
+    let model = ModelArgs {
+        model: cmd.model.clone().unwrap_or_default(),
+        config: cmd.config.clone(),
+        precision: cmd.precision,
+    };
     let gpu = crate::open_gpu(device)?;
-    let m = cmd.model.load(&gpu, &mut Quiet)?;
+    let m = model.load(&gpu, &mut Quiet)?;
     let model = &m.loaded.model;
     let (t, u, v) = (&model.text.config, &model.unet.config, &model.vae.config);
     println!("model: {}", model.root.display());

@@ -4,10 +4,12 @@
 mod batch;
 mod bench;
 mod eval;
+mod examples;
 mod files;
 mod generate;
 mod info;
 mod model;
+mod params;
 mod progress;
 mod report;
 mod translate;
@@ -92,19 +94,30 @@ pub enum Precision {
 #[derive(Subcommand)]
 enum Cmd {
     /// Print a model's detected architecture and check that every weight is found and used.
+    #[command(after_help = examples::INFO)]
     Info(info::InfoCmd),
     /// Translate an image with Plug-and-Play diffusion features: keep its layout, change what the prompt says.
+    #[command(after_help = examples::TRANSLATE)]
     Translate(Box<translate::TranslateCmd>),
     /// Text-to-image DDIM, for generated guidance images; --save-features keeps the trajectory for translate.
+    #[command(after_help = examples::GENERATE)]
     Generate(generate::GenerateCmd),
     /// Many edits in one run: a PIE-Bench folder or a manifest, resumable, shardable over machines.
+    #[command(after_help = examples::BATCH)]
     Batch(Box<batch::BatchCmd>),
     /// Score result folders on PIE-Bench's metrics: a CSV, a summary per editing type, an HTML page.
+    #[command(after_help = examples::EVAL)]
     Eval(eval::EvalCmd),
     /// Benchmarks (never tests).
+    #[command(after_help = examples::BENCH)]
     Bench {
         #[command(subcommand)]
         what: bench::BenchCmd,
+    },
+    /// Print a shell completion script: `pnp completions bash > ~/.local/share/bash-completion/completions/pnp`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -188,10 +201,17 @@ fn main() -> std::process::ExitCode {
     let done = match cli.cmd {
         Cmd::Info(cmd) => info::run(cmd, &device),
         Cmd::Translate(mut cmd) => {
-            cmd.inversion_steps_given = matches
-                .subcommand_matches("translate")
-                .and_then(|m| m.value_source("inversion_steps"))
-                == Some(clap::parser::ValueSource::CommandLine);
+            if let Some(m) = matches.subcommand_matches("translate") {
+                let given =
+                    |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+                cmd.inversion_steps_given = given("inversion_steps");
+                cmd.given = m
+                    .ids()
+                    .map(|id| id.as_str())
+                    .filter(|id| given(id))
+                    .map(String::from)
+                    .collect();
+            }
             translate::run(*cmd, &device)
         }
         Cmd::Batch(mut cmd) => {
@@ -208,6 +228,10 @@ fn main() -> std::process::ExitCode {
         Cmd::Eval(cmd) => eval::run(cmd, &device),
         Cmd::Generate(cmd) => generate::run(cmd, &device),
         Cmd::Bench { what } => bench::run(what, &device),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "pnp", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,

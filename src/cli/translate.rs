@@ -2,6 +2,7 @@
 
 use crate::files::{self, InputImage, Kind, Outputs};
 use crate::model::ModelArgs;
+use crate::params::Params;
 use crate::progress::Bars;
 use crate::report::Measured;
 use anyhow::{Context, Result, bail};
@@ -17,17 +18,24 @@ pub struct TranslateCmd {
     #[command(flatten)]
     model: ModelArgs,
     /// The guidance image (PNG or JPEG).
-    #[arg(long)]
-    image: PathBuf,
+    #[arg(long, required_unless_present = "params_from")]
+    image: Option<PathBuf>,
     /// Target prompt; repeat for several (one inversion and feature store serve all).
-    #[arg(long = "prompt", required = true)]
+    #[arg(long = "prompt", required_unless_present = "params_from")]
     prompts: Vec<String>,
+    /// Take the image, prompts, size and settings from the parameters an
+    /// output of pnp carries (flags given here win), to make it again.
+    #[arg(long)]
+    params_from: Option<PathBuf>,
     /// Output image (PNG or JPEG); with several prompts, <stem>-<i>.<ext>.
     #[arg(long)]
     out: PathBuf,
     /// Processing width (multiple of 64); default: shorter side 512, aspect kept.
     #[arg(long)]
     width: Option<usize>,
+    /// Processing height (multiple of 64); default: from --width (or the
+    /// shorter side 512), aspect kept. Both given: the image is resized to
+    /// exactly that (a note says when it is squashed).
     #[arg(long)]
     height: Option<usize>,
     /// Write the float32 latents "final" [prompts,4,h/8,w/8] and "inverted_start" here.
@@ -50,6 +58,9 @@ pub struct TranslateCmd {
     /// Whether --inversion-steps was given on the command line (set by main).
     #[arg(skip)]
     pub inversion_steps_given: bool,
+    /// The ids of the flags given on the command line (set by main).
+    #[arg(skip)]
+    pub given: std::collections::HashSet<String>,
     #[command(flatten)]
     opts: PnpOptions,
 }
@@ -62,7 +73,42 @@ fn load_inversion(path: &std::path::Path, size: [usize; 2]) -> Result<Inversion>
     Ok(Inversion::from_safetensors(&name, &bytes, hw)?)
 }
 
+/// `cmd` with what it does not give taken from `--params-from`'s file.
+fn with_saved_params(mut cmd: TranslateCmd) -> Result<(TranslateCmd, Option<Params>)> {
+    let Some(from) = &cmd.params_from else {
+        return Ok((cmd, None));
+    };
+    let p = Params::read(from)?;
+    if p.command != "translate" && p.command != "batch" {
+        bail!(
+            "{} was made by `pnp {}`, not by translate: its parameters do not describe a translation",
+            from.display(),
+            p.command
+        );
+    }
+    if cmd.image.is_none() {
+        let Some(image) = &p.image else {
+            bail!("{} records no guidance image; pass --image", from.display());
+        };
+        cmd.image = Some(image.into());
+    }
+    if cmd.prompts.is_empty() {
+        cmd.prompts = if p.prompts.is_empty() {
+            vec![p.prompt.clone()]
+        } else {
+            p.prompts.clone()
+        };
+    }
+    if cmd.width.is_none() && cmd.height.is_none() {
+        (cmd.width, cmd.height) = (Some(p.width), Some(p.height));
+    }
+    cmd.opts = p.fill_options(&cmd.opts, &cmd.given)?;
+    Ok((cmd, Some(p)))
+}
+
 pub fn run(cmd: TranslateCmd, device: &crate::DeviceArgs) -> Result<()> {
+    let (cmd, saved) = with_saved_params(cmd)?;
+    let image_path = cmd.image.clone().context("give --image")?;
     // Everything that can be checked without the GPU, first: the outputs,
     // the image's header and size, the inversion file.
     let n = cmd.prompts.len();
@@ -79,10 +125,18 @@ pub fn run(cmd: TranslateCmd, device: &crate::DeviceArgs) -> Result<()> {
     if let Some(p) = &cmd.report {
         outputs.add(p, Kind::Record, "--report");
     }
-    let mut inputs = vec![cmd.image.as_path()];
+    let mut inputs = vec![image_path.as_path()];
     inputs.extend(cmd.load_inversion.as_deref());
     outputs.check(&inputs)?;
-    let image = InputImage::open(&cmd.image, cmd.width, cmd.height)?;
+    let image = InputImage::open(&image_path, cmd.width, cmd.height)?;
+    if let Some(p) = &saved
+        && p.image_hash.as_deref().is_some_and(|h| h != image.hash())
+    {
+        eprintln!(
+            "note: {} is not the image the parameters were made from (its bytes differ)",
+            image_path.display()
+        );
+    }
     let size = image.size();
     let opts = &cmd.opts;
     cli_words(opts.check())?;
@@ -104,6 +158,14 @@ pub fn run(cmd: TranslateCmd, device: &crate::DeviceArgs) -> Result<()> {
     let mut bars = Bars::default();
     let m = cmd.model.load(&gpu, &mut bars)?;
     let model = &m.loaded.model;
+    if let Some(p) = &saved
+        && p.model_hash != model.fingerprint()
+    {
+        eprintln!(
+            "note: --model {} is not the model the parameters name ({}): the result will differ",
+            cmd.model.model, p.model
+        );
+    }
     if let (Some(inv), Some(path)) = (&loaded, &cmd.load_inversion) {
         match inv.check_model(&model.fingerprint()) {
             Err(e) if cmd.force => bars.note(&format!("{e} (taken: --force)")),
@@ -125,7 +187,7 @@ pub fn run(cmd: TranslateCmd, device: &crate::DeviceArgs) -> Result<()> {
     let pixels = image.decode()?;
     eprintln!(
         "image: {} at {}x{}",
-        cmd.image.display(),
+        image_path.display(),
         pixels.width,
         pixels.height
     );
@@ -140,7 +202,23 @@ pub fn run(cmd: TranslateCmd, device: &crate::DeviceArgs) -> Result<()> {
     let mut written = Vec::new();
     for (i, img) in images.iter().enumerate() {
         let path = files::numbered(&cmd.out, i, n);
-        files::save_image(&path, img, pixels.height, pixels.width)?;
+        let params = Params {
+            generator: format!("pnp {}", env!("CARGO_PKG_VERSION")),
+            command: "translate".into(),
+            model: cmd.model.model.clone(),
+            model_hash: model.fingerprint(),
+            precision: cmd.model.precision.name_on(&gpu),
+            image: Some(image_path.display().to_string()),
+            image_hash: Some(image.hash()),
+            prompt: cmd.prompts[i].clone(),
+            prompts: cmd.prompts.clone(),
+            width: pixels.width,
+            height: pixels.height,
+            seed: None,
+            options: Some(opts.clone()),
+        };
+        let json = params.to_json();
+        files::save_image(&path, img, pixels.height, pixels.width, Some(&json))?;
         written.push(path);
     }
     bars.finish();
@@ -174,7 +252,7 @@ pub fn run(cmd: TranslateCmd, device: &crate::DeviceArgs) -> Result<()> {
         let record = measured.report(
             "translate",
             &cmd.model,
-            &cmd.image,
+            &image_path,
             size,
             &cmd.prompts,
             opts,
@@ -183,7 +261,7 @@ pub fn run(cmd: TranslateCmd, device: &crate::DeviceArgs) -> Result<()> {
     }
 
     let s = &pipe.stats;
-    println!("translated {} with {} prompt(s):", cmd.image.display(), n);
+    println!("translated {} with {} prompt(s):", image_path.display(), n);
     for (p, path) in cmd.prompts.iter().zip(&written) {
         println!("  {:?} -> {}", p, path.display());
     }
