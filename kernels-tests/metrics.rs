@@ -19,14 +19,8 @@ use pnp::metrics::{Metric, Rgb8, SsimBorder, pixel_metric};
 use serde_json::Value as Json;
 
 fn rgb(name: &str) -> Rgb8 {
-    let img = image::open(fixture_path("metrics").join(name))
-        .expect("fixture image")
-        .to_rgb8();
-    Rgb8 {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.into_raw(),
-    }
+    let img = image::open(fixture_path("metrics").join(name)).expect("fixture image");
+    img.to_rgb8().into()
 }
 
 fn mask(name: &str) -> Vec<u8> {
@@ -332,11 +326,11 @@ fn lpips_matches_torchmetrics() {
             rgb(p["tgt"].as_str().unwrap()),
         );
         let m = mask(p["mask"].as_str().unwrap());
-        let keep: Vec<f64> = m.iter().map(|&v| f64::from(1 - v)).collect();
+        let keep: Vec<u8> = m.iter().map(|&v| 1 - v).collect();
         for (key, keep) in [("lpips", None), ("lpips_unedit_part", Some(&keep[..]))] {
             let Some(w) = want[key].as_f64() else {
                 assert!(
-                    keep.is_some_and(|k| k.iter().all(|&v| v == 0.0)),
+                    keep.is_some_and(|k| k.iter().all(|&v| v == 0)),
                     "{name} {key}"
                 );
                 continue;

@@ -281,7 +281,7 @@ fn run_item(
             seed: None,
             options: Some(opts.clone()),
         };
-        let json = params.to_json();
+        let json = params.to_json()?;
         files::save_image(path, img, pixels.height, pixels.width, Some(&json))?;
     }
     Ok(())

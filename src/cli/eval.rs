@@ -3,6 +3,7 @@
 //! papers' scalings, and an HTML page to look at the results side by side.
 
 mod html;
+mod summary;
 
 use crate::files;
 use anyhow::{Context, Result, bail};
@@ -10,10 +11,10 @@ use pnp::edits::{self, Item, Mask};
 use pnp::metrics::clip::Clip;
 use pnp::metrics::dino::{Dino, KeySelfSimilarity};
 use pnp::metrics::lpips::Lpips;
-use pnp::metrics::{self, Metric, Needs, Rgb8, SsimBorder};
+use pnp::metrics::{self, Keep, Metric, Needs, Rgb8, SsimBorder};
 use pnp::models::locate::{ModelSource, resolve};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use summary::{Summary, csv};
 
 #[derive(clap::Args)]
 pub struct EvalCmd {
@@ -175,7 +176,7 @@ fn score(
             };
             let src = cache.dino.get_or_insert_with(|| sims(source)).as_ref()?;
             let edit = sims(edited)?;
-            Ok(Some(metrics::dino::mse(&src.sim, &edit.sim)))
+            Ok(Some(metrics::mse(&src.sim, &edit.sim)))
         }
         Needs::Clip => {
             let clip = nets.clip.as_ref().ok_or("no CLIP model loaded")?;
@@ -201,15 +202,10 @@ fn score(
                 });
                 return s.clone().map(Some);
             }
-            let edited = match metric.region {
-                metrics::Region::Edited => {
-                    let mask = pair.mask.ok_or("needs an edit mask")?;
-                    if mask.iter().all(|&m| m == 0) {
-                        return Ok(None);
-                    }
-                    edited.masked(mask)
-                }
-                _ => edited.clone(),
+            let edited = match metric.keep(pair.mask, (edited.width, edited.height))? {
+                Keep::Nothing => return Ok(None),
+                Keep::All => edited.clone(),
+                Keep::Pixels(k) => edited.masked(&k),
             };
             let target = cache
                 .clip_target_text
@@ -219,20 +215,11 @@ fn score(
         }
         Needs::Lpips => {
             let lpips = nets.lpips.as_ref().ok_or("no LPIPS model loaded")?;
-            let keep: Option<Vec<f64>> = match (metric.region, pair.mask) {
-                (metrics::Region::Whole, _) => None,
-                (_, None) => return Err("needs an edit mask".into()),
-                (region, Some(m)) => Some(
-                    m.iter()
-                        .map(|&v| {
-                            f64::from(u8::from((v != 0) == (region == metrics::Region::Edited)))
-                        })
-                        .collect(),
-                ),
+            let keep = match metric.keep(pair.mask, (source.width, source.height))? {
+                Keep::Nothing => return Ok(None),
+                Keep::All => None,
+                Keep::Pixels(k) => Some(k),
             };
-            if keep.as_ref().is_some_and(|k| k.iter().all(|&v| v == 0.0)) {
-                return Ok(None);
-            }
             pollster::block_on(lpips.lpips(source, edited, keep.as_deref()))
                 .map(Some)
                 .map_err(|e| e.to_string())
@@ -464,14 +451,9 @@ fn empty_row<'a>(
 }
 
 fn load_rgb8(path: &Path) -> Result<Rgb8> {
-    let img = image::open(path)
-        .with_context(|| format!("cannot read the image {}", path.display()))?
-        .to_rgb8();
-    Ok(Rgb8 {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.into_raw(),
-    })
+    let img =
+        image::open(path).with_context(|| format!("cannot read the image {}", path.display()))?;
+    Ok(img.to_rgb8().into())
 }
 
 /// The item's mask at the source's size (1 = edited), if it has one.
@@ -535,134 +517,5 @@ fn fit(img: Rgb8, source: &Rgb8) -> (Rgb8, Option<String>) {
         let r = image::imageops::resize(&buffer, w as u32, h as u32, filter);
         (r, format!("{how}: resized (Lanczos) to the source's size"))
     };
-    let img = Rgb8 {
-        width: w,
-        height: h,
-        data: out.into_raw(),
-    };
-    (img, Some(how))
-}
-
-/// The CSV: `file_id`, then `method|metric` for every method and metric,
-/// "nan" where a region is empty, empty where nothing was computed.
-fn csv(methods: &[Method], metrics: &[Metric], rows: &[Row]) -> String {
-    let mut out = String::from("file_id");
-    for method in methods {
-        for metric in metrics {
-            out.push_str(&format!(
-                ",{}",
-                csv_field(&format!("{}|{}", method.name, metric.name))
-            ));
-        }
-    }
-    out.push('\n');
-    for row in rows {
-        out.push_str(&csv_field(&row.file_id));
-        for scored in &row.results {
-            for v in &scored.values {
-                out.push(',');
-                match v {
-                    Ok(Some(x)) => out.push_str(&format!("{x}")),
-                    Ok(None) => out.push_str("nan"),
-                    Err(_) => {}
-                }
-            }
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// Means per method, metric and editing type ("all" last), over the values
-/// computed (nan and missing left out; an infinite PSNR, of identical
-/// images, makes its mean infinite), in the papers' scalings.
-pub struct Summary {
-    /// Editing types in order, then "all".
-    pub groups: Vec<String>,
-    /// [method][metric][group] -> (mean x scale, count).
-    pub means: Vec<Vec<Vec<(f64, usize)>>>,
-}
-
-impl Summary {
-    fn of(methods: &[Method], metrics: &[Metric], rows: &[Row]) -> Summary {
-        let mut groups: Vec<String> = rows
-            .iter()
-            .filter_map(|r| r.item.editing_type.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        groups.push("all".into());
-        let mut means = vec![vec![vec![(0.0, 0usize); groups.len()]; metrics.len()]; methods.len()];
-        let all = groups.len() - 1;
-        let index: BTreeMap<&str, usize> = (groups.iter().enumerate())
-            .map(|(i, g)| (g.as_str(), i))
-            .collect();
-        for row in rows {
-            let g = (row.item.editing_type.as_deref()).and_then(|t| index.get(t).copied());
-            for (m, scored) in row.results.iter().enumerate() {
-                for (k, v) in scored.values.iter().enumerate() {
-                    if let Ok(Some(x)) = v
-                        && !x.is_nan()
-                    {
-                        for gi in g.into_iter().chain([all]) {
-                            let cell = &mut means[m][k][gi];
-                            cell.0 += x;
-                            cell.1 += 1;
-                        }
-                    }
-                }
-            }
-        }
-        for per_metric in means.iter_mut() {
-            for (k, per_group) in per_metric.iter_mut().enumerate() {
-                for cell in per_group.iter_mut() {
-                    if cell.1 > 0 {
-                        cell.0 = cell.0 / cell.1 as f64 * metrics[k].scale;
-                    } else {
-                        cell.0 = f64::NAN;
-                    }
-                }
-            }
-        }
-        Summary { groups, means }
-    }
-
-    /// The metric's column heading with its scaling: "mse_unedit_part x10^4".
-    pub fn heading(metric: &Metric) -> String {
-        match metric.scale.log10().round() as i32 {
-            0 => metric.name.to_string(),
-            e => format!("{} x10^{e}", metric.name),
-        }
-    }
-
-    fn text(&self, methods: &[Method], metrics: &[Metric]) -> String {
-        let mut out = String::new();
-        for (m, method) in methods.iter().enumerate() {
-            out.push_str(&format!("{}: means per editing type\n", method.name));
-            out.push_str(&format!("  {:<8}", "type"));
-            for metric in metrics {
-                out.push_str(&format!(" {:>24}", Self::heading(metric)));
-            }
-            out.push_str(&format!(" {:>6}\n", "edits"));
-            for (g, group) in self.groups.iter().enumerate() {
-                out.push_str(&format!("  {group:<8}"));
-                let mut n = 0;
-                for k in 0..metrics.len() {
-                    let (v, c) = self.means[m][k][g];
-                    n = n.max(c);
-                    out.push_str(&format!(" {v:>24.4}"));
-                }
-                out.push_str(&format!(" {n:>6}\n"));
-            }
-        }
-        out
-    }
+    (out.into(), Some(how))
 }

@@ -85,7 +85,7 @@ pub fn run(cmd: GenerateCmd, device: &crate::DeviceArgs) -> Result<()> {
         seed: Some(seed),
         options: None,
     };
-    let json = params.to_json();
+    let json = params.to_json()?;
     files::save_image(&cmd.out, &img, cmd.height, cmd.width, Some(&json))?;
     println!(
         "generated {:?} (seed {seed}) -> {}",

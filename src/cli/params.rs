@@ -47,8 +47,8 @@ pub fn hash(bytes: &[u8]) -> String {
 }
 
 impl Params {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("parameters serialize")
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).context("cannot write the parameters as JSON")
     }
 
     /// The parameters `path` (a PNG or JPEG written by pnp) carries.

@@ -217,7 +217,7 @@ pub fn run(cmd: TranslateCmd, device: &crate::DeviceArgs) -> Result<()> {
             seed: None,
             options: Some(opts.clone()),
         };
-        let json = params.to_json();
+        let json = params.to_json()?;
         files::save_image(&path, img, pixels.height, pixels.width, Some(&json))?;
         written.push(path);
     }

@@ -12,6 +12,7 @@
 //! in PyTorch's fixed-point arithmetic), centre crop, normalisation.
 
 use super::resample::resize_bicubic_aa_u8;
+use super::vit::{Block, PatchEmbed};
 use super::{MetricError, Rgb8};
 use crate::gpu::{DType, Gpu};
 use crate::graph::Graph;
@@ -28,27 +29,16 @@ use std::sync::Arc;
 const MEAN: [f64; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 const STD: [f64; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
-struct Layer {
-    norm1: Norm,
-    attn: Attention,
-    norm2: Norm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
 /// A CLIP model (both towers and their projections) on the device.
 pub struct Clip {
     gpu: Arc<Gpu>,
-    /// Vision width, patch side, input side.
-    dim: usize,
-    patch: usize,
+    /// Input side.
     side: usize,
-    patch_embed: Linear,
-    class: Vec<f32>,
+    patch_embed: PatchEmbed,
     /// (1 + (side / patch)^2, D).
-    pos: Vec<f32>,
+    pos: Vec<f64>,
     pre_norm: Norm,
-    layers: Vec<Layer>,
+    layers: Vec<Block>,
     post_norm: Norm,
     act: Act,
     visual_projection: Linear,
@@ -142,25 +132,19 @@ impl Clip {
         let vb = w.root().pp("vision_model");
         let emb = vb.pp("embeddings");
         let tokens = 1 + (side / p) * (side / p);
-        let patch_w = emb
-            .pp("patch_embedding")
-            .get("weight", &[d, 3, p, p])?
-            .to_f32();
         let class = emb.get("class_embedding", &[d])?.to_f32();
         let pos = emb
             .pp("position_embedding")
             .get("weight", &[tokens, d])?
             .to_f32();
         let pe = emb.pp("patch_embedding");
-        let patch_embed = Linear {
-            weight: cx.upload(&pe, "weight", &patch_w, &[d, 3 * p * p])?,
-            bias: None,
-        };
+        let patch_embed = PatchEmbed::load(cx, &pe, d, p, false, &class)?;
+        let pos = pos.into_iter().map(f64::from).collect();
         let eps = v.layer_norm_eps;
         let mut layers = Vec::new();
         for i in 0..v.num_hidden_layers {
             let l = vb.pp("encoder.layers").pp(i);
-            layers.push(Layer {
+            layers.push(Block {
                 norm1: Norm::layer(cx, &l.pp("layer_norm1"), d, eps)?,
                 attn: Attention::load(
                     cx,
@@ -185,11 +169,8 @@ impl Clip {
             visual_projection: Linear::load(cx, &w.root().pp("visual_projection"), d, proj, false)?,
             text_projection: Linear::load(cx, &w.root().pp("text_projection"), dt, proj, false)?,
             text: ClipText::load(cx, w, config.text_config)?,
-            dim: d,
-            patch: p,
             side,
             patch_embed,
-            class,
             pos,
             layers,
             act,
@@ -225,30 +206,12 @@ impl Clip {
 
     /// The projected image embedding of pixel values `x` (3, side, side).
     pub async fn image_embedding(&self, x: &[f64]) -> Result<Vec<f64>, MetricError> {
-        let (p, d, s) = (self.patch, self.dim, self.side);
-        let g_side = s / p;
-        let t = 1 + g_side * g_side;
-        let k = 3 * p * p;
-        let patches = super::patch_rows(x, [s, s], p);
-        let mut table = self.pos.clone();
-        for (c, v) in table[..d].iter_mut().enumerate() {
-            *v += self.class[c];
-        }
+        let s = self.side;
         let mut g = Graph::new(self.gpu.clone(), DType::F32);
-        let xin = g.input("patches", &[1, t, k], DType::F32);
-        let added = g.input("class and positions", &[1, t, d], DType::F32);
-        let mut h = self
-            .patch_embed
-            .forward(&mut g, &xin, Act::None, Some(&added))?;
+        let (mut h, fed) = self.patch_embed.record(&mut g, x, [s, s], &self.pos)?;
         h = self.pre_norm.forward(&mut g, &h, false)?;
         for l in &self.layers {
-            h = l
-                .attn
-                .forward_normed(&mut g, &h, Some(&l.norm1), None, false, Some(&h))?;
-            let f = l
-                .fc1
-                .forward_normed(&mut g, &h, Some(&l.norm2), self.act, None)?;
-            h = l.fc2.forward(&mut g, &f, Act::None, Some(&h))?;
+            h = l.forward(&mut g, &h, self.act)?;
         }
         // Every token projected (the class token's row is kept): no slice op needed.
         let e = self.visual_projection.forward_normed(
@@ -261,8 +224,7 @@ impl Clip {
         g.output(&e);
         g.tune().await?;
         let plan = g.plan()?;
-        plan.write(&xin, &patches);
-        plan.write(&added, &table);
+        fed.write(&plan);
         plan.run();
         let all = plan.read(&e).await?;
         Ok(all[..self.projection]

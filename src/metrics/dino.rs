@@ -17,6 +17,7 @@
 //! ViTModel layout (facebook/dino-vitb8: `encoder.layer.N.attention...`).
 
 use super::resample::{interpolate_bicubic, resize_bilinear_aa, resize_shorter_side};
+use super::vit::{Block, PatchEmbed};
 use super::{MetricError, Rgb8};
 use crate::gpu::{DType, Gpu};
 use crate::graph::Graph;
@@ -32,25 +33,12 @@ const MAX_SIDE: usize = 480;
 const MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 const STD: [f64; 3] = [0.229, 0.224, 0.225];
 
-struct Block {
-    norm1: Norm,
-    attn: Attention,
-    norm2: Norm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
 /// A DINO ViT with its weights on the device.
 pub struct Dino {
     gpu: Arc<Gpu>,
-    dim: usize,
-    patch: usize,
     /// Side of the position grid it was trained on (28 for ViT-B/8 at 224).
     grid: usize,
-    /// (D, 3 p p): the patch convolution as a Linear over flattened patches.
-    patch_embed: Linear,
-    patch_bias: Vec<f32>,
-    cls: Vec<f32>,
+    patch_embed: PatchEmbed,
     /// (1 + grid^2, D).
     pos: Vec<f32>,
     blocks: Vec<Block>,
@@ -228,20 +216,10 @@ impl Dino {
                 }
             });
         }
-        let k = 3 * patch * patch;
-        let patch_w = proj.get("weight", &[dim, 3, patch, patch])?.to_f32();
-        let patch_bias = proj.get("bias", &[dim])?.to_f32();
-        let patch_embed = Linear {
-            weight: cx.upload(&proj, "weight", &patch_w, &[dim, k])?,
-            bias: Some(cx.upload(&proj, "bias", &patch_bias, &[dim])?),
-        };
+        let patch_embed = PatchEmbed::load(cx, &proj, dim, patch, true, &cls_t.to_f32())?;
         Ok(Dino {
-            dim,
-            patch,
             grid,
             patch_embed,
-            patch_bias,
-            cls: cls_t.to_f32(),
             pos: pos_t.to_f32(),
             blocks,
             layout,
@@ -256,7 +234,7 @@ impl Dino {
 
     /// Side of a patch in pixels.
     pub fn patch(&self) -> usize {
-        self.patch
+        self.patch_embed.patch
     }
 
     /// The ViT's input for `img`: resized as the benchmark resizes (shorter
@@ -289,8 +267,8 @@ impl Dino {
     /// input whose grid happens to match is interpolated too, by 28.1 / 28).
     /// (1 + gh gw, D).
     pub fn position_embeddings(&self, [h, w]: [usize; 2]) -> Vec<f64> {
-        let d = self.dim;
-        let (gh, gw) = (h / self.patch, w / self.patch);
+        let (d, p) = (self.patch_embed.dim, self.patch_embed.patch);
+        let (gh, gw) = (h / p, w / p);
         let pos: Vec<f64> = self.pos.iter().map(|&v| f64::from(v)).collect();
         if gh * gw == self.grid * self.grid && h == w {
             return pos;
@@ -323,7 +301,7 @@ impl Dino {
         x: &[f64],
         [h, w]: [usize; 2],
     ) -> Result<KeySelfSimilarity, MetricError> {
-        let (p, d) = (self.patch, self.dim);
+        let (p, d) = (self.patch_embed.patch, self.patch_embed.dim);
         let (gh, gw) = (h / p, w / p);
         if gh == 0 || gw == 0 {
             return Err(MetricError::Input(format!(
@@ -331,31 +309,12 @@ impl Dino {
             )));
         }
         let t = 1 + gh * gw;
-        let k = 3 * p * p;
-        let patches = super::patch_rows(x, [h, w], p);
-        // Added in the epilogue: row 0 the class token (minus the bias the
-        // zero patch brings), every row its position embedding.
         let pos = self.position_embeddings([h, w]);
-        let mut table: Vec<f32> = pos.iter().map(|&v| v as f32).collect();
-        for c in 0..d {
-            table[c] = (pos[c] + f64::from(self.cls[c]) - f64::from(self.patch_bias[c])) as f32;
-        }
-
         let mut g = Graph::new(self.gpu.clone(), DType::F32);
-        let xin = g.input("patches", &[1, t, k], DType::F32);
-        let added = g.input("class and positions", &[1, t, d], DType::F32);
-        let mut hid = self
-            .patch_embed
-            .forward(&mut g, &xin, Act::None, Some(&added))?;
+        let (mut hid, fed) = self.patch_embed.record(&mut g, x, [h, w], &pos)?;
         let (last, body) = self.blocks.split_last().expect("a ViT has blocks");
         for b in body {
-            hid = b
-                .attn
-                .forward_normed(&mut g, &hid, Some(&b.norm1), None, false, Some(&hid))?;
-            let f = b
-                .fc1
-                .forward_normed(&mut g, &hid, Some(&b.norm2), Act::Gelu, None)?;
-            hid = b.fc2.forward(&mut g, &f, Act::None, Some(&hid))?;
+            hid = b.forward(&mut g, &hid, Act::Gelu)?;
         }
         let keys =
             last.attn
@@ -366,8 +325,7 @@ impl Dino {
         g.output(&gram);
         g.tune().await?;
         let plan = g.plan()?;
-        plan.write(&xin, &patches);
-        plan.write(&added, &table);
+        fed.write(&plan);
         plan.run();
         let gram = plan.read(&gram).await?;
         if let Some(bad) = gram.iter().position(|v| !v.is_finite()) {
@@ -400,14 +358,8 @@ impl Dino {
         }
         let ka = self.key_self_similarity(&xa, sa).await?;
         let kb = self.key_self_similarity(&xb, sb).await?;
-        Ok(mse(&ka.sim, &kb.sim))
+        Ok(super::mse(&ka.sim, &kb.sim))
     }
-}
-
-/// The mean squared difference of two equally long slices.
-pub fn mse(a: &[f64], b: &[f64]) -> f64 {
-    let sum: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    sum / a.len() as f64
 }
 
 /// The hub's fused qkv projection (rows q, k, v) split into three Linears.

@@ -128,13 +128,13 @@ impl Lpips {
     /// The network's input for `img` with the pixels where `keep` is 0
     /// blacked out first (the benchmark's masking): [-1, 1], then the
     /// scaling layer. (3, H, W).
-    pub fn preprocess(img: &Rgb8, keep: Option<&[f64]>) -> Vec<f32> {
+    pub fn preprocess(img: &Rgb8, keep: Option<&[u8]>) -> Vec<f32> {
         let (w, h) = (img.width, img.height);
         let mut out = vec![0f32; 3 * h * w];
         for (p, px) in img.data.chunks_exact(3).enumerate() {
             for c in 0..3 {
                 // float32 as the benchmark scales, then masked.
-                let v = f64::from(f32::from(px[c]) / 255.0) * keep.map_or(1.0, |k| k[p]);
+                let v = f64::from(f32::from(px[c]) / 255.0) * keep.map_or(1.0, |k| f64::from(k[p]));
                 out[c * h * w + p] = ((v * 2.0 - 1.0 - SHIFT[c]) / SCALE[c]) as f32;
             }
         }
@@ -221,12 +221,7 @@ impl Lpips {
 
     /// LPIPS of `a` and `b` over the pixels where `keep` is 1 (all if None):
     /// the benchmark's `lpips` and `lpips_unedit_part`.
-    pub async fn lpips(
-        &self,
-        a: &Rgb8,
-        b: &Rgb8,
-        keep: Option<&[f64]>,
-    ) -> Result<f64, MetricError> {
+    pub async fn lpips(&self, a: &Rgb8, b: &Rgb8, keep: Option<&[u8]>) -> Result<f64, MetricError> {
         let size = [a.height, a.width];
         if (a.width, a.height) != (b.width, b.height) {
             return Err(MetricError::Input(format!(

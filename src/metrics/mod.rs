@@ -14,6 +14,7 @@ pub mod clip;
 pub mod dino;
 pub mod lpips;
 pub mod resample;
+mod vit;
 
 use crate::gpu::GpuError;
 use crate::graph::ShapeError;
@@ -65,6 +66,16 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+impl From<image::RgbImage> for Rgb8 {
+    fn from(img: image::RgbImage) -> Self {
+        Rgb8 {
+            width: img.width() as usize,
+            height: img.height() as usize,
+            data: img.into_raw(),
+        }
+    }
+}
+
 impl Rgb8 {
     /// The image with every pixel outside `mask` (one value per pixel, 0 =
     /// outside) black: the benchmark's 8-bit image times its 0/1 mask.
@@ -77,29 +88,6 @@ impl Rgb8 {
         }
         out
     }
-}
-
-/// A ViT's input `x` (3, h, w) as the rows of its patch-embedding GEMM:
-/// row 0 all zero (the class token's slot: the GEMM gives it the bias
-/// alone), then every p x p patch in row-major grid order, flattened
-/// channel-major as a stride-p convolution reads it (pixels past the last
-/// whole patch dropped). (1 + (h / p)(w / p), 3 p p).
-pub(crate) fn patch_rows(x: &[f64], [h, w]: [usize; 2], p: usize) -> Vec<f32> {
-    let (gh, gw, k) = (h / p, w / p, 3 * p * p);
-    let mut rows = vec![0f32; (1 + gh * gw) * k];
-    for (i, row) in rows.chunks_exact_mut(k).skip(1).enumerate() {
-        let (py, px) = (i / gw, i % gw);
-        for c in 0..3 {
-            for dy in 0..p {
-                let src = &x[(c * h + py * p + dy) * w + px * p..][..p];
-                let dst = &mut row[(c * p + dy) * p..][..p];
-                for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = v as f32;
-                }
-            }
-        }
-    }
-    rows
 }
 
 /// Which pixels a metric sees.
@@ -184,7 +172,46 @@ pub const DEFAULT: &[&str] = &[
     "clip_similarity_target_image_edit_part",
 ];
 
+/// The pixels a metric's region keeps ([`Metric::keep`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Keep {
+    /// The whole image.
+    All,
+    /// One value per pixel, 1 = kept: the edit mask or its complement.
+    Pixels(Vec<u8>),
+    /// No pixel: the region is empty (the benchmark writes "nan").
+    Nothing,
+}
+
 impl Metric {
+    /// The pixels this metric sees of `width` x `height` images with the
+    /// edit `mask` (one value per pixel, 1 = edited; required unless the
+    /// region is the whole image).
+    pub fn keep(
+        &self,
+        mask: Option<&[u8]>,
+        (width, height): (usize, usize),
+    ) -> Result<Keep, String> {
+        let mask = match (self.region, mask) {
+            (Whole, _) => return Ok(Keep::All),
+            (_, None) => return Err(format!("{} needs an edit mask", self.name)),
+            (_, Some(m)) if m.len() != width * height => {
+                return Err(format!(
+                    "the mask has {} pixels, the images {width}x{height}",
+                    m.len()
+                ));
+            }
+            (_, Some(m)) => m,
+        };
+        let edited = self.region == Edited;
+        let keep: Vec<u8> = mask.iter().map(|&v| u8::from((v != 0) == edited)).collect();
+        Ok(if keep.contains(&1) {
+            Keep::Pixels(keep)
+        } else {
+            Keep::Nothing
+        })
+    }
+
     /// The metric called `name`, or a list of the names there are.
     pub fn by_name(name: &str) -> Result<Metric, String> {
         ALL.iter().find(|m| m.name == name).copied().ok_or_else(|| {
@@ -230,29 +257,11 @@ pub fn pixel_metric(
         ));
     }
     let pixels = a.width * a.height;
-    let keep: Option<Vec<f64>> = match (metric.region, mask) {
-        (Whole, _) => None,
-        (_, None) => return Err(format!("{} needs an edit mask", metric.name)),
-        (_, Some(m)) if m.len() != pixels => {
-            return Err(format!(
-                "the mask has {} pixels, the images {}x{}",
-                m.len(),
-                a.width,
-                a.height
-            ));
-        }
-        (region, Some(m)) => Some(
-            m.iter()
-                .map(|&v| match (region, v != 0) {
-                    (Edited, true) | (Unedited, false) => 1.0,
-                    _ => 0.0,
-                })
-                .collect(),
-        ),
+    let keep = match metric.keep(mask, (a.width, a.height))? {
+        Keep::Nothing => return Ok(None),
+        Keep::All => None,
+        Keep::Pixels(k) => Some(k),
     };
-    if keep.as_ref().is_some_and(|k| k.iter().all(|&v| v == 0.0)) {
-        return Ok(None);
-    }
     let planes = |img: &Rgb8| -> Vec<Vec<f64>> {
         (0..3)
             .map(|c| {
@@ -260,7 +269,7 @@ pub fn pixel_metric(
                     .map(|p| {
                         // float32 as the benchmark scales (u8 / 255), then widened.
                         let v = f64::from(img.data[p * 3 + c] as f32 / 255.0);
-                        keep.as_ref().map_or(v, |k| v * k[p])
+                        keep.as_ref().map_or(v, |k| v * f64::from(k[p]))
                     })
                     .collect()
             })
@@ -269,10 +278,10 @@ pub fn pixel_metric(
     let (x, y) = (planes(a), planes(b));
     let value = match metric.name.split('_').next() {
         Some("psnr") => {
-            let mse = mse(&x, &y);
+            let mse = planes_mse(&x, &y);
             10.0 * (1.0 / mse).log10()
         }
-        Some("mse") => mse(&x, &y),
+        Some("mse") => planes_mse(&x, &y),
         Some("ssim") => {
             // Reflection needs more pixels than the pad; cropping, the window.
             let least = match border {
@@ -304,13 +313,15 @@ pub fn pixel_metric(
     Ok(Some(value))
 }
 
-fn mse(x: &[Vec<f64>], y: &[Vec<f64>]) -> f64 {
-    let (mut sum, mut n) = (0.0, 0usize);
-    for (x, y) in x.iter().zip(y) {
-        sum += x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();
-        n += x.len();
-    }
-    sum / n as f64
+/// The mean squared difference of two equally long slices.
+pub fn mse(a: &[f64], b: &[f64]) -> f64 {
+    let sum: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    sum / a.len() as f64
+}
+
+/// The MSE over all three planes (each the same size).
+fn planes_mse(x: &[Vec<f64>], y: &[Vec<f64>]) -> f64 {
+    x.iter().zip(y).map(|(x, y)| mse(x, y)).sum::<f64>() / x.len() as f64
 }
 
 const HALF: usize = SSIM_SIDE / 2;
