@@ -12,7 +12,7 @@ use pnp::metrics::clip::Clip;
 use pnp::metrics::dino::{Dino, KeySelfSimilarity};
 use pnp::metrics::lpips::Lpips;
 use pnp::metrics::{self, Keep, Metric, Needs, Rgb8, SsimBorder};
-use pnp::models::locate::{ModelSource, resolve};
+use pnp::models::locate::ModelSource;
 use std::path::{Path, PathBuf};
 use summary::{Summary, csv};
 
@@ -103,7 +103,7 @@ impl Networks {
         }
         let gpu = crate::open_gpu(device)?;
         let locate = |id: &str| -> Result<PathBuf> {
-            Ok(match resolve(id)? {
+            Ok(match crate::hub::locate(id, pnp::gpu::DType::F32, false)? {
                 ModelSource::Folder(p) | ModelSource::SingleFile(p) => p,
             })
         };
@@ -359,9 +359,9 @@ fn choose_metrics(names: &[String], cmd: &EvalCmd) -> Result<Vec<Metric>> {
     // The flag that loads a network, with what to give it.
     let flag = |n: Needs| match n {
         Needs::Pixels => "",
-        Needs::Dino => "--dino (facebook/dino-vitb8 in the local Hugging Face cache, or a path)",
+        Needs::Dino => "--dino (a path, or a Hugging Face repo id such as facebook/dino-vitb8)",
         Needs::Clip => {
-            "--clip (openai/clip-vit-large-patch14 in the local Hugging Face cache, or a path)"
+            "--clip (a path, or a Hugging Face repo id such as openai/clip-vit-large-patch14)"
         }
         Needs::Lpips => {
             "--lpips (a .safetensors made by tools/convert_metric_weights.py --kind lpips)"

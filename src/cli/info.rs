@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct InfoCmd {
-    /// A diffusers folder, a single-file .safetensors checkpoint, or a hub repo id in the local cache.
+    /// A diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face repo id
+    /// (downloaded into the Hugging Face cache on first use).
     #[arg(long, required_unless_present = "image")]
     model: Option<String>,
     /// For a single-file checkpoint: a diffusers folder of the same family whose tokenizer,
@@ -20,6 +21,9 @@ pub struct InfoCmd {
     /// Storage precision of weights and activations (auto, f32, f16).
     #[arg(long, value_enum, default_value = "auto")]
     precision: crate::Precision,
+    /// Never use the network: a repo id must be in the Hugging Face cache (as HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
     /// Print the parameters an output image of pnp (translate, generate,
     /// batch) carries instead: what made it, and how to make it again.
     #[arg(long, conflicts_with = "model")]
@@ -74,6 +78,7 @@ pub fn run(cmd: InfoCmd, device: &crate::DeviceArgs) -> Result<()> {
         model: cmd.model.clone().unwrap_or_default(),
         config: cmd.config.clone(),
         precision: cmd.precision,
+        offline: cmd.offline,
     };
     let gpu = crate::open_gpu(device)?;
     let m = model.load(&gpu, &mut Quiet)?;

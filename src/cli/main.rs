@@ -7,6 +7,7 @@ mod eval;
 mod examples;
 mod files;
 mod generate;
+mod hub;
 mod info;
 mod model;
 mod params;

@@ -64,7 +64,7 @@ const PICKLE_NAMES: &[&str] = &[
 ];
 
 /// The files of a diffusers `tokenizer/` folder that [`ClipTokenizer`] reads.
-const TOKENIZER_FILES: &[&str] = &[
+pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "vocab.json",
     "merges.txt",

@@ -27,6 +27,20 @@ pub fn hub_cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"))
 }
 
+/// Whether `s` reads as a Hub repo id: "org/name", each part of ASCII
+/// letters, digits, '-', '_' and '.', not starting with '.' (a relative path
+/// such as ./x/y is not one).
+pub fn is_repo_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && !p.starts_with('.')
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
 /// Resolves `--model`: a folder, a .safetensors file, or a repo id
 /// ("stabilityai/stable-diffusion-2-1-base") found in the local Hugging Face
 /// cache ([`hub_cache_dir`]). Nothing is downloaded.
@@ -53,8 +67,8 @@ pub fn resolve_with_hub(model: &str, hub: &Path) -> Result<ModelSource, WeightEr
             }),
         };
     }
-    let parts: Vec<&str> = model.split('/').collect();
-    if parts.len() == 2 && parts.iter().all(|s| !s.is_empty()) && !model.starts_with('.') {
+    if is_repo_id(model) {
+        let parts: Vec<&str> = model.split('/').collect();
         let repo = hub.join(format!("models--{}--{}", parts[0], parts[1]));
         let snapshot = std::fs::read_to_string(repo.join("refs/main"))
             .ok()
