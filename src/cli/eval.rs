@@ -46,13 +46,13 @@ pub struct EvalCmd {
     ssim_border: SsimBorder,
     /// The DINO ViT of structure_distance: a transformers folder (as
     /// facebook/dino-vitb8), a .safetensors file (the torch-hub dino_vitb8
-    /// converted by tools/convert_metric_weights.py), or a repo id in the
-    /// local Hugging Face cache.
+    /// converted by tools/convert_metric_weights.py), or a Hugging Face repo
+    /// id (downloaded into the Hugging Face cache on first use).
     #[arg(long)]
     dino: Option<String>,
     /// The CLIP model of the clip_similarity metrics: a transformers folder
     /// (openai/clip-vit-large-patch14, safetensors and tokenizer files) or
-    /// its repo id in the local Hugging Face cache.
+    /// its Hugging Face repo id (downloaded on first use).
     #[arg(long)]
     clip: Option<String>,
     /// LPIPS's SqueezeNet backbone and linear heads in one .safetensors file

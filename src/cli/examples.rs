@@ -6,7 +6,7 @@ pub const INFO: &str = "\
 Examples:
   # the tiny SD 1.5-structured model in the repository
   pnp info --model kernels-tests/fixtures/models/sd15-tiny
-  # a model by its Hugging Face id, from the local cache
+  # a model by its Hugging Face id, downloaded into the Hugging Face cache on first use
   pnp info --model stabilityai/stable-diffusion-2-1-base
   # a single-file checkpoint, with a diffusers folder for its tokenizer and configs
   pnp info --model v2-1_512-ema-pruned.safetensors --config stable-diffusion-2-1-base/";
@@ -52,7 +52,7 @@ Examples:
   # the pixel metrics of a result folder on the fixture folder
   pnp eval --pie-bench kernels-tests/fixtures/piebench --results results/pnp-tiny \\
       --csv eval.csv --html eval.html
-  # all eight metrics of two methods, the networks from the local Hugging Face cache
+  # all eight metrics of two methods, the networks by Hugging Face id
   pnp eval --pie-bench PIE-Bench --results results/directinversion+pnp \\
       --results results/ddim+pnp --csv eval.csv --html eval.html \\
       --dino facebook/dino-vitb8 --clip openai/clip-vit-large-patch14 \\

@@ -135,7 +135,8 @@ pub fn plan(files: &[&str], dtype: DType) -> Result<Vec<String>, String> {
         } else {
             format!(
                 "{what} has only pickle weights ({}), which pnp never loads (they can run code); \
-                 convert them to .safetensors",
+                 convert them once where diffusers or transformers is installed \
+                 (`from_pretrained(ID).save_pretrained(OUT, safe_serialization=True)`) and pass OUT",
                 p.join(", ")
             )
         }
@@ -373,6 +374,11 @@ impl Got {
                         snapshot.display()
                     );
                 }
+                // hf-hub leaves its <blob>.lock beside the blob; the cache
+                // huggingface_hub keeps has none there.
+                if let Ok(blob) = std::fs::canonicalize(&path) {
+                    let _ = std::fs::remove_file(blob.with_extension("lock"));
+                }
                 match e.check(&path) {
                     Ok(()) => break,
                     Err(why) if attempt == 1 => {
@@ -427,17 +433,15 @@ fn remove_download(path: &Path) -> Result<()> {
 }
 
 fn file_bar(file: &str, k: usize, n: usize, size: Option<u64>) -> ProgressBar {
-    let bar = ProgressBar::new(size.unwrap_or(0));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("[{k}/{n}]"));
-    bar.set_message(file.to_string());
-    bar
+    let style = ProgressStyle::with_template(
+        "{prefix} {msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    ProgressBar::new(size.unwrap_or(0))
+        .with_style(style)
+        .with_prefix(format!("[{k}/{n}]"))
+        .with_message(file.to_string())
 }
 
 /// `hf-hub`'s progress callbacks on an indicatif bar. `init` comes again on
