@@ -11,6 +11,12 @@ pub trait Progress {
     fn note(&mut self, msg: &str);
     /// `done` of `total` bytes of `file` read (`total` 0: unknown).
     fn bytes(&mut self, _file: &str, _done: usize, _total: usize) {}
+    /// Whether the user asked the run to stop: the pipeline asks before
+    /// each step it submits and then fails with
+    /// [`PnpError::Cancelled`](crate::pipeline::PnpError::Cancelled).
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// A `Progress` that reports nothing.

@@ -183,7 +183,10 @@ impl Pipeline<'_> {
 
     /// Submits step `step` of `plan` (`batch` UNet rows) without waiting
     /// for it, then waits while more than [`AHEAD`] steps are in flight,
-    /// ticking `progress` as each completes.
+    /// ticking `progress` as each completes. Fails with
+    /// [`PnpError::Cancelled`] instead when `progress` says the run is
+    /// cancelled (the steps in flight finish on the GPU; nothing waits for
+    /// them).
     pub(super) async fn submit_step(
         &mut self,
         plan: &Plan,
@@ -192,6 +195,9 @@ impl Pipeline<'_> {
         flight: &mut InFlight,
         progress: &mut dyn Progress,
     ) -> Result<()> {
+        if progress.cancelled() {
+            return Err(PnpError::Cancelled);
+        }
         plan.set_step(step);
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         plan.encode(&mut enc);

@@ -46,6 +46,9 @@ pub enum PnpError {
     Scheduler(#[from] SchedulerError),
     #[error("{0}")]
     Input(String),
+    /// [`Progress::cancelled`](crate::progress::Progress::cancelled) said so.
+    #[error("cancelled")]
+    Cancelled,
     #[error("pnp_f_t and pnp_attn_t are fractions of the sampling steps, in [0, 1]")]
     Fractions,
     #[error("the guidance scale must be a finite number, got {0}")]
