@@ -384,6 +384,37 @@ fn tiny_repo() -> Repo {
     )
 }
 
+/// The tiny model with its UNet weights in two shards and an index, as
+/// diffusers writes a large network.
+fn sharded_repo() -> Repo {
+    let mut repo = Repo::from_folder(&fixtures().join("models/sd15-tiny"), COMMIT, &[]);
+    let whole = repo
+        .files
+        .remove("unet/diffusion_pytorch_model.safetensors")
+        .expect("unet");
+    let st = safetensors::SafeTensors::deserialize(&whole).expect("fixture safetensors");
+    let mut names = st.names();
+    names.sort();
+    let mut map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let shard = format!("diffusion_pytorch_model-{:05}-of-00002.safetensors", i + 1);
+        let tensors = part
+            .iter()
+            .map(|n| (n.to_string(), st.tensor(n).expect("tensor")));
+        let bytes = safetensors::serialize(tensors, None).expect("serialize");
+        repo.files.insert(format!("unet/{shard}"), bytes);
+        for n in part {
+            map.insert(n.to_string(), shard.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": whole.len()}, "weight_map": map});
+    repo.files.insert(
+        "unet/diffusion_pytorch_model.safetensors.index.json".into(),
+        index.to_string().into_bytes(),
+    );
+    repo
+}
+
 fn info(env: &Env, repo: &str) -> (bool, String, String) {
     env.pnp(&["info", "--model", repo, "--precision", "f32"])
 }
@@ -604,6 +635,29 @@ fn a_repo_id_downloads_resumes_refetches_and_then_runs_from_the_cache() {
     assert_eq!(
         latents("tiny/sd15", "hub"),
         latents(folder.to_str().unwrap(), "folder")
+    );
+    // A network in shards: its index, then the shards the index names.
+    server.add("tiny/sharded", sharded_repo());
+    let (ok, _, stderr) = info(&env, "tiny/sharded");
+    assert!(ok, "{stderr}");
+    let log = server.take_log();
+    let unet: Vec<&str> = resolves(&log)
+        .into_iter()
+        .filter(|l| l.contains("/unet/") && !l.ends_with("bytes=0-0"))
+        .map(|l| l.trim_start_matches("GET /tiny/sharded/resolve/main/unet/"))
+        .collect();
+    assert_eq!(
+        unet,
+        [
+            "config.json bytes=0-",
+            "diffusion_pytorch_model.safetensors.index.json bytes=0-",
+            "diffusion_pytorch_model-00001-of-00002.safetensors bytes=0-",
+            "diffusion_pytorch_model-00002-of-00002.safetensors bytes=0-",
+        ]
+    );
+    assert!(
+        stderr.contains("tiny/sharded: downloaded 14 of 14 files"),
+        "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&env.dir);
 }
