@@ -344,14 +344,21 @@ impl Env {
 
     fn pnp(&self, args: &[&str]) -> (bool, String, String) {
         let mut c = pnp_bin::pnp_command();
-        for k in [
+        // ureq reads proxies from the environment and knows no NO_PROXY:
+        // the loopback must be reached directly.
+        let proxies = ["ALL_PROXY", "HTTPS_PROXY", "HTTP_PROXY"];
+        let proxies = proxies
+            .iter()
+            .flat_map(|p| [p.to_string(), p.to_lowercase()]);
+        let hf = [
             "HF_TOKEN",
             "HF_TOKEN_PATH",
             "HF_HUB_OFFLINE",
             "HF_ENDPOINT",
             "HF_HOME",
             "HF_HUB_CACHE",
-        ] {
+        ];
+        for k in hf.iter().map(|k| k.to_string()).chain(proxies) {
             c.env_remove(k);
         }
         c.envs(self.vars.iter().map(|(k, v)| (k, v))).args(args);
