@@ -90,6 +90,8 @@ struct Faults {
     corrupt: Vec<String>,
     /// "<repo>/<file>"s the listing names but that answer 404.
     missing: Vec<String>,
+    /// "<repo>/<file>" -> how long its body takes to send (in 20 pieces).
+    slow: HashMap<String, std::time::Duration>,
 }
 
 struct Server {
@@ -133,6 +135,15 @@ impl Server {
     }
 }
 
+/// A response's status line and headers.
+fn head(status: &str, extra: &[(&str, String)], len: usize) -> String {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head + "\r\n"
+}
+
 fn serve(
     stream: TcpStream,
     repos: &Mutex<HashMap<String, Repo>>,
@@ -163,15 +174,7 @@ fn serve(
     );
     let mut out = stream;
     let reply = |out: &mut TcpStream, status: &str, extra: &[(&str, String)], body: &[u8]| {
-        let mut head = format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        for (k, v) in extra {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let _ = out.write_all(head.as_bytes());
+        let _ = out.write_all(head(status, extra, body.len()).as_bytes());
         let _ = out.write_all(body);
     };
     let error = |out: &mut TcpStream, status: &str, code: &str| {
@@ -246,12 +249,12 @@ fn serve(
         }
         None => (0, total),
     };
-    let whole = start == 0 && end == total;
-    if whole || end - start > 1 {
-        if let Some(i) = f.corrupt.iter().position(|c| *c == key) {
-            f.corrupt.remove(i);
-            body[start + (end - start) / 2] ^= 0x55;
-        }
+    // Not the one-byte probe hf-hub makes before each download.
+    if end - start > 1
+        && let Some(i) = f.corrupt.iter().position(|c| *c == key)
+    {
+        f.corrupt.remove(i);
+        body[start + (end - start) / 2] ^= 0x55;
     }
     let cut = match f.cut.get_mut(&key) {
         Some((n, left)) if *left > 0 && end - start > 1 => {
@@ -260,6 +263,7 @@ fn serve(
         }
         _ => None,
     };
+    let slow = f.slow.get(&key).copied().filter(|_| end - start > 1);
     drop(f);
     let etag = if is_lfs(file) {
         sha256(bytes)
@@ -288,20 +292,21 @@ fn serve(
     match cut {
         // Announce the whole range, send part of it, close.
         Some(n) => {
-            let mut head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-                body.len()
-            );
-            for (k, v) in &extra {
-                head.push_str(&format!("{k}: {v}\r\n"));
-            }
-            head.push_str("\r\n");
-            let _ = out.write_all(head.as_bytes());
+            let _ = out.write_all(head(status, &extra, body.len()).as_bytes());
             let _ = out.write_all(&body[..n.min(body.len())]);
             let _ = out.flush();
             let _ = out.shutdown(std::net::Shutdown::Both);
         }
-        None => reply(&mut out, status, &extra, body),
+        None => match slow {
+            Some(d) => {
+                let _ = out.write_all(head(status, &extra, body.len()).as_bytes());
+                for piece in body.chunks(body.len().div_ceil(20).max(1)) {
+                    std::thread::sleep(d / 20);
+                    let _ = out.write_all(piece);
+                }
+            }
+            None => reply(&mut out, status, &extra, body),
+        },
     }
 }
 
@@ -343,6 +348,15 @@ impl Env {
     }
 
     fn pnp(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.command(args).output().expect("run pnp");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
         let mut c = pnp_bin::pnp_command();
         // ureq reads proxies from the environment and knows no NO_PROXY:
         // the loopback must be reached directly.
@@ -362,12 +376,7 @@ impl Env {
             c.env_remove(k);
         }
         c.envs(self.vars.iter().map(|(k, v)| (k, v))).args(args);
-        let out = c.output().expect("run pnp");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        c
     }
 }
 
@@ -739,5 +748,50 @@ fn offline_misses_refusals_and_gated_repos_say_what_to_do() {
     let (ok, _, stderr) = info(&env, "tiny/gated");
     assert!(ok, "{stderr}");
     assert!(stderr.contains("tiny/gated: all 12 files"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// Two processes fetching one model at once (`batch --shard` started
+/// twice) take turns on each file: every file crosses the network once, and
+/// both load the model.
+#[test]
+fn two_processes_fetching_one_model_take_turns() {
+    let server = Server::start();
+    server.add("tiny/sd15", tiny_repo());
+    let unet = "tiny/sd15/unet/diffusion_pytorch_model.safetensors";
+    let slow = std::time::Duration::from_secs(4);
+    server.faults.lock().unwrap().slow.insert(unet.into(), slow);
+    let env = Env::new("turns", &server);
+    let start = || {
+        env.command(&["info", "--model", "tiny/sd15", "--precision", "f32"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start pnp")
+    };
+    let (a, b) = (start(), start());
+    let mut waited = 0;
+    for p in [a, b] {
+        let out = p.wait_with_output().expect("pnp");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        waited += stderr
+            .contains("is downloading tiny/sd15/unet/diffusion_pytorch_model.safetensors")
+            as usize;
+    }
+    assert_eq!(
+        waited, 1,
+        "one process should have waited for the other's unet"
+    );
+    let log = server.take_log();
+    let mut fetched: Vec<&str> = resolves(&log)
+        .into_iter()
+        .filter(|l| !l.ends_with("bytes=0-0"))
+        .map(|l| l.as_str())
+        .collect();
+    fetched.sort();
+    let n = fetched.len();
+    fetched.dedup();
+    assert_eq!((n, fetched.len()), (12, 12), "each file once: {log:#?}");
     let _ = std::fs::remove_dir_all(&env.dir);
 }

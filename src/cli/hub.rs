@@ -271,7 +271,7 @@ pub fn fetch(hub: &Hub, repo: &str, dtype: DType) -> Result<PathBuf> {
     let files = plan(&names, dtype).map_err(|e| anyhow!("{repo}: {e}"))?;
     let snapshot = hub
         .cache
-        .join(format!("models--{}", repo.replace('/', "--")))
+        .join(repo_folder(repo))
         .join("snapshots")
         .join(&listing.sha);
     let entry = |f: &str| {
@@ -350,18 +350,15 @@ impl Got {
         snapshot: &Path,
         entries: &[Entry],
     ) -> Result<()> {
-        let missing: Vec<&Entry> = entries
-            .iter()
-            .filter(|e| {
-                let have = std::fs::metadata(snapshot.join(&e.rfilename))
-                    .map(|m| m.len())
-                    .ok();
-                have.is_none() || e.size().is_some_and(|s| have != Some(s))
-            })
-            .collect();
+        let missing: Vec<&Entry> = entries.iter().filter(|e| !cached(snapshot, e)).collect();
         for (i, e) in missing.iter().enumerate() {
             let file = &e.rfilename;
             let t0 = Instant::now();
+            let _lock = lock(hub, repo, e)?;
+            if cached(snapshot, e) {
+                // Fetched by another process since the list was made.
+                continue;
+            }
             let bar = file_bar(file, i + 1, missing.len(), e.size());
             for attempt in 1..=2 {
                 let path = api
@@ -407,6 +404,55 @@ impl Got {
         }
         Ok(())
     }
+}
+
+/// Whether `snapshot` holds `e` with its listed size.
+fn cached(snapshot: &Path, e: &Entry) -> bool {
+    let have = std::fs::metadata(snapshot.join(&e.rfilename))
+        .map(|m| m.len())
+        .ok();
+    have.is_some() && (e.size().is_none() || have == e.size())
+}
+
+/// Holds `<cache>/.locks/models--org--name/<blob>.lock`, where
+/// huggingface_hub locks the same download, while a file is fetched: the
+/// processes that fetch one model at once (`batch --shard` started N times,
+/// say) take turns instead of writing one file together.
+fn lock(hub: &Hub, repo: &str, e: &Entry) -> Result<std::fs::File> {
+    let dir = hub.cache.join(".locks").join(repo_folder(repo));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let blob = match (&e.lfs, &e.blob_id) {
+        (Some(lfs), _) => lfs.sha256.clone(),
+        (None, Some(id)) => id.clone(),
+        (None, None) => e.rfilename.replace('/', "--"),
+    };
+    let path = dir.join(format!("{blob}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!(
+                "note: another process is downloading {repo}/{} (it holds {}); waiting for it",
+                e.rfilename,
+                path.display()
+            );
+            file.lock()
+                .with_context(|| format!("cannot lock {}", path.display()))?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::Error(err)) => {
+            Err(anyhow!("cannot lock {}: {err}", path.display()))
+        }
+    }
+}
+
+fn repo_folder(repo: &str) -> String {
+    format!("models--{}", repo.replace('/', "--"))
 }
 
 /// A snapshot in the cache, without the network.
@@ -525,8 +571,8 @@ fn api_error(hub: &Hub, repo: &str, file: Option<&str>, e: ApiError) -> anyhow::
             hub.endpoint
         ),
         ApiError::LockAcquisition(p) => anyhow!(
-            "{what}: another process holds {}: it is downloading the same file; wait for it, or \
-             remove the lock file if no download is running",
+            "{what}: another program holds {}: it is downloading the same file; run again once \
+             it is done",
             p.display()
         ),
         ApiError::IoError(io) => anyhow!(

@@ -199,11 +199,11 @@ impl Tuner {
     /// family), for the summary.
     pub(crate) fn reuse(&self, key: &str, label: &str) {
         let mut s = self.state();
-        if let Some(c) = s.choices.get(key).cloned() {
-            if s.used.insert(key.to_string()) {
-                s.summary.reused += 1;
-                s.summary.count(label, &c);
-            }
+        if let Some(c) = s.choices.get(key).cloned()
+            && s.used.insert(key.to_string())
+        {
+            s.summary.reused += 1;
+            s.summary.count(label, &c);
         }
     }
 

@@ -117,20 +117,21 @@ fn record(g: &mut Graph, s: Spec) -> Result<Value, ShapeError> {
     // translation's latents came out different between the resident store
     // and the inline source row (1.5e-3 of their largest value on the coop
     // lavapipe; identical when fused), which is not understood yet.
-    if let Some(ln) = s.ln {
-        if matches!(s.act, Act::Geglu(_)) && whole_tiles(g, &s) {
-            let normed = super::layer_norm(g, s.a, ln.gamma, ln.beta, ln.eps)?;
-            let (m, k) = (s.m, s.k);
-            return record(
-                g,
-                Spec {
-                    a: &normed,
-                    a_strides: [m * k, k, 1],
-                    ln: None,
-                    ..s
-                },
-            );
-        }
+    if let Some(ln) = s.ln
+        && matches!(s.act, Act::Geglu(_))
+        && whole_tiles(g, &s)
+    {
+        let normed = super::layer_norm(g, s.a, ln.gamma, ln.beta, ln.eps)?;
+        let (m, k) = (s.m, s.k);
+        return record(
+            g,
+            Spec {
+                a: &normed,
+                a_strides: [m * k, k, 1],
+                ln: None,
+                ..s
+            },
+        );
     }
     let n_out = match s.act {
         Act::Geglu(n_out) => n_out,
