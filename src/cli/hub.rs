@@ -351,6 +351,17 @@ impl Got {
         entries: &[Entry],
     ) -> Result<()> {
         let missing: Vec<&Entry> = entries.iter().filter(|e| !cached(snapshot, e)).collect();
+        if !missing.is_empty() {
+            let size: u64 = missing.iter().filter_map(|e| e.size()).sum();
+            eprintln!(
+                "{repo}: fetching {} file{} ({}) from {} into {}",
+                missing.len(),
+                if missing.len() == 1 { "" } else { "s" },
+                HumanBytes(size),
+                hub.endpoint,
+                snapshot.display()
+            );
+        }
         for (i, e) in missing.iter().enumerate() {
             let file = &e.rfilename;
             let t0 = Instant::now();
