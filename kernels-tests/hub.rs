@@ -477,6 +477,10 @@ fn a_repo_id_downloads_resumes_refetches_and_then_runs_from_the_cache() {
             "request {i} of the unet: {l}"
         );
     }
+    assert!(
+        stderr.contains("tiny/sd15: fetching 12 files (18.63 MiB) from http://127.0.0.1:"),
+        "{stderr}"
+    );
     // The corrupted text encoder was refused and fetched again.
     assert!(
         stderr.contains(&format!("tiny/sd15: {text}: SHA-256")),
