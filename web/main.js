@@ -1,52 +1,72 @@
-// The page: opens WebGPU through the pnp-web module (web/pkg, made by
-// web/build.sh), loads a model from file inputs or a URL, translates an
-// image, and shows progress per phase, the results and the timings.
-import init, { Session } from './pkg/pnp_web.js';
+// The page: a form, progress and results. Everything that touches the GPU
+// (WebGPU, the wasm module, loading, translating) runs in web/worker.js; this
+// thread only posts requests and draws what comes back, so it stays
+// responsive during a translation. Settings are kept in localStorage.
 
 const $ = (id) => document.getElementById(id);
-const text = (e) => String(e?.message ?? e);
 const mib = (b) => `${(b / 1048576).toFixed(1)} MiB`;
 
-let session = null;
+const SETTINGS = ['model-url', 'prompts', 'negative_prompt', 'inversion_prompt', 'steps',
+  'inversion_steps', 'guidance', 'pnp_f_t', 'pnp_attn_t', 'width', 'height'];
+const STORE = 'pnp-settings';
+
+const worker = new Worker('./worker.js', { type: 'module' });
+let ready = false;
 let modelReady = false;
 let image = null; // { name, bytes: Uint8Array }
 let busy = false;
+let onReply = null; // the current request's handler of the worker's replies
 
 function setState(s) {
   document.body.dataset.state = s;
 }
 
 function updateRun() {
-  $('run').disabled = busy || !session || !modelReady || !image;
-  for (const id of ['model-folder', 'model-files', 'load-url']) $(id).disabled = busy || !session;
+  $('run').disabled = busy || !ready || !modelReady || !image;
+  for (const id of ['model-folder', 'model-files', 'load-url']) $(id).disabled = busy || !ready;
 }
 
-async function start() {
-  if (!('gpu' in navigator)) {
-    $('status').textContent = '';
-    $('fatal').textContent =
-      'This browser has no WebGPU, so pnp cannot run here. Use a recent Chrome, Edge or Safari, ' +
-      'over https:// or http://localhost (on Linux, Chrome needs --enable-unsafe-webgpu).';
-    setState('no-webgpu');
-    return;
+function fatal(state, message) {
+  $('status').textContent = '';
+  $('fatal').textContent = message;
+  setState(state);
+}
+
+worker.onmessage = ({ data: msg }) => {
+  if (msg.type === 'ready') {
+    $('status').textContent =
+      `WebGPU adapter: ${msg.status}; weights and activations in ${msg.precision}` +
+      (msg.precision === 'f32' ? ' (this adapter has no shader-f16)' : '');
+    ready = true;
+    setState('ready');
+    updateRun();
+  } else if (msg.type === 'fatal') {
+    fatal(msg.state, msg.message);
+  } else {
+    onReply(msg);
   }
-  await init();
-  try {
-    session = await Session.open(false);
-  } catch (e) {
-    $('status').textContent = '';
-    $('fatal').textContent = text(e);
-    setState('no-adapter');
-    return;
-  }
-  // The browser names its adapter only through adapter.info.
-  const info = (await navigator.gpu.requestAdapter())?.info;
-  const name = info ? [info.vendor, info.architecture, info.description].filter((s) => s).join(' ') : '';
-  $('status').textContent =
-    `WebGPU adapter: ${name ? `${name}: ` : ''}${session.adapter()}; weights and activations in ${session.precision()}` +
-    (session.precision() === 'f32' ? ' (this adapter has no shader-f16)' : '');
-  setState('ready');
-  updateRun();
+};
+worker.onerror = (e) => fatal('error', `the page's worker failed: ${e.message ?? 'it could not start'}`);
+
+/** Posts `req` to the worker; calls `onEvent` with its progress events, and
+ * resolves to its last reply ('done' or 'failed'). */
+function request(req, onEvent) {
+  return new Promise((resolve) => {
+    onReply = (msg) => {
+      if (msg.type === 'event') onEvent(msg.event);
+      else resolve(msg);
+    };
+    worker.postMessage(req);
+  });
+}
+
+function restoreSettings() {
+  const saved = JSON.parse(localStorage.getItem(STORE) ?? '{}');
+  for (const id of SETTINGS) if (typeof saved[id] === 'string') $(id).value = saved[id];
+}
+
+function saveSettings() {
+  localStorage.setItem(STORE, JSON.stringify(Object.fromEntries(SETTINGS.map((id) => [id, $(id).value]))));
 }
 
 function note(msg) {
@@ -56,7 +76,7 @@ function note(msg) {
   $('notes').append(p);
 }
 
-async function loadModel(load) {
+async function loadModel(req) {
   busy = true;
   modelReady = false;
   updateRun();
@@ -77,15 +97,15 @@ async function loadModel(load) {
     }
   };
   const t0 = performance.now();
-  try {
-    const summary = await load(onEvent);
+  const reply = await request({ type: 'load', ...req }, onEvent);
+  if (reply.type === 'done') {
     const secs = ((performance.now() - t0) / 1000).toFixed(2);
-    $('model-info').textContent = `${summary}. Loaded in ${secs} s.`;
+    $('model-info').textContent = `${reply.summary}. Loaded in ${secs} s.`;
     modelReady = true;
     setState('model-loaded');
-  } catch (e) {
+  } else {
     $('model-info').textContent = '';
-    $('model-error').textContent = text(e);
+    $('model-error').textContent = reply.message;
     setState('model-error');
   }
   $('model-progress').hidden = true;
@@ -93,32 +113,88 @@ async function loadModel(load) {
   updateRun();
 }
 
-function pickFiles(input) {
-  const files = [...input.files];
-  if (files.length === 0) return;
-  const paths = files.map((f) => f.webkitRelativePath || f.name);
-  loadModel((onEvent) => session.load_files(files, paths, onEvent));
+/** Loads the model from picked or dropped files: [{file, path}], paths
+ * relative to the pick (a folder's name first, as webkitRelativePath). */
+function loadFiles(picked) {
+  if (picked.length === 0) return;
+  loadModel({ files: picked.map((p) => p.file), paths: picked.map((p) => p.path) });
 }
+
+function pickFiles(input) {
+  loadFiles([...input.files].map((f) => ({ file: f, path: f.webkitRelativePath || f.name })));
+}
+
+async function pickImage(f) {
+  image = { name: f.name, bytes: new Uint8Array(await f.arrayBuffer()) };
+  const prev = $('preview');
+  prev.onload = () => {
+    $('preview-cap').textContent = `${f.name}, ${prev.naturalWidth}x${prev.naturalHeight}`;
+  };
+  prev.src = URL.createObjectURL(f);
+  prev.hidden = false;
+  updateRun();
+}
+
+/** Every file under a dropped folder, with its path from the folder. */
+async function walk(dir) {
+  const reader = dir.createReader();
+  const out = [];
+  for (;;) {
+    const entries = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+    if (entries.length === 0) return out;
+    for (const e of entries) {
+      if (e.isDirectory) out.push(...(await walk(e)));
+      else out.push({ file: await new Promise((ok, fail) => e.file(ok, fail)), path: e.fullPath.slice(1) });
+    }
+  }
+}
+
+/** The dropped files and folders' files as [{file, path}]. */
+function dropped(dt) {
+  // A drop's items are readable only while its event runs: take them now.
+  const items = [...dt.items].filter((it) => it.kind === 'file')
+    .map((it) => ({ entry: it.webkitGetAsEntry?.(), file: it.getAsFile() }));
+  return Promise.all(items.map(({ entry, file }) => (entry?.isDirectory ? walk(entry) : [{ file, path: file.name }])))
+    .then((lists) => lists.flat());
+}
+
+/** Makes `zone` take drops, handing their files to `take`. */
+function dropZone(zone, take) {
+  zone.addEventListener('dragover', (e) => {
+    e.preventDefault();
+    if (!busy) zone.classList.add('over');
+  });
+  zone.addEventListener('dragleave', () => zone.classList.remove('over'));
+  zone.addEventListener('drop', (e) => {
+    e.preventDefault();
+    zone.classList.remove('over');
+    if (!busy && ready) dropped(e.dataTransfer).then(take);
+  });
+}
+
+dropZone($('model-section'), loadFiles);
+dropZone($('image-section'), (files) => {
+  const f = files.find((p) => /^image\/(png|jpeg)$/.test(p.file.type))?.file;
+  if (!f) {
+    $('run-error').textContent = `no PNG or JPEG among the dropped files (${files.map((p) => p.path).join(', ')})`;
+    return;
+  }
+  $('image').value = ''; // it no longer names the image
+  pickImage(f);
+});
 
 $('model-folder').addEventListener('change', (e) => pickFiles(e.target));
 $('model-files').addEventListener('change', (e) => pickFiles(e.target));
 $('load-url').addEventListener('click', () => {
   const url = $('model-url').value.trim();
-  if (url) loadModel((onEvent) => session.load_url(url, onEvent));
+  if (url) loadModel({ url });
 });
 
-$('image').addEventListener('change', async (e) => {
-  const f = e.target.files[0];
-  if (!f) return;
-  image = { name: f.name, bytes: new Uint8Array(await f.arrayBuffer()) };
-  const prev = $('preview');
-  prev.src = URL.createObjectURL(f);
-  prev.hidden = false;
-  prev.onload = () => {
-    $('preview-cap').textContent = `${f.name}, ${prev.naturalWidth}x${prev.naturalHeight}`;
-  };
-  updateRun();
+$('image').addEventListener('change', (e) => {
+  if (e.target.files[0]) pickImage(e.target.files[0]);
 });
+
+for (const id of SETTINGS) $(id).addEventListener('input', saveSettings);
 
 function numberOrNull(id, parse) {
   const v = parse($(id).value);
@@ -138,9 +214,14 @@ function phaseRow(name, total) {
   row.append(label, bar, count);
   $('phases').append(row);
   return {
+    name,
+    total,
     tick() {
       bar.value += 1;
       count.textContent = `${bar.value}/${total}`;
+    },
+    get done() {
+      return bar.value;
     },
   };
 }
@@ -148,8 +229,10 @@ function phaseRow(name, total) {
 async function run() {
   busy = true;
   updateRun();
+  $('cancel').disabled = false;
   setState('running');
   $('run-error').textContent = '';
+  $('run-info').textContent = '';
   $('phases').textContent = '';
   $('notes').textContent = '';
   $('result').hidden = true;
@@ -173,41 +256,81 @@ async function run() {
     else if (ev.kind === 'note') note(ev.message);
   };
   const t0 = performance.now();
-  try {
-    const out = await session.translate(image.bytes, image.name, JSON.stringify(opts), onEvent);
-    const total = (performance.now() - t0) / 1000;
-    showResult(out, opts.prompts, total);
+  const req = { type: 'translate', image: image.bytes, name: image.name, options: JSON.stringify(opts) };
+  const reply = await request(req, onEvent);
+  const freed = `freed ${reply.freed.buffers} GPU buffers (${mib(reply.freed.bytes)})`;
+  if (reply.type === 'done') {
+    showResult(reply.out, opts.prompts, (performance.now() - t0) / 1000);
+    $('run-info').textContent = `Done; ${freed}.`;
     setState('done');
-  } catch (e) {
-    $('run-error').textContent = text(e);
+  } else if (reply.cancelled) {
+    const at = current ? ` in ${current.name} after step ${current.done} of ${current.total}` : '';
+    $('run-info').textContent = `Cancelled${at}; ${freed}.`;
+    setState('cancelled');
+  } else {
+    $('run-error').textContent = reply.message;
     setState('run-error');
   }
+  $('cancel').disabled = true;
+  $('cancel').textContent = 'Cancel';
   busy = false;
   updateRun();
+}
+
+function cancel() {
+  $('cancel').disabled = true;
+  $('cancel').textContent = 'Cancelling…';
+  worker.postMessage({ type: 'cancel' });
+}
+
+/** The image before (as the pipeline took it) and after, one over the
+ * other: the slider moves the edge between them. */
+function compareView(before, after, prompt, width, height) {
+  const fig = document.createElement('figure');
+  fig.className = 'compare';
+  const frame = document.createElement('div');
+  frame.className = 'frame';
+  const show = Math.max(width, 256);
+  const images = [['before', before], ['after', after]].map(([cls, url]) => {
+    const img = document.createElement('img');
+    img.src = url;
+    img.className = cls;
+    img.width = show;
+    img.height = Math.round((show * height) / width);
+    img.alt = cls === 'after' ? prompt : 'the image as processed';
+    return img;
+  });
+  images[1].classList.add('output');
+  const split = document.createElement('input');
+  split.type = 'range';
+  split.className = 'split';
+  split.min = 0;
+  split.max = 100;
+  split.value = 50;
+  split.setAttribute('aria-label', 'before / after');
+  const place = () => frame.style.setProperty('--split', `${split.value}%`);
+  split.addEventListener('input', place);
+  place();
+  frame.append(...images);
+  const cap = document.createElement('figcaption');
+  const a = document.createElement('a');
+  a.href = after;
+  a.download = `pnp-${prompt.replace(/[^\w-]+/g, '_').slice(0, 60)}.png`;
+  a.textContent = 'download';
+  a.title = 'PNG carrying this run\'s parameters (pnp info --image reads them)';
+  cap.append(`before | after: "${prompt}", ${width}x${height} `, a);
+  fig.append(frame, split, cap);
+  return fig;
 }
 
 function showResult(out, prompts, total) {
   const outputs = $('outputs');
   outputs.textContent = '';
-  out.images.forEach((png, i) => {
-    const url = URL.createObjectURL(new Blob([png], { type: 'image/png' }));
-    const fig = document.createElement('figure');
-    const img = document.createElement('img');
-    img.src = url;
-    img.className = 'output';
-    img.width = Math.max(out.width, 192);
-    img.alt = prompts[i];
-    const cap = document.createElement('figcaption');
-    const a = document.createElement('a');
-    a.href = url;
-    a.download = `pnp-${i}.png`;
-    a.textContent = 'download';
-    cap.append(`"${prompts[i]}", ${out.width}x${out.height} `, a);
-    fig.append(img, cap);
-    outputs.append(fig);
-  });
+  const png = (bytes) => URL.createObjectURL(new Blob([bytes], { type: 'image/png' }));
+  const before = png(out.source);
+  out.images.forEach((img, i) => outputs.append(compareView(before, png(img), prompts[i], out.width, out.height)));
   const rows = out.phases.map(([name, secs]) => [name, `${secs.toFixed(2)} s`]);
-  rows.push(['total (in this tab)', `${total.toFixed(2)} s`]);
+  rows.push(['total (request to result)', `${total.toFixed(2)} s`]);
   rows.push(['UNet evaluations', String(out.unet_evals)]);
   rows.push([
     'features',
@@ -227,7 +350,5 @@ function showResult(out, prompts, total) {
 }
 
 $('run').addEventListener('click', run);
-start().catch((e) => {
-  $('fatal').textContent = text(e);
-  setState('error');
-});
+$('cancel').addEventListener('click', cancel);
+restoreSettings();

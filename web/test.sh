@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The browser tests, in headless Chromium on WebGPU (SwiftShader where there
 # is no GPU): every kernel and one PnP translation against the PyTorch
-# fixtures (wasm-bindgen-test), then the page end to end (playwright-core),
-# then `pnp eval`'s HTML report.
+# fixtures (wasm-bindgen-test), then the page end to end (playwright-core;
+# it reads its download back with the release pnp binary), then `pnp
+# eval`'s HTML report.
 # Needs Debian's chromium and chromium-driver, node/npm, the
 # wasm32-unknown-unknown target and wasm-bindgen-cli at Cargo.lock's
 # wasm-bindgen version; `.ci/run` installs what is missing.

@@ -4,11 +4,15 @@
 
 use std::sync::Arc;
 
+use serde::Serialize;
+use wasm_bindgen::JsValue;
+
 use pnp::gpu::{Autotune, DType, Gpu, GpuOptions};
-use pnp::models::loader::{LoadedModel, load_model};
+use pnp::models::loader::{LoadedModel, ModelLayout, load_model};
 use pnp::models::nn::Ctx;
+use pnp::models::weights::Fnv;
 use pnp::pipeline::scheduler::Ddim;
-use pnp::pipeline::{Pipeline, PnpOptions, Stats, Translation};
+use pnp::pipeline::{Pipeline, PnpError, PnpOptions, Stats, Translation};
 use pnp::progress::Progress;
 
 use crate::source::Source;
@@ -18,11 +22,12 @@ fn text<E: std::fmt::Display>(e: E) -> String {
 }
 
 /// Opens the browser's WebGPU adapter; f16 storage where it has shader-f16.
+/// Works in a window and in a worker (the page opens it in its worker).
 pub async fn open(force_f32: bool) -> Result<Arc<Gpu>, String> {
-    let has_webgpu = web_sys::window()
-        .map(|w| js_sys::Reflect::get(&w.navigator(), &"gpu".into()))
-        .and_then(Result::ok)
-        .is_some_and(|g| !g.is_undefined());
+    let gpu = |nav: JsValue| js_sys::Reflect::get(&nav, &"gpu".into());
+    let has_webgpu = js_sys::Reflect::get(&js_sys::global(), &"navigator".into())
+        .and_then(gpu)
+        .is_ok_and(|g| !g.is_undefined());
     if !has_webgpu {
         return Err(
             "this browser has no WebGPU (navigator.gpu is missing). Use a recent Chrome, Edge or \
@@ -62,6 +67,8 @@ pub fn dtype(gpu: &Gpu) -> DType {
 
 /// A model on the device with what translating needs beside it.
 pub struct Loaded {
+    /// The picked folder's or checkpoint's name, or the URL.
+    pub name: String,
     pub loaded: LoadedModel,
     pub scheduler: Ddim,
     pub dtype: DType,
@@ -98,7 +105,13 @@ pub async fn load(
         .await
         .map_err(text)?;
     let scheduler = Ddim::from_optional_config(loaded.scheduler_config.as_ref()).map_err(text)?;
+    let name = match (source, layout) {
+        (Source::Url(url), _) => url.clone(),
+        (_, ModelLayout::Folder { root }) => root,
+        (_, ModelLayout::SingleFile { file, .. }) => file,
+    };
     Ok(Loaded {
+        name,
         loaded,
         scheduler,
         dtype,
@@ -141,13 +154,48 @@ impl WebOptions {
     }
 }
 
+/// The parameters each output PNG carries, under the command line's key
+/// and field names (`Params` in src/cli/params.rs), so that `pnp info
+/// --image` reads them and `pnp translate --params-from` runs them again.
+#[derive(Serialize)]
+struct Params<'a> {
+    generator: &'static str,
+    command: &'static str,
+    model: &'a str,
+    model_hash: String,
+    precision: String,
+    image: &'a str,
+    image_hash: String,
+    prompt: &'a str,
+    prompts: &'a [&'a str],
+    width: usize,
+    height: usize,
+    options: &'a PnpOptions,
+}
+
 pub struct Output {
     pub width: usize,
     pub height: usize,
-    /// One PNG file per prompt.
+    /// The image as the pipeline took it (at the processing size), as PNG.
+    pub source: Vec<u8>,
+    /// One PNG file per prompt, carrying its [`Params`].
     pub pngs: Vec<Vec<u8>>,
     pub translation: Translation,
     pub stats: Stats,
+}
+
+/// Why [`translate`] gave no images.
+#[derive(Debug)]
+pub enum TranslateError {
+    /// `progress` said the run is cancelled; the pipeline stopped before its next step.
+    Cancelled,
+    Failed(String),
+}
+
+impl From<String> for TranslateError {
+    fn from(msg: String) -> Self {
+        TranslateError::Failed(msg)
+    }
 }
 
 /// Translates the image in `image` (PNG or JPEG bytes) with every prompt.
@@ -158,7 +206,7 @@ pub async fn translate(
     image: &[u8],
     opts: &WebOptions,
     progress: &mut dyn Progress,
-) -> Result<Output, String> {
+) -> Result<Output, TranslateError> {
     let (px, notes) =
         pnp::picture::decode(image_name, image, opts.width, opts.height).map_err(text)?;
     for n in &notes {
@@ -181,15 +229,38 @@ pub async fn translate(
     let translation = pipe
         .translate(&px.data, [h, w], &prompts, &opts.pnp, progress)
         .await
-        .map_err(text)?;
-    let pngs = translation
-        .images
-        .iter()
-        .map(|img| pnp::picture::encode_png(img, h, w).map_err(text))
-        .collect::<Result<_, _>>()?;
+        .map_err(|e| match e {
+            PnpError::Cancelled => TranslateError::Cancelled,
+            e => TranslateError::Failed(e.to_string()),
+        })?;
+    let model = &loaded.loaded.model;
+    let mut image_hash = Fnv::default();
+    image_hash.write(image);
+    let mut params = Params {
+        generator: concat!("pnp-web ", env!("CARGO_PKG_VERSION")),
+        command: "translate",
+        model: &loaded.name,
+        model_hash: model.fingerprint(),
+        precision: format!("auto: {}", loaded.dtype.wgsl()),
+        image: image_name,
+        image_hash: format!("{:016x}", image_hash.0),
+        prompt: "",
+        prompts: &prompts,
+        width: w,
+        height: h,
+        options: &opts.pnp,
+    };
+    let mut pngs = Vec::with_capacity(prompts.len());
+    for (img, prompt) in translation.images.iter().zip(&prompts) {
+        params.prompt = prompt;
+        let json = serde_json::to_string(&params).map_err(text)?;
+        let rgb = pnp::picture::to_rgb8(img, h, w);
+        pngs.push(pnp::picture::encode_with_params(&rgb, false, Some(&json)).map_err(text)?);
+    }
     Ok(Output {
         width: w,
         height: h,
+        source: pnp::picture::encode_png(&px.data, h, w).map_err(text)?,
         pngs,
         translation,
         stats: pipe.stats,

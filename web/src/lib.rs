@@ -1,8 +1,8 @@
-//! The pnp library in a browser tab. `web/index.html` imports the
-//! wasm-bindgen output of this crate (`web/build.sh`) and drives a
-//! [`Session`]: open WebGPU, load a model from file inputs or a URL,
-//! translate images. Everything runs on the user's own GPU; nothing leaves
-//! the tab.
+//! The pnp library in a browser tab. The page's worker (`web/worker.js`)
+//! imports the wasm-bindgen output of this crate (`web/build.sh`) and drives
+//! a [`Session`]: open WebGPU, load a model from file inputs or a URL,
+//! translate images, stop a translation through its [`Cancel`]. Everything
+//! runs on the user's own GPU; nothing leaves the tab.
 #![cfg(target_arch = "wasm32")]
 // The session serves one request at a time: a load or a translation holds the
 // session's RefCell across its awaits on purpose, and a second request made
@@ -12,7 +12,7 @@
 pub mod app;
 pub mod source;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,15 +23,26 @@ use pnp::progress::Progress;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
-use app::{Loaded, WebOptions};
+use app::{Loaded, TranslateError, WebOptions};
 use source::Source;
 
 /// Sends progress to the page as `on_event({kind, ...})` objects:
 /// `{kind: "phase", name, total}`, `{kind: "tick"}`, `{kind: "note", message}`,
-/// `{kind: "bytes", name, done, total}`.
-struct JsReport(Function);
+/// `{kind: "bytes", name, done, total}`; and tells the pipeline when the
+/// run is cancelled.
+struct JsReport {
+    on_event: Function,
+    cancel: Option<Rc<Cell<bool>>>,
+}
 
 impl JsReport {
+    fn new(on_event: Function) -> Self {
+        JsReport {
+            on_event,
+            cancel: None,
+        }
+    }
+
     fn emit(&self, kind: &str, fields: &[(&str, JsValue)]) {
         let o = Object::new();
         let _ = Reflect::set(&o, &"kind".into(), &kind.into());
@@ -39,7 +50,7 @@ impl JsReport {
             let _ = Reflect::set(&o, &(*k).into(), v);
         }
         // A throwing callback must not abort the run.
-        let _ = self.0.call1(&JsValue::NULL, &o);
+        let _ = self.on_event.call1(&JsValue::NULL, &o);
     }
 }
 
@@ -62,6 +73,29 @@ impl Progress for JsReport {
                 ("total", (total as f64).into()),
             ],
         );
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.get())
+    }
+}
+
+/// Stops the translation it is given to before its next step. A separate
+/// object because the session is borrowed while a translation runs; the
+/// worker calls [`Cancel::cancel`] from its message handler, which runs
+/// while the pipeline waits on the GPU.
+#[wasm_bindgen]
+#[derive(Default)]
+pub struct Cancel(Rc<Cell<bool>>);
+
+#[wasm_bindgen]
+impl Cancel {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.set(true);
     }
 }
 
@@ -136,7 +170,7 @@ impl Session {
             let mut st = inner.try_borrow_mut().map_err(|_| busy())?;
             st.loaded = None; // free the old model's buffers first
             let gpu = st.gpu.clone();
-            let mut rep = JsReport(on_event);
+            let mut rep = JsReport::new(on_event);
             let loaded = app::load(&gpu, &source, app::dtype(&gpu), &mut rep)
                 .await
                 .map_err(err)?;
@@ -150,17 +184,22 @@ impl Session {
     }
 
     /// Translates `image` (PNG or JPEG bytes named `name`) with the options
-    /// in `options_json` (see `app::WebOptions`; `prompts` is required).
-    /// Resolves to `{width, height, images: [Uint8Array PNG], phases:
-    /// [[name, seconds]], unet_evals, used_store, peak_bytes}`.
+    /// in `options_json` (see `app::WebOptions`; `prompts` is required),
+    /// until `cancel` is cancelled. Resolves to `{width, height, source:
+    /// Uint8Array PNG of the image as processed, images: [Uint8Array PNG
+    /// carrying its parameters], phases: [[name, seconds]], unet_evals,
+    /// used_store, peak_bytes}`; rejects with an error named "AbortError"
+    /// when cancelled.
     pub fn translate(
         &self,
         image: Vec<u8>,
         name: String,
         options_json: String,
+        cancel: &Cancel,
         on_event: Function,
     ) -> Promise {
         let inner = self.inner.clone();
+        let cancel = cancel.0.clone();
         future_to_promise(async move {
             let st = inner.try_borrow_mut().map_err(|_| busy())?;
             let loaded = st
@@ -168,14 +207,24 @@ impl Session {
                 .as_ref()
                 .ok_or_else(|| err("load a model first".into()))?;
             let opts = WebOptions::from_json(&options_json).map_err(err)?;
-            let mut rep = JsReport(on_event);
-            let out = app::translate(&st.gpu, loaded, &name, &image, &opts, &mut rep)
-                .await
-                .map_err(err)?;
+            let mut rep = JsReport {
+                on_event,
+                cancel: Some(cancel),
+            };
+            let out = match app::translate(&st.gpu, loaded, &name, &image, &opts, &mut rep).await {
+                Ok(out) => out,
+                Err(TranslateError::Failed(msg)) => return Err(err(msg)),
+                Err(TranslateError::Cancelled) => {
+                    let e = js_sys::Error::new("cancelled");
+                    e.set_name("AbortError");
+                    return Err(e.into());
+                }
+            };
             let o = Object::new();
             let set = |k: &str, v: JsValue| Reflect::set(&o, &k.into(), &v);
             set("width", out.width.into())?;
             set("height", out.height.into())?;
+            set("source", Uint8Array::from(out.source.as_slice()).into())?;
             let images: Array = out
                 .pngs
                 .iter()

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Blob, ReadableStreamDefaultReader, RequestInit, Response};
+use web_sys::{Blob, ReadableStreamDefaultReader, RequestInit, Response, WorkerGlobalScope};
 
 /// Bytes read per `Blob.slice` (so no JS ArrayBuffer holds a whole file).
 const CHUNK: usize = 32 << 20;
@@ -189,11 +189,18 @@ async fn fetch(
     method: &str,
     progress: &mut ReadProgress<'_>,
 ) -> Result<Option<Vec<u8>>, String> {
-    let window = web_sys::window().ok_or("no window: the page must run in a browser tab")?;
     let fail = |e: JsValue| format!("cannot fetch {url}: {}", js_text(e));
     let init = RequestInit::new();
     init.set_method(method);
-    let resp: Response = JsFuture::from(window.fetch_with_str_and_init(url, &init))
+    // The page loads in its worker; the wasm-bindgen tests in a window.
+    let global = js_sys::global();
+    let request = match global.dyn_ref::<WorkerGlobalScope>() {
+        Some(worker) => worker.fetch_with_str_and_init(url, &init),
+        None => global
+            .unchecked_into::<web_sys::Window>()
+            .fetch_with_str_and_init(url, &init),
+    };
+    let resp: Response = JsFuture::from(request)
         .await
         .map_err(fail)?
         .dyn_into()
