@@ -610,6 +610,23 @@ fn a_repo_id_downloads_resumes_refetches_and_then_runs_from_the_cache() {
     let (ok, _, stderr) = info(&env.with("HF_HUB_OFFLINE", "1"), "tiny/sd15");
     assert!(ok, "{stderr}");
     assert!(server.take_log().is_empty());
+    // Offline with a file missing from the snapshot: the error names it;
+    // online, the file is fetched again.
+    std::fs::remove_file(snapshot.join("vae/config.json")).unwrap();
+    let (ok, _, stderr) = info(&env.with("HF_HUB_OFFLINE", "1"), "tiny/sd15");
+    assert!(!ok);
+    assert!(
+        stderr.contains("offline (--offline or HF_HUB_OFFLINE): tiny/sd15: vae/config.json is missing in the cached snapshot"),
+        "{stderr}"
+    );
+    assert!(server.take_log().is_empty());
+    let (ok, _, stderr) = info(&env, "tiny/sd15");
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("tiny/sd15: downloaded 1 of 12 files"),
+        "{stderr}"
+    );
+    server.take_log();
     let gone = env.with("HF_ENDPOINT", "http://127.0.0.1:9");
     // Without offline mode an unreachable Hub falls back to the cache, saying so.
     let (ok, _, stderr) = info(&gone, "tiny/sd15");

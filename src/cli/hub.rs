@@ -105,8 +105,9 @@ struct Listing {
 
 /// The files a run reads, out of a repo's `files`. A diffusers pipeline
 /// (it has model_index.json): that file, the scheduler config, the
-/// tokenizer, and for each of text_encoder, unet and vae its config.json and
-/// one weight file or shard index, the first the loader would take for
+/// tokenizer, and for each of text_encoder, unet and vae its config.json (an
+/// error where missing) and one weight file or shard index, the first the
+/// loader would take for
 /// `dtype` (the fp16 variant first for f16, the full one first for f32).
 /// Any other repo (the metric networks): its top-level .json, .txt and
 /// .safetensors files. Never a pickle: a network with only pickles is an
@@ -163,7 +164,11 @@ pub fn plan(files: &[&str], dtype: DType) -> Result<Vec<String>, String> {
             .filter_map(|f| present(format!("tokenizer/{f}"))),
     );
     for part in ["text_encoder", "unet", "vae"] {
-        want.extend(present(format!("{part}/config.json")));
+        let config = format!("{part}/config.json");
+        if !has(&config) {
+            return Err(format!("{config} is missing"));
+        }
+        want.push(config);
         let names = weight_names(dtype);
         // The loader's order: every single file, then every shard index.
         let single = names.iter().map(|n| format!("{part}/{n}"));
@@ -228,7 +233,7 @@ fn hash<D: Digest>(file: &mut std::fs::File, git_blob_len: Option<u64>) -> std::
 /// where missing.
 pub fn fetch(hub: &Hub, repo: &str, dtype: DType) -> Result<PathBuf> {
     if hub.offline {
-        return offline_snapshot(hub, repo);
+        return offline_snapshot(hub, repo, dtype);
     }
     let api = ApiBuilder::from_cache(Cache::new(hub.cache.clone()))
         .with_endpoint(hub.endpoint.clone())
@@ -247,7 +252,7 @@ pub fn fetch(hub: &Hub, repo: &str, dtype: DType) -> Result<PathBuf> {
         })?,
         Err(ureq::Error::Transport(t)) => {
             // As huggingface_hub does: no connection, a cached copy is used.
-            if let Ok(dir) = offline_snapshot(hub, repo) {
+            if let Ok(dir) = offline_snapshot(hub, repo, dtype) {
                 eprintln!(
                     "note: could not reach {} ({t}); using the cached snapshot {}",
                     hub.endpoint,
@@ -467,15 +472,38 @@ fn repo_folder(repo: &str) -> String {
 }
 
 /// A snapshot in the cache, without the network.
-fn offline_snapshot(hub: &Hub, repo: &str) -> Result<PathBuf> {
-    match locate::resolve_with_hub(repo, &hub.cache) {
-        Ok(ModelSource::Folder(dir)) => Ok(dir),
-        _ => bail!(
+fn offline_snapshot(hub: &Hub, repo: &str, dtype: DType) -> Result<PathBuf> {
+    let Ok(ModelSource::Folder(dir)) = locate::resolve_with_hub(repo, &hub.cache) else {
+        bail!(
             "offline (--offline or HF_HUB_OFFLINE): {repo} is not in the Hugging Face cache {}; \
              run once without offline mode to download it, or pass a local folder",
             hub.cache.display()
-        ),
+        )
+    };
+    // What a run reads must be there: a download cut short leaves a
+    // snapshot without its later files.
+    let mut files = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))? {
+            let p = e?.path();
+            // Follows the links: one whose blob is gone does not count.
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(_) => files.push(p.strip_prefix(&dir)?.to_string_lossy().replace('\\', "/")),
+                Err(_) => {}
+            }
+        }
     }
+    let names: Vec<&str> = files.iter().map(String::as_str).collect();
+    if let Err(e) = plan(&names, dtype) {
+        bail!(
+            "offline (--offline or HF_HUB_OFFLINE): {repo}: {e} in the cached snapshot {}; run \
+             once without offline mode to fetch it",
+            dir.display()
+        )
+    }
+    Ok(dir)
 }
 
 /// Removes a download that failed its check: the snapshot's link and the
@@ -682,6 +710,15 @@ mod tests {
                 "vocab.json",
                 "merges.txt"
             ]
+        );
+        let no_config: Vec<&str> = SD
+            .iter()
+            .copied()
+            .filter(|f| *f != "vae/config.json")
+            .collect();
+        assert_eq!(
+            plan(&no_config, DType::F32).unwrap_err(),
+            "vae/config.json is missing"
         );
         let e = plan(&["config.json", "pytorch_model.bin"], DType::F32).unwrap_err();
         assert!(e.contains("only pickle weights (pytorch_model.bin)"), "{e}");
